@@ -1,0 +1,95 @@
+//! Stable error and kick codes carried by `Error.code` and `Kick.code`.
+//!
+//! Clients match on these numbers, never on the message text. Ranges:
+//! 1xxx framing, 2xxx login, 3xxx request, 4xxx connection closed by the
+//! server, 5xxx server side.
+
+/// The bytes were not a valid frame (bad header, bad length). Fatal.
+pub const BAD_FRAME: u32 = 1000;
+/// The frame's length is over the server's maximum. Fatal.
+pub const FRAME_TOO_LARGE: u32 = 1001;
+/// The command number is not known. The connection stays.
+pub const UNKNOWN_COMMAND: u32 = 1002;
+/// The body did not decode as the command's protobuf (or JSON) message.
+pub const BAD_BODY: u32 = 1003;
+/// The header's version is not supported. Fatal.
+pub const UNSUPPORTED_VERSION: u32 = 1004;
+/// A compressed body could not be inflated, or compression was not negotiated.
+pub const BAD_COMPRESSION: u32 = 1005;
+
+/// A command other than login or ping arrived before login.
+pub const NOT_LOGGED_IN: u32 = 2000;
+/// The token is malformed or its signature does not verify.
+pub const TOKEN_INVALID: u32 = 2001;
+/// The token's `exp` is in the past.
+pub const TOKEN_EXPIRED: u32 = 2002;
+/// The token names an app this server does not know.
+pub const UNKNOWN_APP: u32 = 2003;
+/// A second login on a connection that is already logged in.
+pub const ALREADY_LOGGED_IN: u32 = 2004;
+/// No login within the login deadline. Fatal.
+pub const LOGIN_TIMEOUT: u32 = 2005;
+
+/// The receiver is in another app and that pair of apps may not talk.
+pub const CROSS_APP_FORBIDDEN: u32 = 3000;
+/// A field is missing, empty or too long (the message says which).
+pub const INVALID_ARGUMENT: u32 = 3001;
+/// The connection sends faster than its message rate allows.
+pub const RATE_LIMITED: u32 = 3002;
+/// The request is not allowed for this user.
+pub const FORBIDDEN: u32 = 3003;
+
+/// Kick: the same device id logged in on another connection.
+pub const KICK_REPLACED: u32 = 4000;
+/// Kick: the user went over the maximum number of devices; the oldest goes.
+pub const KICK_TOO_MANY_DEVICES: u32 = 4001;
+/// Kick: the connection's outbound queue was full (a slow consumer). Sync after reconnecting.
+pub const KICK_SLOW_CONSUMER: u32 = 4002;
+/// Kick: pushes stayed unacknowledged after every resend. Sync after reconnecting.
+pub const KICK_ACK_TIMEOUT: u32 = 4003;
+/// Kick: nothing was received for longer than the idle timeout.
+pub const KICK_IDLE_TIMEOUT: u32 = 4004;
+/// Kick: the server is shutting down. Reconnect (to another node).
+pub const KICK_SHUTDOWN: u32 = 4005;
+/// Kick: an operator or the business server closed this user's connections.
+pub const KICK_ADMIN: u32 = 4006;
+
+/// An unexpected server error. Retry later.
+pub const INTERNAL: u32 = 5000;
+/// A backend (store, presence, bus) is unavailable; nothing was acknowledged. Retry.
+pub const UNAVAILABLE: u32 = 5001;
+/// The server is at its connection limit. Fatal; retry with backoff.
+pub const SERVER_FULL: u32 = 5002;
+
+/// The symbolic name of a code, for logs and the CLI.
+pub fn name(code: u32) -> &'static str {
+    match code {
+        BAD_FRAME => "BAD_FRAME",
+        FRAME_TOO_LARGE => "FRAME_TOO_LARGE",
+        UNKNOWN_COMMAND => "UNKNOWN_COMMAND",
+        BAD_BODY => "BAD_BODY",
+        UNSUPPORTED_VERSION => "UNSUPPORTED_VERSION",
+        BAD_COMPRESSION => "BAD_COMPRESSION",
+        NOT_LOGGED_IN => "NOT_LOGGED_IN",
+        TOKEN_INVALID => "TOKEN_INVALID",
+        TOKEN_EXPIRED => "TOKEN_EXPIRED",
+        UNKNOWN_APP => "UNKNOWN_APP",
+        ALREADY_LOGGED_IN => "ALREADY_LOGGED_IN",
+        LOGIN_TIMEOUT => "LOGIN_TIMEOUT",
+        CROSS_APP_FORBIDDEN => "CROSS_APP_FORBIDDEN",
+        INVALID_ARGUMENT => "INVALID_ARGUMENT",
+        RATE_LIMITED => "RATE_LIMITED",
+        FORBIDDEN => "FORBIDDEN",
+        KICK_REPLACED => "KICK_REPLACED",
+        KICK_TOO_MANY_DEVICES => "KICK_TOO_MANY_DEVICES",
+        KICK_SLOW_CONSUMER => "KICK_SLOW_CONSUMER",
+        KICK_ACK_TIMEOUT => "KICK_ACK_TIMEOUT",
+        KICK_IDLE_TIMEOUT => "KICK_IDLE_TIMEOUT",
+        KICK_SHUTDOWN => "KICK_SHUTDOWN",
+        KICK_ADMIN => "KICK_ADMIN",
+        INTERNAL => "INTERNAL",
+        UNAVAILABLE => "UNAVAILABLE",
+        SERVER_FULL => "SERVER_FULL",
+        _ => "UNKNOWN",
+    }
+}
