@@ -1,1 +1,232 @@
-//! switchboard-gate
+//! The gate: accepts client connections (TCP, optionally TLS, and WebSocket),
+//! runs the login handshake and one task per connection, and owns the
+//! per-connection outbound queue, keepalive, limits and the retransmit timer
+//! of unacknowledged pushes. Requests go to [`switchboard_core::Logic`].
+
+mod config;
+mod rate;
+mod session;
+pub mod tls;
+mod transport;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use switchboard_core::{Hub, Logic};
+use switchboard_proto::{Packet, code};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+pub use config::GateConfig;
+pub use transport::{StreamTransport, Transport, WsTransport};
+
+/// Shared state of the gate on one node.
+pub struct Gate {
+    pub logic: Arc<Logic>,
+    pub hub: Arc<Hub>,
+    pub config: GateConfig,
+    /// Admission: one permit per open connection (mini-redis style); the
+    /// permit moves into the connection task and is released when it ends.
+    slots: Arc<Semaphore>,
+    next_conn_id: AtomicU64,
+    /// Connection tasks, drained on shutdown.
+    pub tracker: TaskTracker,
+    pub shutdown: CancellationToken,
+    refused_full: AtomicU64,
+}
+
+impl Gate {
+    pub fn new(
+        logic: Arc<Logic>,
+        hub: Arc<Hub>,
+        config: GateConfig,
+        shutdown: CancellationToken,
+    ) -> Arc<Gate> {
+        Arc::new(Gate {
+            slots: Arc::new(Semaphore::new(config.max_connections)),
+            logic,
+            hub,
+            config,
+            next_conn_id: AtomicU64::new(1),
+            tracker: TaskTracker::new(),
+            shutdown,
+            refused_full: AtomicU64::new(0),
+        })
+    }
+
+    fn conn_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Connections open now (logged in or not).
+    pub fn open_connections(&self) -> usize {
+        self.config.max_connections - self.slots.available_permits()
+    }
+
+    /// Connections refused because the gate was full, since start.
+    pub fn refused_connections(&self) -> u64 {
+        self.refused_full.load(Ordering::Relaxed)
+    }
+
+    fn admit(&self) -> Option<OwnedSemaphorePermit> {
+        let permit = self.slots.clone().try_acquire_owned().ok();
+        if permit.is_none() {
+            self.refused_full.fetch_add(1, Ordering::Relaxed);
+        }
+        permit
+    }
+
+    /// Kicks every connection and waits (up to `grace`) for their tasks to end.
+    pub async fn drain(&self, grace: Duration) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                left = self.tracker.len(),
+                "connections still open after the shutdown grace period"
+            );
+        }
+    }
+}
+
+/// Accepts TCP connections until `shutdown`, each served by its own task.
+/// With `tls`, every connection does a TLS handshake (within the login
+/// deadline) before the first frame.
+pub async fn run_tcp(gate: Arc<Gate>, listener: TcpListener, tls: Option<TlsAcceptor>) {
+    let shutdown = gate.shutdown.clone();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    accept_error(&e);
+                    // Back off so a persistent error (out of file descriptors)
+                    // does not spin; connections already open carry on.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let Some(permit) = gate.admit() else {
+            gate.tracker.spawn(refuse_full(stream));
+            continue;
+        };
+        let gate2 = gate.clone();
+        let tls = tls.clone();
+        gate.tracker.spawn(async move {
+            let conn_id = gate2.conn_id();
+            let max = gate2.config.max_frame_bytes;
+            match tls {
+                None => {
+                    session::serve(
+                        gate2,
+                        StreamTransport::new(stream, max),
+                        conn_id,
+                        peer.to_string(),
+                        permit,
+                    )
+                    .await
+                }
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(gate2.config.login_timeout, acceptor.accept(stream));
+                    match handshake.await {
+                        Ok(Ok(tls_stream)) => {
+                            session::serve(
+                                gate2,
+                                StreamTransport::new(tls_stream, max),
+                                conn_id,
+                                peer.to_string(),
+                                permit,
+                            )
+                            .await
+                        }
+                        Ok(Err(e)) => info!(%peer, error = %e, "TLS handshake failed"),
+                        Err(_) => info!(%peer, "TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+    info!("TCP listener stopped");
+}
+
+/// Says clearly why accepting failed; the open-file limit is the usual one.
+pub fn accept_error(e: &io::Error) {
+    if e.raw_os_error() == Some(24) || e.raw_os_error() == Some(23) {
+        error!(
+            error = %e,
+            "out of file descriptors: the process's open-file limit (ulimit -n) is reached; \
+             new connections wait until others close (see docs/deployment.md to raise it)"
+        );
+    } else {
+        warn!(error = %e, "accept failed");
+    }
+}
+
+async fn refuse_full(mut stream: TcpStream) {
+    let frame = Packet::error(
+        code::SERVER_FULL,
+        "server is at its connection limit; retry later",
+        true,
+    )
+    .encode(0);
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&frame)).await;
+    let _ = stream.shutdown().await;
+}
+
+/// `GET /ws`: upgrades to a WebSocket connection served like a TCP one.
+pub async fn ws_handler(
+    State(gate): State<Arc<Gate>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let Some(permit) = gate.admit() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server is at its connection limit",
+        )
+            .into_response();
+    };
+    let max = gate.config.max_frame_bytes;
+    // 4 KiB read buffer: tungstenite's default 128 KiB costs ~137 KB per idle connection.
+    ws.read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| {
+            let gate2 = gate.clone();
+            let task = async move {
+                let conn_id = gate2.conn_id();
+                session::serve(
+                    gate2,
+                    WsTransport::new(socket, max),
+                    conn_id,
+                    peer.to_string(),
+                    permit,
+                )
+                .await
+            };
+            let tracker = gate.tracker.clone();
+            async move {
+                tracker.track_future(task).await;
+            }
+        })
+}

@@ -1,1 +1,162 @@
-fn main() {}
+//! `switchboard`: serve (the server), token (sign a login token for the
+//! embedded demo app), chat (a terminal client on the SDK).
+
+mod chat;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use switchboard::{Config, Server, server};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "switchboard",
+    version,
+    about = "Real-time messaging for marketplaces: one binary."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node. With no configuration: embedded mode, data under ./switchboard-data.
+    Serve(ServeArgs),
+    /// Print a login token for a user of the embedded `demo` app.
+    Token(TokenArgs),
+    /// Chat as a user: interactive, or line-oriented from stdin with --json.
+    Chat(chat::ChatArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML configuration file (settings are also read from SWITCHBOARD_* variables).
+    #[arg(long, short, env = "SWITCHBOARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (embedded store, demo secret).
+    #[arg(long, env = "SWITCHBOARD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// HTTP listen address (API, /ws, /healthz).
+    #[arg(long, env = "SWITCHBOARD_HTTP")]
+    http: Option<std::net::SocketAddr>,
+    /// TCP listen address (binary frames).
+    #[arg(long, env = "SWITCHBOARD_TCP")]
+    tcp: Option<std::net::SocketAddr>,
+}
+
+#[derive(clap::Args)]
+struct TokenArgs {
+    /// The app (only the embedded `demo` app's secret is known to this command).
+    #[arg(long, default_value = "demo")]
+    app: String,
+    /// The user id.
+    #[arg(long)]
+    uid: String,
+    /// Validity in seconds.
+    #[arg(long, default_value_t = 24 * 3600)]
+    ttl: u64,
+    /// Data directory of the server (where the demo secret is kept).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_DATA_DIR",
+        default_value = "./switchboard-data"
+    )]
+    data_dir: PathBuf,
+    /// Sign with this HS256 secret instead of the demo app's.
+    #[arg(long, env = "SWITCHBOARD_TOKEN_SECRET")]
+    secret: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter =
+        EnvFilter::try_from_env("SWITCHBOARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let chat = matches!(cli.command, Command::Chat(_));
+    tracing_subscriber::fmt()
+        .with_env_filter(if chat {
+            EnvFilter::try_from_env("SWITCHBOARD_LOG").unwrap_or_else(|_| EnvFilter::new("warn"))
+        } else {
+            filter
+        })
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Serve(args) => runtime.block_on(serve(args)),
+        Command::Token(args) => token(args),
+        Command::Chat(args) => runtime.block_on(chat::run(args)),
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let mut config =
+        Config::load(args.config.as_deref()).context("cannot read the configuration")?;
+    if let Some(d) = args.data_dir {
+        config.data_dir = d;
+    }
+    if let Some(a) = args.http {
+        config.listen.http = a;
+    }
+    if let Some(a) = args.tcp {
+        config.listen.tcp = a;
+    }
+    let demo = config.apps.is_empty();
+    let data_dir = config.data_dir.clone();
+    let server = Server::start(config).await?;
+    println!(
+        "switchboard: TCP on {}, HTTP and WebSocket on http://{}/ws",
+        server.tcp_addr, server.http_addr
+    );
+    if demo {
+        let dd = data_dir.display();
+        println!("embedded demo app \"demo\"; get a token and chat:");
+        println!("  switchboard token --uid alice --data-dir {dd}");
+        println!(
+            "  switchboard chat --uid alice --to bob --data-dir {dd} --url tcp://{}",
+            server.tcp_addr
+        );
+    }
+    let token = server.shutdown_token();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate() => {}
+        _ = token.cancelled() => {}
+    }
+    tracing::info!("shutting down");
+    server.stop().await;
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn terminate() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
+}
+
+#[cfg(not(unix))]
+async fn terminate() {
+    std::future::pending().await
+}
+
+fn token(args: TokenArgs) -> anyhow::Result<()> {
+    let secret = match args.secret {
+        Some(s) => s,
+        None if args.app == "demo" => server::demo_secret(&args.data_dir)?,
+        None => anyhow::bail!(
+            "only the demo app's secret is known here; pass --secret for app {}",
+            args.app
+        ),
+    };
+    let t = switchboard_core::auth::issue_token(&secret, &args.app, &args.uid, args.ttl)?;
+    println!("{t}");
+    Ok(())
+}

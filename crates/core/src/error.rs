@@ -1,0 +1,54 @@
+//! Errors of the logic, each with a stable protocol code.
+
+use switchboard_proto::code;
+
+use crate::bus::BusError;
+use crate::presence::PresenceError;
+use crate::route::RouteError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogicError {
+    #[error("invalid token: {0}")]
+    TokenInvalid(String),
+    #[error("token expired")]
+    TokenExpired,
+    #[error("unknown app {0}")]
+    UnknownApp(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("users of app {from} may not message users of app {to}")]
+    CrossAppForbidden { from: String, to: String },
+    #[error("{0}")]
+    Forbidden(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Presence(#[from] PresenceError),
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl LogicError {
+    /// The stable protocol code for this error.
+    pub fn code(&self) -> u32 {
+        match self {
+            LogicError::TokenInvalid(_) => code::TOKEN_INVALID,
+            LogicError::TokenExpired => code::TOKEN_EXPIRED,
+            LogicError::UnknownApp(_) => code::UNKNOWN_APP,
+            LogicError::InvalidArgument(_) => code::INVALID_ARGUMENT,
+            LogicError::CrossAppForbidden { .. } => code::CROSS_APP_FORBIDDEN,
+            LogicError::Forbidden(_) => code::FORBIDDEN,
+            LogicError::Store(StoreError::Invalid(_)) => code::INVALID_ARGUMENT,
+            LogicError::Store(_)
+            | LogicError::Presence(_)
+            | LogicError::Route(_)
+            | LogicError::Bus(_) => code::UNAVAILABLE,
+            LogicError::Internal(_) => code::INTERNAL,
+        }
+    }
+}

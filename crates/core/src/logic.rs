@@ -1,0 +1,354 @@
+//! The logic: `c2c`, `c2s`, `sync`, cursors and logins, written once against
+//! the backend traits. Stateless besides its backends, so any node can serve
+//! any request.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use switchboard_proto::code;
+
+use crate::auth::Apps;
+use crate::bus::{Bus, BusEvent, BusReceipt};
+use crate::error::LogicError;
+use crate::id::IdGenerator;
+use crate::model::{Entry, Message, NewMessage, UserKey};
+use crate::presence::{DeviceSession, Presence};
+use crate::route::{Delivery, Route};
+use crate::store::{Appended, Store};
+
+/// Limits and identity of the logic on this node.
+#[derive(Debug, Clone)]
+pub struct LogicConfig {
+    /// This node's name (where presence says a device is).
+    pub node: String,
+    /// This node's number in message ids (0..1024).
+    pub node_id: u16,
+    /// Largest message body accepted.
+    pub max_body_bytes: usize,
+    /// Devices one user may have online at once; the oldest is kicked beyond it.
+    pub max_devices_per_user: usize,
+    /// Largest sync page.
+    pub max_sync_page: usize,
+}
+
+impl Default for LogicConfig {
+    fn default() -> Self {
+        LogicConfig {
+            node: "local".into(),
+            node_id: 0,
+            max_body_bytes: 60 * 1024,
+            max_devices_per_user: 10,
+            max_sync_page: 200,
+        }
+    }
+}
+
+const MAX_ID_LEN: usize = 128;
+const MAX_TYPE_LEN: usize = 64;
+
+/// What a device learns at login.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginState {
+    pub timeline_head: u64,
+    pub cursor: u64,
+}
+
+/// A c2c request, as the sender made it.
+#[derive(Debug, Clone)]
+pub struct C2cRequest {
+    pub client_msg_id: String,
+    /// The receiver; an empty app means the sender's app.
+    pub to: UserKey,
+    pub kind: String,
+    pub body: Bytes,
+}
+
+/// The stored c2c: the message and its entry on the sender's timeline.
+#[derive(Debug, Clone)]
+pub struct C2cResult {
+    pub message: Arc<Message>,
+    pub sender_seq: u64,
+    pub duplicate: bool,
+}
+
+/// A page of a timeline for `sync`.
+#[derive(Debug, Clone)]
+pub struct SyncPage {
+    pub entries: Vec<Entry>,
+    pub timeline_head: u64,
+    pub has_more: bool,
+}
+
+pub struct Logic {
+    apps: Apps,
+    store: Arc<dyn Store>,
+    presence: Arc<dyn Presence>,
+    route: Arc<dyn Route>,
+    bus: Arc<dyn Bus>,
+    ids: IdGenerator,
+    config: LogicConfig,
+}
+
+impl Logic {
+    pub fn new(
+        config: LogicConfig,
+        apps: Apps,
+        store: Arc<dyn Store>,
+        presence: Arc<dyn Presence>,
+        route: Arc<dyn Route>,
+        bus: Arc<dyn Bus>,
+    ) -> Logic {
+        Logic {
+            ids: IdGenerator::new(config.node_id),
+            apps,
+            store,
+            presence,
+            route,
+            bus,
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &LogicConfig {
+        &self.config
+    }
+
+    pub fn apps(&self) -> &Apps {
+        &self.apps
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn presence(&self) -> &Arc<dyn Presence> {
+        &self.presence
+    }
+
+    /// A new unique, time-ordered id.
+    pub fn next_id(&self) -> u64 {
+        self.ids.next_id()
+    }
+
+    /// Verifies a login token.
+    pub fn authenticate(&self, token: &str) -> Result<UserKey, LogicError> {
+        self.apps.verify(token)
+    }
+
+    /// Records a logged-in device: the same device id on another connection
+    /// is replaced, and past the device limit the oldest device is kicked.
+    pub async fn login(&self, session: &DeviceSession) -> Result<LoginState, LogicError> {
+        let mut others = self.presence.devices(&session.user).await?;
+        others.retain(|d| d.conn_id != session.conn_id || d.node != session.node);
+        for d in others.iter().filter(|d| d.device_id == session.device_id) {
+            self.route
+                .kick(&d.node, &d.user, d.conn_id, code::KICK_REPLACED)
+                .await?;
+        }
+        others.retain(|d| d.device_id != session.device_id);
+        others.sort_by_key(|d| d.since_ms);
+        let excess = (others.len() + 1).saturating_sub(self.config.max_devices_per_user.max(1));
+        for d in others.iter().take(excess) {
+            tracing::info!(user = %d.user, device = %d.device_id, "device limit reached; kicking the oldest device");
+            self.route
+                .kick(&d.node, &d.user, d.conn_id, code::KICK_TOO_MANY_DEVICES)
+                .await?;
+            self.presence
+                .offline(&d.user, &d.device_id, d.conn_id)
+                .await?;
+        }
+        self.presence.online(session).await?;
+        let timeline_head = self.store.timeline_head(&session.user).await?;
+        let cursor = self.store.cursor(&session.user, &session.device_id).await?;
+        Ok(LoginState {
+            timeline_head,
+            cursor,
+        })
+    }
+
+    /// Forgets a device that disconnected.
+    pub async fn logout(&self, session: &DeviceSession) {
+        if let Err(e) = self
+            .presence
+            .offline(&session.user, &session.device_id, session.conn_id)
+            .await
+        {
+            tracing::warn!(error = %e, user = %session.user, "could not record device offline");
+        }
+    }
+
+    /// Stores a message from `from` durably (de-duplicated on its
+    /// client_msg_id), then pushes it to the receiver's devices and the
+    /// sender's other devices (all but `origin_conn`).
+    pub async fn c2c(
+        &self,
+        from: &UserKey,
+        origin_conn: Option<u64>,
+        req: C2cRequest,
+    ) -> Result<C2cResult, LogicError> {
+        let mut to = req.to;
+        if to.app.is_empty() {
+            to.app = from.app.clone();
+        }
+        check_id("client_msg_id", &req.client_msg_id)?;
+        check_id("to.uid", &to.uid)?;
+        if req.kind.len() > MAX_TYPE_LEN {
+            return Err(LogicError::InvalidArgument(format!(
+                "type is over {MAX_TYPE_LEN} bytes"
+            )));
+        }
+        if req.body.len() > self.config.max_body_bytes {
+            return Err(LogicError::InvalidArgument(format!(
+                "body is over {} bytes",
+                self.config.max_body_bytes
+            )));
+        }
+        if self.apps.get(&to.app).is_none() {
+            return Err(LogicError::InvalidArgument(format!(
+                "unknown app {}",
+                to.app
+            )));
+        }
+        if !self.apps.may_message(&from.app, &to.app) {
+            return Err(LogicError::CrossAppForbidden {
+                from: from.app.clone(),
+                to: to.app.clone(),
+            });
+        }
+        let mut timelines = vec![to.clone()];
+        if *from != to {
+            timelines.push(from.clone());
+        }
+        let message = Message {
+            id: self.ids.next_id(),
+            from: from.clone(),
+            to,
+            kind: req.kind,
+            body: req.body,
+            client_msg_id: req.client_msg_id,
+            server_time_ms: crate::now_ms(),
+        };
+        let new = NewMessage {
+            message,
+            timelines: timelines.clone(),
+        };
+        let appended = self.store.append(new).await?;
+        // A duplicate is pushed again: if the first attempt stored but did not
+        // push (a crash in between), this closes the gap; devices drop what
+        // they already have by sequence.
+        self.fan_out(&timelines, &appended, from, origin_conn).await;
+        let sender_seq = timelines
+            .iter()
+            .position(|u| u == from)
+            .and_then(|i| appended.seqs.get(i).copied())
+            .unwrap_or(0);
+        Ok(C2cResult {
+            message: appended.message,
+            sender_seq,
+            duplicate: appended.duplicate,
+        })
+    }
+
+    /// Pushes each entry to its user's online devices, wherever they are.
+    /// Failures are logged, not returned: the message is durable, and a
+    /// device that missed the push gets it through `sync`.
+    async fn fan_out(
+        &self,
+        timelines: &[UserKey],
+        appended: &Appended,
+        from: &UserKey,
+        origin_conn: Option<u64>,
+    ) {
+        for (user, entry) in timelines.iter().zip(appended.entries()) {
+            let devices = match self.presence.devices(user).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(error = %e, %user, "presence lookup failed; devices will sync");
+                    continue;
+                }
+            };
+            let nodes: BTreeSet<&str> = devices.iter().map(|d| d.node.as_str()).collect();
+            for node in nodes {
+                let skip_conn = if user == from && node == self.config.node {
+                    origin_conn
+                } else {
+                    None
+                };
+                let delivery = Delivery {
+                    user: user.clone(),
+                    entry: entry.clone(),
+                    skip_conn,
+                };
+                if let Err(e) = self.route.deliver(node, delivery).await {
+                    tracing::warn!(error = %e, %user, node, "route failed; devices will sync");
+                }
+            }
+        }
+    }
+
+    /// Sends a report to the business through the bus; returns once durable.
+    pub async fn c2s(
+        &self,
+        from: &UserKey,
+        client_msg_id: &str,
+        kind: String,
+        body: Bytes,
+    ) -> Result<BusReceipt, LogicError> {
+        check_id("client_msg_id", client_msg_id)?;
+        if kind.len() > MAX_TYPE_LEN {
+            return Err(LogicError::InvalidArgument(format!(
+                "type is over {MAX_TYPE_LEN} bytes"
+            )));
+        }
+        if body.len() > self.config.max_body_bytes {
+            return Err(LogicError::InvalidArgument(format!(
+                "body is over {} bytes",
+                self.config.max_body_bytes
+            )));
+        }
+        let event = BusEvent {
+            id: self.ids.next_id(),
+            topic: "c2s".into(),
+            user: from.clone(),
+            kind,
+            body,
+            time_ms: crate::now_ms(),
+        };
+        Ok(self.bus.publish(event, client_msg_id).await?)
+    }
+
+    /// The user's timeline entries after `since`, one page.
+    pub async fn sync(
+        &self,
+        user: &UserKey,
+        since: u64,
+        limit: u32,
+    ) -> Result<SyncPage, LogicError> {
+        let limit = match limit as usize {
+            0 => self.config.max_sync_page,
+            n => n.min(self.config.max_sync_page),
+        };
+        let page = self.store.entries_after(user, since, limit).await?;
+        let last = page.entries.last().map(|e| e.seq).unwrap_or(since);
+        Ok(SyncPage {
+            has_more: last < page.head,
+            timeline_head: page.head,
+            entries: page.entries,
+        })
+    }
+
+    /// Moves a device's cursor: everything up to `seq` was received.
+    pub async fn ack(&self, user: &UserKey, device_id: &str, seq: u64) -> Result<(), LogicError> {
+        Ok(self.store.advance_cursor(user, device_id, seq).await?)
+    }
+}
+
+fn check_id(field: &str, value: &str) -> Result<(), LogicError> {
+    if value.is_empty() || value.len() > MAX_ID_LEN {
+        return Err(LogicError::InvalidArgument(format!(
+            "{field} must be 1 to {MAX_ID_LEN} bytes"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,111 @@
+//! The durable store of messages, timelines, device cursors and the outbox.
+//!
+//! Contract every implementation keeps (the conformance suite in
+//! `switchboard-testkit` checks it against each one):
+//! - [`Store::append`] returns only once the message and all its timeline
+//!   entries are durable (fsync'd, or committed in PostgreSQL); entries of
+//!   one call commit atomically.
+//! - Each user's timeline is gap-free and strictly increasing from 1.
+//! - A second append with the same `(from, client_msg_id)` inside the
+//!   de-duplication window stores nothing and returns the first result with
+//!   `duplicate = true`.
+//! - Cursors only move forward; they may be persisted lazily (a crash may
+//!   move a cursor back a little, never forward).
+
+use async_trait::async_trait;
+
+use crate::bus::BusEvent;
+use crate::model::{Entry, Message, NewMessage, UserKey};
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend cannot be reached or refused the write; nothing was stored.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The request is invalid for the store (e.g. a value too large).
+    #[error("invalid store request: {0}")]
+    Invalid(String),
+    /// Stored data could not be read back (corruption, schema mismatch).
+    #[error("store data corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// The result of an append.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    /// The stored message (the first one, for a duplicate).
+    pub message: std::sync::Arc<Message>,
+    /// The sequence of each timeline entry, aligned with `NewMessage::timelines`.
+    pub seqs: Vec<u64>,
+    /// True when this was a resend of an already stored `(from, client_msg_id)`.
+    pub duplicate: bool,
+}
+
+impl Appended {
+    /// The entries, one per timeline, in the order of `NewMessage::timelines`.
+    pub fn entries(&self) -> impl Iterator<Item = Entry> + '_ {
+        self.seqs.iter().map(|&seq| Entry {
+            seq,
+            message: self.message.clone(),
+        })
+    }
+}
+
+/// A page of a timeline.
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub entries: Vec<Entry>,
+    /// The highest sequence on the timeline when the page was read.
+    pub head: u64,
+}
+
+/// An event accepted into the outbox (for the bus to deliver).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxReceipt {
+    pub id: u64,
+    pub duplicate: bool,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a message and one entry per timeline, durably, atomically,
+    /// de-duplicating on `(from, client_msg_id)`.
+    async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError>;
+
+    /// Entries with `seq > since`, in order, at most `limit`.
+    async fn entries_after(
+        &self,
+        user: &UserKey,
+        since: u64,
+        limit: usize,
+    ) -> Result<Page, StoreError>;
+
+    /// The highest sequence on the user's timeline (0 when empty).
+    async fn timeline_head(&self, user: &UserKey) -> Result<u64, StoreError>;
+
+    /// The device's cursor (0 when the device is new).
+    async fn cursor(&self, user: &UserKey, device_id: &str) -> Result<u64, StoreError>;
+
+    /// Moves the device's cursor forward to `seq` (never back). May be lazy.
+    async fn advance_cursor(
+        &self,
+        user: &UserKey,
+        device_id: &str,
+        seq: u64,
+    ) -> Result<(), StoreError>;
+
+    /// Appends an event to the durable outbox that the bus drains,
+    /// de-duplicating on `(user, dedupe_id)` when `dedupe_id` is not empty.
+    async fn outbox_append(
+        &self,
+        event: &BusEvent,
+        dedupe_id: &str,
+    ) -> Result<OutboxReceipt, StoreError>;
+
+    /// Checks that the backend is reachable (for `/readyz`).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Flushes lazy state (cursors) and stops background work. Idempotent.
+    async fn close(&self) -> Result<(), StoreError>;
+}

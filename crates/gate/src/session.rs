@@ -1,0 +1,509 @@
+//! One connection's task: login, then a `select!` over the next request, the
+//! outbound queue, the kill and shutdown signals, and one timer that serves
+//! the keepalive deadline and the retransmit of the oldest unacked push.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use switchboard_core::logic::{C2cRequest, LoginState};
+use switchboard_core::{ConnHandle, DeviceSession, LogicError, Outbound, UserKey};
+use switchboard_proto::{Compression, Packet, code, pb};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::time::{Instant, sleep_until};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info};
+
+use crate::Gate;
+use crate::rate::TokenBucket;
+use crate::transport::{Incoming, Transport, TransportError};
+
+/// How a session ended, for logs.
+#[derive(Debug)]
+enum End {
+    PeerClosed,
+    Kicked(u32),
+    Fatal(u32),
+    Logout,
+    Io(String),
+}
+
+/// Pushes sent and waiting for their ack, oldest first.
+struct Unacked {
+    frames: VecDeque<(u64, Bytes)>,
+    /// When the oldest unacked push is resent (one timer per connection).
+    deadline: Option<Instant>,
+    resends: u32,
+}
+
+/// Serves one accepted connection until it ends. `permit` is the
+/// connection's admission slot, released when this returns.
+pub async fn serve<T: Transport>(
+    gate: Arc<Gate>,
+    mut transport: T,
+    conn_id: u64,
+    peer: String,
+    permit: OwnedSemaphorePermit,
+) {
+    let span = tracing::info_span!("conn", conn_id, %peer, user = tracing::field::Empty);
+    async move {
+        let _permit = permit;
+        let end = match login(&gate, &mut transport, conn_id).await {
+            Ok(Some(session)) => session.run(&mut transport).await,
+            Ok(None) => End::PeerClosed,
+            Err(end) => end,
+        };
+        match end {
+            End::Fatal(code) => info!(
+                code = code::name(code),
+                "connection closed after a fatal error"
+            ),
+            End::Kicked(code) => debug!(code = code::name(code), "connection closed by the server"),
+            End::Io(e) => debug!(error = %e, "connection closed on an i/o error"),
+            End::PeerClosed | End::Logout => debug!(?end, "connection closed"),
+        }
+        transport.close().await;
+    }
+    .instrument(span)
+    .await
+}
+
+/// Sends one packet; errors end the session anyway, so they are only logged.
+async fn send<T: Transport>(t: &mut T, seq: u32, p: Packet) -> Result<(), End> {
+    t.send(&[p.encode(seq)])
+        .await
+        .map_err(|e| End::Io(e.to_string()))
+}
+
+async fn fatal<T: Transport>(t: &mut T, seq: u32, code: u32, message: String) -> End {
+    let _ = send(t, seq, Packet::error(code, message, true)).await;
+    End::Fatal(code)
+}
+
+async fn transport_error<T: Transport>(t: &mut T, e: TransportError) -> End {
+    match e {
+        TransportError::Io(e) => End::Io(e.to_string()),
+        TransportError::Proto(e) => fatal(t, 0, e.code(), e.to_string()).await,
+    }
+}
+
+/// The login phase: only Login and Ping are served, within the login deadline.
+async fn login<T: Transport>(
+    gate: &Arc<Gate>,
+    t: &mut T,
+    conn_id: u64,
+) -> Result<Option<Session>, End> {
+    let deadline = Instant::now() + gate.config.login_timeout;
+    loop {
+        let incoming = tokio::select! {
+            _ = gate.shutdown.cancelled() => return Err(End::Kicked(code::KICK_SHUTDOWN)),
+            _ = sleep_until(deadline) => {
+                return Err(fatal(t, 0, code::LOGIN_TIMEOUT, "no login within the login deadline".into()).await);
+            }
+            r = t.recv() => r,
+        };
+        let (seq, packet) = match incoming {
+            Ok(None) => return Ok(None),
+            Err(e) => return Err(transport_error(t, e).await),
+            Ok(Some(Incoming::Bad(seq, code, msg))) => {
+                send(t, seq, Packet::error(code, msg, false)).await?;
+                continue;
+            }
+            Ok(Some(Incoming::Packet(seq, p))) => (seq, p),
+        };
+        match packet {
+            Packet::Ping(_) => send(t, seq, pong()).await?,
+            Packet::Login(login) => {
+                return accept_login(gate, t, conn_id, seq, login).await.map(Some);
+            }
+            other => {
+                let msg = format!(
+                    "{} before login; only login and ping are allowed",
+                    other.command().json_name()
+                );
+                send(t, seq, Packet::error(code::NOT_LOGGED_IN, msg, false)).await?;
+            }
+        }
+    }
+}
+
+fn pong() -> Packet {
+    Packet::Pong(pb::Pong {
+        server_time_ms: switchboard_core::now_ms() as u64,
+    })
+}
+
+async fn accept_login<T: Transport>(
+    gate: &Arc<Gate>,
+    t: &mut T,
+    conn_id: u64,
+    seq: u32,
+    login: pb::Login,
+) -> Result<Session, End> {
+    let user = match gate.logic.authenticate(&login.token) {
+        Ok(u) => u,
+        Err(e) => return Err(fatal(t, seq, e.code(), e.to_string()).await),
+    };
+    if login.platform.len() > 32 || login.device_id.len() > 128 {
+        return Err(fatal(
+            t,
+            seq,
+            code::INVALID_ARGUMENT,
+            "platform is at most 32 bytes, device_id at most 128".into(),
+        )
+        .await);
+    }
+    let device_id = if login.device_id.is_empty() {
+        format!("conn-{conn_id}")
+    } else {
+        login.device_id
+    };
+    let platform = if login.platform.is_empty() {
+        "unknown".to_string()
+    } else {
+        login.platform
+    };
+    tracing::Span::current().record("user", tracing::field::display(&user));
+
+    let (tx, rx) = mpsc::channel(gate.config.outbound_queue);
+    let kill = CancellationToken::new();
+    let handle = Arc::new(ConnHandle::new(
+        conn_id,
+        user.clone(),
+        device_id.clone(),
+        platform.clone(),
+        tx,
+        kill.clone(),
+    ));
+    let device = DeviceSession {
+        user: user.clone(),
+        device_id,
+        platform,
+        node: gate.logic.config().node.clone(),
+        conn_id,
+        since_ms: handle.since_ms,
+    };
+    // Registered before presence says "online", so no push routed here is missed.
+    gate.hub.register(handle.clone());
+    let state = match gate.logic.login(&device).await {
+        Ok(s) => s,
+        Err(e) => {
+            gate.hub.unregister(&user, conn_id);
+            gate.logic.logout(&device).await;
+            return Err(fatal(t, seq, e.code(), e.to_string()).await);
+        }
+    };
+    let compression = Compression::negotiate(&login.compression, gate.config.compression_threshold);
+    let LoginState {
+        timeline_head,
+        cursor,
+    } = state;
+    let ack = pb::LoginAck {
+        user: Some(user.to_pb()),
+        timeline_head,
+        cursor,
+        compression: compression.name().into(),
+        keepalive_secs: gate.config.keepalive.as_secs() as u32,
+        max_frame_bytes: gate.config.max_frame_bytes as u32,
+        server_time_ms: switchboard_core::now_ms() as u64,
+        node: gate.logic.config().node.clone(),
+    };
+    let session = Session {
+        gate: gate.clone(),
+        device,
+        handle,
+        rx,
+        kill,
+        unacked: Unacked {
+            frames: VecDeque::new(),
+            deadline: None,
+            resends: 0,
+        },
+        last_seen: Instant::now(),
+        rate: TokenBucket::new(gate.config.rate_per_sec, gate.config.rate_burst),
+        batch: Vec::new(),
+    };
+    if let Err(end) = send(t, seq, Packet::LoginAck(ack)).await {
+        session.cleanup().await;
+        return Err(end);
+    }
+    t.set_compression(compression);
+    info!(device = %session.device.device_id, platform = %session.device.platform, "logged in");
+    Ok(session)
+}
+
+/// A logged-in connection.
+struct Session {
+    gate: Arc<Gate>,
+    device: DeviceSession,
+    handle: Arc<ConnHandle>,
+    rx: mpsc::Receiver<Outbound>,
+    kill: CancellationToken,
+    unacked: Unacked,
+    last_seen: Instant,
+    rate: TokenBucket,
+    /// Reused buffer of frames written in one batch.
+    batch: Vec<Bytes>,
+}
+
+/// Most frames written in one batch.
+const MAX_BATCH: usize = 64;
+
+impl Session {
+    fn user(&self) -> &UserKey {
+        &self.device.user
+    }
+
+    async fn run<T: Transport>(mut self, t: &mut T) -> End {
+        let end = self.serve(t).await;
+        if let End::Kicked(code) = end {
+            let reason = code::name(code).to_string();
+            let _ = send(t, 0, Packet::Kick(pb::Kick { code, reason })).await;
+        }
+        self.cleanup().await;
+        end
+    }
+
+    async fn cleanup(&self) {
+        self.gate.hub.unregister(self.user(), self.device.conn_id);
+        self.gate.logic.logout(&self.device).await;
+    }
+
+    fn next_timer(&self) -> Instant {
+        let idle = self.last_seen + self.gate.config.idle_timeout();
+        match self.unacked.deadline {
+            Some(d) if d < idle => d,
+            _ => idle,
+        }
+    }
+
+    async fn serve<T: Transport>(&mut self, t: &mut T) -> End {
+        loop {
+            let timer = self.next_timer();
+            tokio::select! {
+                biased;
+                _ = self.kill.cancelled() => {
+                    return End::Kicked(self.handle.kick_code().unwrap_or(code::KICK_ADMIN));
+                }
+                _ = self.gate.shutdown.cancelled() => return End::Kicked(code::KICK_SHUTDOWN),
+                out = self.rx.recv() => {
+                    let Some(out) = out else { return End::Kicked(code::KICK_ADMIN) };
+                    if let Err(end) = self.write_pushes(t, out).await {
+                        return end;
+                    }
+                }
+                r = t.recv() => {
+                    self.last_seen = Instant::now();
+                    let (seq, packet) = match r {
+                        Ok(None) => return End::PeerClosed,
+                        Err(e) => return transport_error(t, e).await,
+                        Ok(Some(Incoming::Bad(seq, code, msg))) => {
+                            if let Err(end) = send(t, seq, Packet::error(code, msg, false)).await {
+                                return end;
+                            }
+                            continue;
+                        }
+                        Ok(Some(Incoming::Packet(seq, p))) => (seq, p),
+                    };
+                    if let Err(end) = self.handle_request(t, seq, packet).await {
+                        return end;
+                    }
+                }
+                _ = sleep_until(timer) => {
+                    if let Err(end) = self.on_timer(t).await {
+                        return end;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes a push and whatever else is already queued, as one batch.
+    async fn write_pushes<T: Transport>(&mut self, t: &mut T, first: Outbound) -> Result<(), End> {
+        let mut batch = std::mem::take(&mut self.batch);
+        let mut next = Some(first);
+        while let Some(Outbound::Push { seq, frame }) = next {
+            if seq > 0 {
+                if self.unacked.frames.len() >= self.gate.config.max_unacked {
+                    return Err(End::Kicked(code::KICK_SLOW_CONSUMER));
+                }
+                if self.unacked.frames.is_empty() {
+                    self.unacked.deadline = Some(Instant::now() + self.gate.config.ack_timeout);
+                    self.unacked.resends = 0;
+                }
+                self.unacked.frames.push_back((seq, frame.clone()));
+            }
+            batch.push(frame);
+            next = if batch.len() < MAX_BATCH {
+                self.rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        let r = self.write(t, &batch).await;
+        batch.clear();
+        self.batch = batch;
+        r
+    }
+
+    async fn write<T: Transport>(&self, t: &mut T, frames: &[Bytes]) -> Result<(), End> {
+        match tokio::time::timeout(self.gate.config.write_timeout, t.send(frames)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(End::Io(e.to_string())),
+            Err(_) => Err(End::Kicked(code::KICK_SLOW_CONSUMER)),
+        }
+    }
+
+    async fn on_timer<T: Transport>(&mut self, t: &mut T) -> Result<(), End> {
+        let now = Instant::now();
+        if now >= self.last_seen + self.gate.config.idle_timeout() {
+            return Err(End::Kicked(code::KICK_IDLE_TIMEOUT));
+        }
+        let Some(deadline) = self.unacked.deadline else {
+            return Ok(());
+        };
+        if now < deadline {
+            return Ok(());
+        }
+        if self.unacked.resends >= self.gate.config.max_resends {
+            info!(
+                unacked = self.unacked.frames.len(),
+                "pushes unacknowledged after every resend"
+            );
+            return Err(End::Kicked(code::KICK_ACK_TIMEOUT));
+        }
+        self.unacked.resends += 1;
+        self.unacked.deadline = Some(now + self.gate.config.ack_timeout);
+        debug!(
+            resend = self.unacked.resends,
+            unacked = self.unacked.frames.len(),
+            "resending unacknowledged pushes"
+        );
+        let frames: Vec<Bytes> = self.unacked.frames.iter().map(|(_, f)| f.clone()).collect();
+        for chunk in frames.chunks(MAX_BATCH) {
+            self.write(t, chunk).await?;
+        }
+        Ok(())
+    }
+
+    async fn handle_request<T: Transport>(
+        &mut self,
+        t: &mut T,
+        seq: u32,
+        packet: Packet,
+    ) -> Result<(), End> {
+        let reply = match packet {
+            Packet::Ping(_) => pong(),
+            Packet::PushAck(ack) => {
+                self.on_push_ack(ack.seq).await;
+                return Ok(());
+            }
+            Packet::Logout(_) => {
+                send(t, seq, Packet::LogoutAck(pb::LogoutAck {})).await?;
+                return Err(End::Logout);
+            }
+            Packet::Login(_) => Packet::error(
+                code::ALREADY_LOGGED_IN,
+                "this connection is already logged in",
+                false,
+            ),
+            Packet::C2c(_) | Packet::C2s(_) | Packet::Sync(_) if !self.rate.try_take() => {
+                Packet::error(
+                    code::RATE_LIMITED,
+                    "request rate over the connection's limit; slow down",
+                    false,
+                )
+            }
+            Packet::C2c(req) => self.c2c(req).await.unwrap_or_else(error_packet),
+            Packet::C2s(req) => self.c2s(req).await.unwrap_or_else(error_packet),
+            Packet::Sync(req) => self.sync(req).await.unwrap_or_else(error_packet),
+            other => Packet::error(
+                code::UNKNOWN_COMMAND,
+                format!("{} is not a client command", other.command().json_name()),
+                false,
+            ),
+        };
+        self.write(t, &[reply.encode(seq)]).await
+    }
+
+    async fn on_push_ack(&mut self, seq: u64) {
+        let before = self.unacked.frames.len();
+        self.unacked.frames.retain(|(s, _)| *s > seq);
+        if self.unacked.frames.len() < before {
+            self.unacked.resends = 0;
+            self.unacked.deadline = (!self.unacked.frames.is_empty())
+                .then(|| Instant::now() + self.gate.config.ack_timeout);
+        }
+        // The cursor is the device's own: it may only be moved by this user's
+        // connection, and the store keeps it monotonic.
+        if let Err(e) = self
+            .gate
+            .logic
+            .ack(&self.device.user, &self.device.device_id, seq)
+            .await
+        {
+            tracing::warn!(error = %e, "could not move the cursor; the device may get entries again");
+        }
+    }
+
+    async fn c2c(&mut self, req: pb::C2c) -> Result<Packet, LogicError> {
+        let to = req
+            .to
+            .map(|u| UserKey::from_pb(&u))
+            .unwrap_or_else(|| UserKey::new("", ""));
+        let r = self
+            .gate
+            .logic
+            .c2c(
+                &self.device.user,
+                Some(self.device.conn_id),
+                C2cRequest {
+                    client_msg_id: req.client_msg_id.clone(),
+                    to,
+                    kind: req.r#type,
+                    body: req.body,
+                },
+            )
+            .await?;
+        Ok(Packet::C2cAck(pb::C2cAck {
+            client_msg_id: req.client_msg_id,
+            msg_id: r.message.id,
+            seq: r.sender_seq,
+            server_time_ms: r.message.server_time_ms,
+            duplicate: r.duplicate,
+        }))
+    }
+
+    async fn c2s(&mut self, req: pb::C2s) -> Result<Packet, LogicError> {
+        let r = self
+            .gate
+            .logic
+            .c2s(&self.device.user, &req.client_msg_id, req.r#type, req.body)
+            .await?;
+        Ok(Packet::C2sAck(pb::C2sAck {
+            client_msg_id: req.client_msg_id,
+            msg_id: r.id,
+            duplicate: r.duplicate,
+        }))
+    }
+
+    async fn sync(&mut self, req: pb::Sync) -> Result<Packet, LogicError> {
+        let page = self
+            .gate
+            .logic
+            .sync(&self.device.user, req.since, req.limit)
+            .await?;
+        Ok(Packet::SyncReply(pb::SyncReply {
+            entries: page.entries.iter().map(|e| e.to_pb()).collect(),
+            timeline_head: page.timeline_head,
+            has_more: page.has_more,
+        }))
+    }
+}
+
+fn error_packet(e: LogicError) -> Packet {
+    if e.code() == code::UNAVAILABLE || e.code() == code::INTERNAL {
+        tracing::warn!(error = %e, "request failed");
+    }
+    Packet::error(e.code(), e.to_string(), false)
+}

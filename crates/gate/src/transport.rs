@@ -1,0 +1,252 @@
+//! Transports: how frames travel on one connection.
+//!
+//! A [`Transport`] turns its stream into packets and back. TCP (plain or
+//! TLS) carries frames back to back; a WebSocket binary message carries one
+//! frame and a text message one JSON frame. The transport also applies the
+//! negotiated compression, so the session code sees only packets and
+//! encoded frames.
+
+use std::future::Future;
+use std::io;
+
+use axum::extract::ws::{Message as WsMessage, WebSocket};
+use bytes::{Bytes, BytesMut};
+use futures::{SinkExt, StreamExt};
+use switchboard_proto::{Compression, Frame, HEADER_LEN, Packet, ProtoError, decode, json};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// What one received frame turned into.
+pub enum Incoming {
+    /// A packet with its request id.
+    Packet(u32, Packet),
+    /// A well-framed request that could not be understood (unknown command,
+    /// bad body, bad compression); answered with an error, the connection stays.
+    Bad(u32, u32, String),
+}
+
+/// Why a connection's stream ended badly.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    /// The stream broke the framing; the connection must close after an error frame.
+    #[error(transparent)]
+    Proto(#[from] ProtoError),
+}
+
+pub trait Transport: Send {
+    /// The next packet; `Ok(None)` when the peer closed. Cancel-safe: it is
+    /// polled inside `select!`, and bytes read so far stay buffered.
+    fn recv(&mut self) -> impl Future<Output = Result<Option<Incoming>, TransportError>> + Send;
+
+    /// Writes encoded frames as one batch (one syscall for TCP where possible).
+    fn send(&mut self, frames: &[Bytes]) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// Sets the compression negotiated at login.
+    fn set_compression(&mut self, c: Compression);
+
+    /// Closes the stream politely.
+    fn close(&mut self) -> impl Future<Output = ()> + Send;
+}
+
+/// Inflates and decodes a binary frame.
+fn packet_of(frame: Frame, compression: Compression, max: usize) -> Incoming {
+    let seq = frame.seq;
+    let frame = match compression.inflate(frame, max) {
+        Ok(f) => f,
+        Err(e) => {
+            return Incoming::Bad(seq, switchboard_proto::code::BAD_COMPRESSION, e.to_string());
+        }
+    };
+    match Packet::from_frame(&frame) {
+        Ok(p) => Incoming::Packet(seq, p),
+        Err(e) => Incoming::Bad(seq, e.code(), e.to_string()),
+    }
+}
+
+/// Compresses an encoded frame when that was negotiated and it is large.
+fn maybe_deflate(bytes: &Bytes, compression: Compression) -> Bytes {
+    let Compression::Deflate { threshold } = compression else {
+        return bytes.clone();
+    };
+    if bytes.len() < HEADER_LEN + threshold {
+        return bytes.clone();
+    }
+    let mut buf = BytesMut::from(&bytes[..]);
+    match decode(&mut buf, usize::MAX) {
+        Ok(Some(frame)) => compression.deflate(frame).encode(),
+        _ => bytes.clone(),
+    }
+}
+
+/// Frames back to back over a byte stream (TCP or TLS over TCP).
+pub struct StreamTransport<S> {
+    stream: S,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    max_frame: usize,
+    compression: Compression,
+}
+
+impl<S> StreamTransport<S> {
+    pub fn new(stream: S, max_frame: usize) -> StreamTransport<S> {
+        // 4 KiB to start: enough for typical frames, grown only for large ones
+        // and shrunk back below, so an idle connection stays small.
+        StreamTransport {
+            stream,
+            rbuf: BytesMut::with_capacity(4096),
+            wbuf: BytesMut::new(),
+            max_frame,
+            compression: Compression::None,
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for StreamTransport<S> {
+    async fn recv(&mut self) -> Result<Option<Incoming>, TransportError> {
+        loop {
+            if let Some(frame) = decode(&mut self.rbuf, self.max_frame)? {
+                if self.rbuf.is_empty() && self.rbuf.capacity() > 64 * 1024 {
+                    self.rbuf = BytesMut::with_capacity(4096);
+                }
+                return Ok(Some(packet_of(frame, self.compression, self.max_frame)));
+            }
+            if self.rbuf.capacity() == self.rbuf.len() {
+                self.rbuf.reserve(4096);
+            }
+            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                return if self.rbuf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "connection closed inside a frame",
+                    )
+                    .into())
+                };
+            }
+        }
+    }
+
+    async fn send(&mut self, frames: &[Bytes]) -> io::Result<()> {
+        if let ([one], Compression::None) = (frames, self.compression) {
+            return self.stream.write_all(one).await;
+        }
+        self.wbuf.clear();
+        for f in frames {
+            self.wbuf
+                .extend_from_slice(&maybe_deflate(f, self.compression));
+        }
+        self.stream.write_all(&self.wbuf).await?;
+        if self.wbuf.capacity() > 64 * 1024 {
+            self.wbuf = BytesMut::new();
+        }
+        Ok(())
+    }
+
+    fn set_compression(&mut self, c: Compression) {
+        self.compression = c;
+    }
+
+    async fn close(&mut self) {
+        let _ = self.stream.flush().await;
+        let _ = self.stream.shutdown().await;
+    }
+}
+
+/// One frame per WebSocket message: binary frames, or JSON in text messages.
+pub struct WsTransport {
+    socket: WebSocket,
+    max_frame: usize,
+    compression: Compression,
+    /// The client speaks JSON (its first frame was a text message); replies
+    /// and pushes then go as text too.
+    json: Option<bool>,
+}
+
+impl WsTransport {
+    pub fn new(socket: WebSocket, max_frame: usize) -> WsTransport {
+        WsTransport {
+            socket,
+            max_frame,
+            compression: Compression::None,
+            json: None,
+        }
+    }
+
+    fn to_message(&self, frame: &Bytes) -> WsMessage {
+        if self.json == Some(true) {
+            let mut buf = BytesMut::from(&frame[..]);
+            if let Ok(Some(f)) = decode(&mut buf, usize::MAX)
+                && let Ok(p) = Packet::from_frame(&f)
+            {
+                return WsMessage::Text(json::encode(&p, f.seq).into());
+            }
+        }
+        WsMessage::Binary(maybe_deflate(frame, self.compression))
+    }
+}
+
+impl Transport for WsTransport {
+    async fn recv(&mut self) -> Result<Option<Incoming>, TransportError> {
+        loop {
+            let msg = match self.socket.next().await {
+                None => return Ok(None),
+                Some(Err(e)) => return Err(io::Error::other(e).into()),
+                Some(Ok(m)) => m,
+            };
+            match msg {
+                WsMessage::Binary(data) => {
+                    self.json.get_or_insert(false);
+                    let mut buf = BytesMut::from(&data[..]);
+                    let frame = decode(&mut buf, self.max_frame)?.ok_or(ProtoError::Malformed(
+                        "incomplete frame in a binary message",
+                    ))?;
+                    if !buf.is_empty() {
+                        return Err(ProtoError::Malformed(
+                            "a binary message must carry exactly one frame",
+                        )
+                        .into());
+                    }
+                    return Ok(Some(packet_of(frame, self.compression, self.max_frame)));
+                }
+                WsMessage::Text(text) => {
+                    self.json.get_or_insert(true);
+                    if text.len() > self.max_frame {
+                        return Err(ProtoError::TooLarge {
+                            len: text.len(),
+                            max: self.max_frame,
+                        }
+                        .into());
+                    }
+                    return Ok(Some(match json::decode(text.as_str()) {
+                        Ok((seq, p)) => Incoming::Packet(seq, p),
+                        Err((seq, e)) if !e.is_fatal() => {
+                            Incoming::Bad(seq, e.code(), e.to_string())
+                        }
+                        Err((_, e)) => return Err(e.into()),
+                    }));
+                }
+                WsMessage::Close(_) => return Ok(None),
+                // Control frames are answered by tungstenite itself.
+                WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
+            }
+        }
+    }
+
+    async fn send(&mut self, frames: &[Bytes]) -> io::Result<()> {
+        for f in frames {
+            let m = self.to_message(f);
+            self.socket.feed(m).await.map_err(io::Error::other)?;
+        }
+        self.socket.flush().await.map_err(io::Error::other)
+    }
+
+    fn set_compression(&mut self, c: Compression) {
+        self.compression = c;
+    }
+
+    async fn close(&mut self) {
+        let _ = self.socket.send(WsMessage::Close(None)).await;
+    }
+}

@@ -1,0 +1,8 @@
+//! The `switchboard` binary's library side: configuration and wiring, so
+//! tests and the benchmark start a real node in-process.
+
+pub mod config;
+pub mod server;
+
+pub use config::Config;
+pub use server::Server;

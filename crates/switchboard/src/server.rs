@@ -1,0 +1,162 @@
+//! Wiring: builds the backends picked by the configuration, the logic, the
+//! gate and the listeners, and stops them in order.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use switchboard_backends::sqlite::{SqliteOptions, SqliteStore};
+use switchboard_core::{
+    AppConfig, Apps, Bus, Hub, LocalRoute, Logic, MemoryPresence, OutboxBus, Store,
+};
+use switchboard_gate::Gate;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::Config;
+
+/// A running node.
+pub struct Server {
+    pub tcp_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub gate: Arc<Gate>,
+    store: Arc<dyn Store>,
+    shutdown: CancellationToken,
+    listeners: Vec<JoinHandle<()>>,
+    grace: Duration,
+}
+
+impl Server {
+    /// Opens the store, binds the listeners and starts serving.
+    pub async fn start(config: Config) -> anyhow::Result<Server> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
+        let apps = if config.apps.is_empty() {
+            vec![demo_app(&config.data_dir)?]
+        } else {
+            config.apps.clone()
+        };
+        let apps = Apps::new(apps).context("invalid app configuration")?;
+
+        let store: Arc<dyn Store> = match config.store.backend.as_str() {
+            "sqlite" => {
+                let options = SqliteOptions {
+                    dedupe_window: Duration::from_secs(config.store.dedupe_retention_secs),
+                    cursor_flush_interval: Duration::from_millis(
+                        config.store.cursor_flush_ms.max(1),
+                    ),
+                    ..SqliteOptions::default()
+                };
+                let path = config.data_dir.join("switchboard.sqlite3");
+                SqliteStore::open(&path, options)
+                    .with_context(|| format!("cannot open the store at {}", path.display()))?
+            }
+            other => bail!("unknown store backend {other:?} (known: sqlite)"),
+        };
+        let hub = Arc::new(Hub::new());
+        let presence = Arc::new(MemoryPresence::new());
+        let route = Arc::new(LocalRoute::new(hub.clone()));
+        let bus: Arc<dyn Bus> = Arc::new(OutboxBus::new(store.clone()));
+        let logic = Arc::new(Logic::new(
+            config.logic_config(),
+            apps,
+            store.clone(),
+            presence,
+            route,
+            bus,
+        ));
+
+        let shutdown = CancellationToken::new();
+        let gate = Gate::new(logic, hub, config.gate_config(), shutdown.clone());
+        let tls = match &config.tls {
+            Some(t) => Some(
+                switchboard_gate::tls::acceptor_from_pem_files(&t.cert, &t.key)
+                    .context("cannot load TLS")?,
+            ),
+            None => None,
+        };
+
+        let tcp = TcpListener::bind(config.listen.tcp)
+            .await
+            .with_context(|| format!("cannot listen on {} (tcp)", config.listen.tcp))?;
+        let http = TcpListener::bind(config.listen.http)
+            .await
+            .with_context(|| format!("cannot listen on {} (http)", config.listen.http))?;
+        let tcp_addr = tcp.local_addr()?;
+        let http_addr = http.local_addr()?;
+
+        let mut listeners = Vec::new();
+        listeners.push(tokio::spawn(switchboard_gate::run_tcp(
+            gate.clone(),
+            tcp,
+            tls.clone(),
+        )));
+        let router = switchboard_api::router(gate.clone());
+        let sd = shutdown.clone();
+        listeners.push(tokio::spawn(async move {
+            if let Err(e) = switchboard_api::serve(http, router, tls, sd).await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        }));
+        info!(%tcp_addr, %http_addr, node = %config.node, "switchboard serving");
+        Ok(Server {
+            tcp_addr,
+            http_addr,
+            gate,
+            store,
+            shutdown,
+            listeners,
+            grace: Duration::from_secs(config.shutdown_grace_secs),
+        })
+    }
+
+    /// A token that, once cancelled, stops the server (see [`Server::stop`]).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops accepting, kicks every connection (KICK_SHUTDOWN), waits for
+    /// them within the grace period, then flushes and closes the store.
+    pub async fn stop(self) {
+        self.gate.drain(self.grace).await;
+        for l in self.listeners {
+            let _ = tokio::time::timeout(self.grace, l).await;
+        }
+        if let Err(e) = self.store.close().await {
+            tracing::warn!(error = %e, "store did not close cleanly");
+        }
+        info!("switchboard stopped");
+    }
+}
+
+/// The built-in `demo` app, its secret generated once and kept in the data dir.
+pub fn demo_app(data_dir: &Path) -> anyhow::Result<AppConfig> {
+    Ok(AppConfig {
+        name: "demo".into(),
+        jwt_secret: Some(demo_secret(data_dir)?),
+        api_key: Some(format!("demo-{}", &demo_secret(data_dir)?[..16])),
+        ..AppConfig::default()
+    })
+}
+
+/// Reads (creating on first use) the demo app's token secret.
+pub fn demo_secret(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("demo.secret");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        let s = s.trim().to_string();
+        if s.len() >= 16 {
+            return Ok(s);
+        }
+    }
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let secret: String = (0..32)
+        .map(|_| format!("{:x}", rand::random::<u8>() % 16))
+        .collect();
+    std::fs::write(&path, &secret).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(secret)
+}
