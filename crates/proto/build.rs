@@ -21,6 +21,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     pbjson_build::Builder::new()
         .register_descriptors(&bytes)?
+        // Fields are only ever added: a JSON body from a newer peer may carry
+        // fields this version does not know, and they are skipped, as the
+        // binary decoder does.
+        .ignore_unknown_fields()
         .build(&[".switchboard.v1"])?;
     Ok(())
 }

@@ -91,9 +91,15 @@ macro_rules! commands {
                 };
             }
 
-            pub(crate) fn to_json_value(&self) -> Result<serde_json::Value, serde_json::Error> {
+            /// Serializes the body in protobuf's canonical JSON mapping, fields
+            /// in field-number order (no intermediate `Value`, whose key order
+            /// would depend on serde_json's features).
+            pub(crate) fn serialize_json_body<S: serde::Serializer>(
+                &self,
+                serializer: S,
+            ) -> Result<S::Ok, S::Error> {
                 match self {
-                    $(Packet::$name(m) => serde_json::to_value(m),)*
+                    $(Packet::$name(m) => serde::Serialize::serialize(m, serializer),)*
                 }
             }
 

@@ -1,1 +1,54 @@
-//! switchboard-sdk
+//! The Switchboard Rust client.
+//!
+//! [`Client::connect`] opens one connection (`tcp://`, `tls://`, `ws://` or
+//! `wss://`), logs in, and hands back a [`Client`] (a cheap, cloneable handle)
+//! and the [`Events`] of that connection. One task owns the socket: it pings,
+//! acknowledges pushes, syncs after every (re)connect, reconnects with
+//! exponential backoff and full jitter, and resends unanswered requests with
+//! their original `client_msg_id`, so the application sees each timeline
+//! entry exactly once, in order ([`Event::Message`]).
+//!
+//! ```no_run
+//! use switchboard_sdk::{Client, ClientConfig, Event, User};
+//!
+//! # async fn demo() -> Result<(), switchboard_sdk::SdkError> {
+//! let config = ClientConfig::new("tcp://127.0.0.1:7000", "<jwt from the business server>")
+//!     .with_platform("desktop")
+//!     .with_device_id("laptop-1")
+//!     .with_since(None); // or the last `seq` the app persisted
+//! let (client, mut events) = Client::connect(config).await?;
+//!
+//! let bob = User { app: "shop".into(), uid: "bob".into() };
+//! let receipt = client.send(bob, "text", r#"{"text":"hi"}"#).await?;
+//! println!("stored as {} (seq {})", receipt.msg_id, receipt.seq);
+//!
+//! while let Some(event) = events.recv().await {
+//!     match event {
+//!         Event::Message { seq, message } => {
+//!             // Persist `seq` and pass it as `since` on the next start.
+//!             println!("#{seq} {}: {:?}", message.r#type, message.body);
+//!         }
+//!         Event::Kicked { code, reason } => eprintln!("kicked {code}: {reason}"),
+//!         Event::Closed => break,
+//!         _ => {}
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+mod backoff;
+mod client;
+mod config;
+mod error;
+mod task;
+mod timeline;
+mod transport;
+
+pub use client::{C2sAck, Client, Event, Events, Message, SendReceipt, User, new_client_msg_id};
+pub use config::{ClientConfig, TokenFuture, TokenProvider};
+pub use error::SdkError;
+/// The wire protocol crate (generated types in `proto::pb`).
+pub use switchboard_proto as proto;
+/// The stable error and kick codes (`SdkError::Server::code`, `Event::Kicked::code`).
+pub use switchboard_proto::code;

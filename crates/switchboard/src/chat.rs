@@ -1,6 +1,244 @@
+//! `switchboard chat`: a terminal client built on the SDK.
+//!
+//! Interactive: type a line to send it to the current peer, `/to UID` to
+//! change peer, `/quit` to leave. With `--json`, it is line-oriented for
+//! scripts: each stdin line is either plain text (sent to `--to`) or a JSON
+//! object `{"to": "bob", "body": "hi", "type": "text", "id": "..."}`, and every
+//! event is printed as one JSON object per line on stdout.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
 use clap::Args;
+use serde_json::json;
+use switchboard_sdk::{Client, ClientConfig, Event, Message, User};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
 #[derive(Args)]
-pub struct ChatArgs {}
-pub async fn run(_a: ChatArgs) -> anyhow::Result<()> {
+pub struct ChatArgs {
+    /// Server URL: tcp://host:port, tls://host:port, ws://host:port/ws or wss://host:port/ws.
+    #[arg(long, env = "SWITCHBOARD_URL", default_value = "tcp://127.0.0.1:9090")]
+    url: String,
+    /// Your user id.
+    #[arg(long)]
+    uid: String,
+    /// Your app.
+    #[arg(long, default_value = "demo")]
+    app: String,
+    /// Login token; by default one is signed with the demo app's secret from --data-dir.
+    #[arg(long, env = "SWITCHBOARD_TOKEN")]
+    token: Option<String>,
+    /// The server's data directory (for the demo app's secret).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_DATA_DIR",
+        default_value = "./switchboard-data"
+    )]
+    data_dir: PathBuf,
+    /// Who to talk to (uid in the same app, or app/uid).
+    #[arg(long)]
+    to: Option<String>,
+    /// This device's id (a second device of the same user needs another one).
+    #[arg(long)]
+    device: Option<String>,
+    /// Platform reported at login.
+    #[arg(long, default_value = "desktop")]
+    platform: String,
+    /// Line-oriented JSON output for scripts.
+    #[arg(long)]
+    json: bool,
+    /// PEM file of the CA that signed the server's certificate (tls:// and wss://).
+    #[arg(long)]
+    ca: Option<PathBuf>,
+    /// Sync from this sequence instead of the device's server-side cursor.
+    #[arg(long)]
+    since: Option<u64>,
+}
+
+fn parse_user(s: &str, default_app: &str) -> User {
+    match s.split_once('/') {
+        Some((app, uid)) => User {
+            app: app.into(),
+            uid: uid.into(),
+        },
+        None => User {
+            app: default_app.into(),
+            uid: s.into(),
+        },
+    }
+}
+
+fn message_json(seq: Option<u64>, m: &Message) -> serde_json::Value {
+    let from = m.from.clone().unwrap_or_default();
+    let to = m.to.clone().unwrap_or_default();
+    json!({
+        "event": if seq.is_some() { "message" } else { "online" },
+        "seq": seq,
+        "msg_id": m.msg_id.to_string(),
+        "from": format!("{}/{}", from.app, from.uid),
+        "to": format!("{}/{}", to.app, to.uid),
+        "type": m.r#type,
+        "body": String::from_utf8_lossy(&m.body),
+        "client_msg_id": m.client_msg_id,
+        "server_time_ms": m.server_time_ms,
+    })
+}
+
+pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
+    let token = match &args.token {
+        Some(t) => t.clone(),
+        None => {
+            let secret = switchboard::server::demo_secret(&args.data_dir)?;
+            switchboard_core::auth::issue_token(&secret, &args.app, &args.uid, 24 * 3600)?
+        }
+    };
+    let device = args
+        .device
+        .clone()
+        .unwrap_or_else(|| format!("cli-{}", args.uid));
+    let mut config = ClientConfig::new(args.url.clone(), token)
+        .with_platform(args.platform.clone())
+        .with_device_id(device)
+        .with_since(args.since);
+    if let Some(ca) = &args.ca {
+        config = config.with_root_certs_pem(
+            std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?,
+        );
+    }
+    let (client, mut events) = Client::connect(config).await.context("cannot connect")?;
+    let json_out = args.json;
+    let mut peer = args.to.as_deref().map(|t| parse_user(t, &args.app));
+    if !json_out {
+        println!(
+            "connected as {}/{}; type a message and press enter (/to UID, /quit)",
+            args.app, args.uid
+        );
+        if peer.is_none() {
+            println!("no peer yet: use /to UID");
+        }
+    }
+
+    let printer = tokio::spawn(async move {
+        while let Some(ev) = events.recv().await {
+            print_event(&ev, json_out);
+            if matches!(ev, Event::Closed) {
+                break;
+            }
+        }
+    });
+
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("/to ") {
+            peer = Some(parse_user(rest.trim(), &args.app));
+            continue;
+        }
+        if line == "/quit" {
+            break;
+        }
+        let (to, kind, body, id) = if json_out && line.starts_with('{') {
+            let v: serde_json::Value = match serde_json::from_str(line) {
+                Ok(v) => v,
+                Err(e) => {
+                    println!(
+                        "{}",
+                        json!({"event": "error", "error": format!("bad JSON line: {e}")})
+                    );
+                    continue;
+                }
+            };
+            let to = v["to"]
+                .as_str()
+                .map(|t| parse_user(t, &args.app))
+                .or_else(|| peer.clone());
+            let kind = v["type"].as_str().unwrap_or("text").to_string();
+            let body = v["body"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v["body"].to_string());
+            (to, kind, body, v["id"].as_str().map(str::to_string))
+        } else {
+            (peer.clone(), "text".to_string(), line.to_string(), None)
+        };
+        let Some(to) = to else {
+            report(
+                json_out,
+                "no peer: use /to UID (or \"to\" in the JSON line)".into(),
+            );
+            continue;
+        };
+        let sent = match id {
+            Some(id) => {
+                client
+                    .send_with_id(id, to.clone(), kind, body.into_bytes())
+                    .await
+            }
+            None => client.send(to.clone(), kind, body.into_bytes()).await,
+        };
+        match sent {
+            Ok(r) if json_out => println!(
+                "{}",
+                json!({"event": "sent", "to": format!("{}/{}", to.app, to.uid), "client_msg_id": r.client_msg_id,
+                       "msg_id": r.msg_id.to_string(), "seq": r.seq, "duplicate": r.duplicate})
+            ),
+            Ok(_) => {}
+            Err(e) => report(json_out, format!("not sent: {e}")),
+        }
+    }
+    client.close().await;
+    let _ = printer.await;
     Ok(())
+}
+
+fn report(json_out: bool, error: String) {
+    if json_out {
+        println!("{}", json!({"event": "error", "error": error}));
+    } else {
+        eprintln!("! {error}");
+    }
+}
+
+fn print_event(ev: &Event, json_out: bool) {
+    if json_out {
+        let v = match ev {
+            Event::Connected {
+                user,
+                timeline_head,
+            } => {
+                json!({"event": "connected", "user": format!("{}/{}", user.app, user.uid), "timeline_head": timeline_head})
+            }
+            Event::Message { seq, message } => message_json(Some(*seq), message),
+            Event::Online { message } => message_json(None, message),
+            Event::Disconnected { reason } => {
+                json!({"event": "disconnected", "reason": reason.to_string()})
+            }
+            Event::Kicked { code, reason } => {
+                json!({"event": "kicked", "code": code, "reason": reason})
+            }
+            Event::Closed => json!({"event": "closed"}),
+            _ => return,
+        };
+        println!("{v}");
+        return;
+    }
+    match ev {
+        Event::Connected { timeline_head, .. } => {
+            println!("* online (timeline at {timeline_head})")
+        }
+        Event::Message { message, .. } | Event::Online { message } => {
+            let from = message.from.clone().unwrap_or_default();
+            println!("[{}] {}", from.uid, String::from_utf8_lossy(&message.body));
+        }
+        Event::Disconnected { reason } => println!("* disconnected ({reason}); reconnecting"),
+        Event::Kicked { code, reason } => println!(
+            "* kicked: {} ({code}) {reason}",
+            switchboard_proto::code::name(*code)
+        ),
+        Event::Closed => println!("* closed"),
+        _ => {}
+    }
 }

@@ -153,6 +153,17 @@ impl Default for Store {
     }
 }
 
+/// `SWITCHBOARD_*` variables read by the command line itself.
+const CLI_ONLY_ENV: &[&str] = &[
+    "SWITCHBOARD_CONFIG",
+    "SWITCHBOARD_LOG",
+    "SWITCHBOARD_HTTP",
+    "SWITCHBOARD_TCP",
+    "SWITCHBOARD_URL",
+    "SWITCHBOARD_TOKEN",
+    "SWITCHBOARD_TOKEN_SECRET",
+];
+
 impl Config {
     /// Reads the file (if given), then `SWITCHBOARD_*` variables over it.
     pub fn load(file: Option<&Path>) -> Result<Config, config::ConfigError> {
@@ -164,11 +175,17 @@ impl Config {
                     .required(true),
             );
         }
+        // Variables that belong to the command line, not to this file's
+        // settings, are left out (they would be unknown fields).
+        let env: config::Map<String, String> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("SWITCHBOARD_") && !CLI_ONLY_ENV.contains(&k.as_str()))
+            .collect();
         b = b.add_source(
             config::Environment::with_prefix("SWITCHBOARD")
                 .prefix_separator("_")
                 .separator("__")
-                .try_parsing(true),
+                .try_parsing(true)
+                .source(Some(env)),
         );
         b.build()?.try_deserialize()
     }

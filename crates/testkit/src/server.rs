@@ -90,6 +90,27 @@ impl TestServer {
         token("demo", uid)
     }
 
+    /// Stops the node gracefully and starts it again on the same ports with
+    /// the same data directory (a planned restart).
+    pub async fn restart(mut self) -> TestServer {
+        if let Some(s) = self.server.take() {
+            s.stop().await;
+        }
+        let mut config = self.config.clone();
+        config.listen.tcp = self.tcp;
+        config.listen.http = self.http;
+        let server = Server::start(config.clone())
+            .await
+            .expect("server restarts");
+        TestServer {
+            tcp: server.tcp_addr,
+            http: server.http_addr,
+            server: Some(server),
+            config,
+            _dir: self._dir.take(),
+        }
+    }
+
     /// Stops the node gracefully.
     pub async fn stop(mut self) {
         if let Some(s) = self.server.take() {

@@ -1,0 +1,392 @@
+//! [`SqliteStore`]: the embedded [`Store`] on one SQLite file (rusqlite,
+//! bundled SQLite).
+//!
+//! - Writes (appends, outbox events, cursor flushes, purges) go to ONE writer
+//!   thread ([`writer`]) through a bounded queue; it group-commits up to
+//!   `max_batch` of them per transaction and answers nobody before COMMIT
+//!   returned. WAL with `synchronous=FULL` makes that COMMIT an fsync.
+//! - Reads (`entries_after`, `timeline_head`, `cursor`, `outbox_pending`) run
+//!   on a small pool of read connections ([`read`]) in `spawn_blocking`.
+//! - Device cursors move in memory and reach the disk with the next group or
+//!   within `cursor_flush_interval`, as the contract allows.
+//! - The schema and its migrations: [`schema`].
+
+mod read;
+mod schema;
+mod writer;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags};
+use switchboard_core::store::OutboxReceipt;
+use switchboard_core::{Appended, BusEvent, NewMessage, Page, Store, StoreError, UserKey};
+use tokio::sync::{Semaphore, oneshot};
+
+pub use schema::SCHEMA_VERSION;
+
+use read::ReadPool;
+use writer::{Command, Queued, Writer};
+
+/// Tuning of a [`SqliteStore`]; `Default` gives the documented defaults.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// How long a `(from, client_msg_id)` (and an outbox `dedupe_id` once
+    /// delivered) is remembered. Default 7 days.
+    pub dedupe_window: Duration,
+    /// Longest time an advanced cursor stays only in memory. Default 1 s.
+    pub cursor_flush_interval: Duration,
+    /// Most writes committed in one transaction. Default 512.
+    pub max_batch: usize,
+    /// Writes that may wait for the writer; past that callers wait for a slot.
+    /// Default 1024: room for the next group to gather while one commits.
+    pub queue_capacity: usize,
+    /// Read connections. Default 4: reads are short and this machine has 2 cores.
+    pub read_connections: usize,
+    /// How often expired de-dup rows are purged. Default 60 s.
+    pub purge_interval: Duration,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            dedupe_window: Duration::from_secs(7 * 24 * 3600),
+            cursor_flush_interval: Duration::from_secs(1),
+            max_batch: 512,
+            queue_capacity: 1024,
+            read_connections: 4,
+            purge_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `(app, uid, device_id)`.
+type CursorKey = (String, String, String);
+
+/// State shared by the handle and the writer thread.
+struct Shared {
+    // Cursors advanced in memory and not yet committed. A std Mutex: held for
+    // a map insert or a clone, never across an await or I/O.
+    cursors: Mutex<HashMap<CursorKey, u64>>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CursorKey, u64>> {
+        // Every critical section leaves the map consistent, so a poisoned
+        // lock (a panic elsewhere) is safe to keep using.
+        self.cursors.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn has_dirty_cursors(&self) -> bool {
+        !self.lock().is_empty()
+    }
+
+    /// A snapshot to write; entries stay in the map (so `cursor()` keeps
+    /// seeing them) until [`Shared::cursors_flushed`] after the commit.
+    fn dirty_cursors(&self) -> Vec<(CursorKey, u64)> {
+        self.lock().iter().map(|(k, v)| (k.clone(), *v)).collect()
+    }
+
+    /// Forgets the entries that were committed and have not moved since.
+    fn cursors_flushed(&self, flushed: &[(CursorKey, u64)]) {
+        if flushed.is_empty() {
+            return;
+        }
+        let mut map = self.lock();
+        for (k, v) in flushed {
+            if map.get(k) == Some(v) {
+                map.remove(k);
+            }
+        }
+    }
+}
+
+/// The embedded store: one SQLite file in WAL mode, one writer thread.
+pub struct SqliteStore {
+    path: PathBuf,
+    queue: SyncSender<Queued>,
+    /// One permit per queue slot, so a full queue makes async callers wait
+    /// instead of blocking a runtime thread in `SyncSender::send`.
+    admission: Arc<Semaphore>,
+    reads: Arc<ReadPool>,
+    shared: Arc<Shared>,
+    closed: AtomicBool,
+    // A std Mutex: taken once, at close or drop.
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating the directory and file if needed) the store at `path`,
+    /// migrates the schema and starts the writer thread.
+    pub fn open(path: &Path, options: SqliteOptions) -> Result<Arc<SqliteStore>, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Unavailable(format!("creating {}: {e}", dir.display())))?;
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let mut conn = Connection::open_with_flags(path, flags).map_err(unavailable)?;
+        schema::configure_writer(&conn)?;
+        schema::migrate(&mut conn)?;
+        let reads = Arc::new(ReadPool::open(path, options.read_connections)?);
+
+        let capacity = options.queue_capacity.max(1);
+        // One slot more than there are permits: Drop's final Close never
+        // needs a permit and always finds room.
+        let (queue, rx) = sync_channel(capacity + 1);
+        let shared = Arc::new(Shared {
+            cursors: Mutex::new(HashMap::new()),
+        });
+        let writer = Writer::new(conn, rx, shared.clone(), options);
+        let handle = std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|e| StoreError::Unavailable(format!("starting the writer thread: {e}")))?;
+        Ok(Arc::new(SqliteStore {
+            path: path.to_owned(),
+            queue,
+            admission: Arc::new(Semaphore::new(capacity)),
+            reads,
+            shared,
+            closed: AtomicBool::new(false),
+            writer: Mutex::new(Some(handle)),
+        }))
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Up to `limit` undelivered outbox events, lowest id first (for the
+    /// webhook dispatcher).
+    pub async fn outbox_pending(&self, limit: usize) -> Result<Vec<BusEvent>, StoreError> {
+        self.read(move |c| read::outbox_pending(c, limit)).await
+    }
+
+    /// Marks outbox events delivered, durably; returns how many were pending.
+    pub async fn outbox_mark_delivered(&self, ids: &[u64]) -> Result<usize, StoreError> {
+        let ids = ids.to_vec();
+        self.write(|r| Command::MarkDelivered(ids, r)).await
+    }
+
+    /// Deletes expired de-dup rows and delivered outbox rows older than the
+    /// window now (the writer also does it every `purge_interval`); returns
+    /// the number of rows deleted.
+    pub async fn purge_expired(&self) -> Result<usize, StoreError> {
+        self.write(Command::Purge).await
+    }
+
+    /// Persists every advanced cursor now.
+    pub async fn flush_cursors(&self) -> Result<(), StoreError> {
+        self.write(Command::Flush).await
+    }
+
+    fn check_open(&self) -> Result<(), StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable("store is closed".into()));
+        }
+        Ok(())
+    }
+
+    /// Sends a command to the writer and waits for its answer.
+    async fn write<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
+    ) -> Result<T, StoreError> {
+        self.check_open()?;
+        let permit = self
+            .admission
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Unavailable("store is closed".into()))?;
+        self.send(make, Some(permit)).await
+    }
+
+    async fn send<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<T, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.queue
+            .try_send(Queued {
+                cmd: make(tx),
+                permit,
+            })
+            .map_err(|e| match e {
+                TrySendError::Full(_) => StoreError::Unavailable("writer queue full".into()),
+                TrySendError::Disconnected(_) => {
+                    StoreError::Unavailable("writer thread stopped".into())
+                }
+            })?;
+        rx.await
+            .map_err(|_| StoreError::Unavailable("writer thread stopped".into()))?
+    }
+
+    /// Runs a read on the pool in a blocking thread.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        self.check_open()?;
+        let pool = self.reads.clone();
+        tokio::task::spawn_blocking(move || pool.with(f))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
+    }
+
+    fn cursor_key(user: &UserKey, device_id: &str) -> CursorKey {
+        (user.app.clone(), user.uid.clone(), device_id.to_owned())
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError> {
+        self.write(|r| Command::Append(msg, r)).await
+    }
+
+    async fn entries_after(
+        &self,
+        user: &UserKey,
+        since: u64,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        let user = user.clone();
+        self.read(move |c| read::entries_after(c, &user, since, limit))
+            .await
+    }
+
+    async fn timeline_head(&self, user: &UserKey) -> Result<u64, StoreError> {
+        let user = user.clone();
+        self.read(move |c| read::head(c, &user)).await
+    }
+
+    async fn cursor(&self, user: &UserKey, device_id: &str) -> Result<u64, StoreError> {
+        // Memory first, then the table: an entry leaves memory only after it
+        // was committed, so reading in this order never misses the newest.
+        let key = Self::cursor_key(user, device_id);
+        let in_memory = self.shared.lock().get(&key).copied().unwrap_or(0);
+        let user = user.clone();
+        let device = key.2;
+        let on_disk = self.read(move |c| read::cursor(c, &user, &device)).await?;
+        Ok(in_memory.max(on_disk))
+    }
+
+    async fn advance_cursor(
+        &self,
+        user: &UserKey,
+        device_id: &str,
+        seq: u64,
+    ) -> Result<(), StoreError> {
+        self.check_open()?;
+        if seq > i64::MAX as u64 {
+            return Err(StoreError::Invalid(format!("cursor {seq} out of range")));
+        }
+        let key = Self::cursor_key(user, device_id);
+        let mut map = self.shared.lock();
+        let e = map.entry(key).or_insert(0);
+        *e = (*e).max(seq);
+        Ok(())
+    }
+
+    async fn outbox_append(
+        &self,
+        event: &BusEvent,
+        dedupe_id: &str,
+    ) -> Result<OutboxReceipt, StoreError> {
+        let event = event.clone();
+        let dedupe_id = dedupe_id.to_owned();
+        self.write(|r| Command::Outbox(event, dedupe_id, r)).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        let alive = self
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|h| !h.is_finished());
+        if !alive {
+            return Err(StoreError::Unavailable("writer thread stopped".into()));
+        }
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(unavailable))
+            .await
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        // Waiters already queued are answered first; later callers are refused.
+        self.admission.close();
+        let flushed = self.send(Command::Close, None).await;
+        let handle = self
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(handle) = handle {
+            // The thread exits right after answering Close.
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        }
+        flushed
+    }
+}
+
+impl Drop for SqliteStore {
+    /// Best effort: flush cursors and stop the writer when the store was not
+    /// closed. Blocks for at most one group commit.
+    fn drop(&mut self) {
+        let handle = self
+            .writer
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if !*self.closed.get_mut() {
+            let (tx, _rx) = oneshot::channel();
+            // Fails only when the thread already stopped.
+            let _ = self.queue.send(Queued {
+                cmd: Command::Close(tx),
+                permit: None,
+            });
+        }
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Any rusqlite error on the write or read path: the store can't serve it now.
+fn unavailable(e: rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(format!("sqlite: {e}"))
+}
+
+/// A decoding error means the data on disk is not what we wrote.
+fn corrupt_or_unavailable(e: rusqlite::Error) -> StoreError {
+    match e {
+        rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::InvalidColumnType(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..)
+        | rusqlite::Error::Utf8Error(..) => StoreError::Corrupt(format!("sqlite: {e}")),
+        e => unavailable(e),
+    }
+}

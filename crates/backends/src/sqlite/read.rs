@@ -1,0 +1,237 @@
+//! The read side of [`SqliteStore`](super::SqliteStore): a small pool of
+//! read-only connections and the queries they run (timeline pages, heads,
+//! cursors, pending outbox events), plus the row decoding shared with the
+//! writer. WAL lets these reads proceed while the writer commits.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use switchboard_core::{BusEvent, Entry, Message, Page, StoreError, UserKey};
+
+use super::{corrupt_or_unavailable, schema, unavailable};
+
+/// A fixed set of read connections.
+pub struct ReadPool {
+    // A std Mutex per connection: each is held for one query inside a
+    // `spawn_blocking` thread, never across an `.await`.
+    conns: Vec<Mutex<Connection>>,
+    next: AtomicUsize,
+}
+
+impl ReadPool {
+    pub fn open(path: &Path, size: usize) -> Result<ReadPool, StoreError> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let mut conns = Vec::with_capacity(size);
+        for _ in 0..size.max(1) {
+            let conn = Connection::open_with_flags(path, flags).map_err(unavailable)?;
+            schema::configure_reader(&conn)?;
+            conns.push(Mutex::new(conn));
+        }
+        Ok(ReadPool {
+            conns,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// Runs `f` on a free connection (or waits for the next in turn). Blocking:
+    /// call from `spawn_blocking`.
+    pub fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = self.conns.len();
+        for i in 0..n {
+            if let Ok(mut conn) = self.conns[(start + i) % n].try_lock() {
+                return f(&mut conn);
+            }
+        }
+        // All busy: queue on the one in turn. A poisoned lock only means a
+        // query panicked; the connection itself is still usable.
+        let mut conn = self.conns[start % n]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        f(&mut conn)
+    }
+}
+
+/// A page of `user`'s timeline after `since`, with the head read in the same
+/// snapshot so `head >= every entry's seq`.
+pub fn entries_after(
+    conn: &mut Connection,
+    user: &UserKey,
+    since: u64,
+    limit: usize,
+) -> Result<Page, StoreError> {
+    let tx = conn.transaction().map_err(unavailable)?;
+    let head = head(&tx, user)?;
+    let mut entries = Vec::new();
+    if limit > 0 && since < head {
+        let mut stmt = tx
+            .prepare_cached(
+                "SELECT t.seq, m.msg_id, m.app, m.from_uid, m.to_app, m.to_uid, m.kind, m.body,
+                        m.client_msg_id, m.server_time_ms
+                 FROM timeline t JOIN message m ON m.msg_id = t.msg_id
+                 WHERE t.app = ?1 AND t.uid = ?2 AND t.seq > ?3
+                 ORDER BY t.seq LIMIT ?4",
+            )
+            .map_err(unavailable)?;
+        let since = i64::try_from(since).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut rows = stmt
+            .query(params![user.app, user.uid, since, limit])
+            .map_err(unavailable)?;
+        while let Some(row) = rows.next().map_err(unavailable)? {
+            let seq = to_u64(row.get(0).map_err(corrupt_or_unavailable)?, "timeline.seq")?;
+            let message = message_from_row(row, 1)?;
+            entries.push(Entry {
+                seq,
+                message: Arc::new(message),
+            });
+        }
+    }
+    drop(tx);
+    Ok(Page { entries, head })
+}
+
+/// The highest seq on `user`'s timeline, 0 when empty.
+pub fn head(conn: &Connection, user: &UserKey) -> Result<u64, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT seq FROM timeline WHERE app = ?1 AND uid = ?2 ORDER BY seq DESC LIMIT 1",
+        )
+        .map_err(unavailable)?;
+    let seq: Option<i64> = stmt
+        .query_row(params![user.app, user.uid], |r| r.get(0))
+        .optional()
+        .map_err(corrupt_or_unavailable)?;
+    seq.map_or(Ok(0), |s| to_u64(s, "timeline.seq"))
+}
+
+/// The persisted cursor of a device, 0 when none.
+pub fn cursor(conn: &Connection, user: &UserKey, device_id: &str) -> Result<u64, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT seq FROM cursor WHERE app = ?1 AND uid = ?2 AND device_id = ?3")
+        .map_err(unavailable)?;
+    let seq: Option<i64> = stmt
+        .query_row(params![user.app, user.uid, device_id], |r| r.get(0))
+        .optional()
+        .map_err(corrupt_or_unavailable)?;
+    seq.map_or(Ok(0), |s| to_u64(s, "cursor.seq"))
+}
+
+/// Up to `limit` undelivered outbox events, oldest id first.
+pub fn outbox_pending(conn: &Connection, limit: usize) -> Result<Vec<BusEvent>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT id, topic, app, uid, kind, body, time_ms FROM outbox
+             WHERE delivered_ms IS NULL ORDER BY id LIMIT ?1",
+        )
+        .map_err(unavailable)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut rows = stmt.query(params![limit]).map_err(unavailable)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(unavailable)? {
+        out.push(event_from_row(row).map_err(corrupt_or_unavailable)?);
+    }
+    Ok(out)
+}
+
+fn event_from_row(row: &Row<'_>) -> rusqlite::Result<BusEvent> {
+    Ok(BusEvent {
+        id: row.get::<_, i64>(0)? as u64,
+        topic: row.get(1)?,
+        user: UserKey {
+            app: row.get(2)?,
+            uid: row.get(3)?,
+        },
+        kind: row.get(4)?,
+        body: Bytes::from(row.get::<_, Vec<u8>>(5)?),
+        time_ms: row.get(6)?,
+    })
+}
+
+/// Decodes the nine `message` columns starting at `first`
+/// (msg_id, app, from_uid, to_app, to_uid, kind, body, client_msg_id, server_time_ms).
+pub fn message_from_row(row: &Row<'_>, first: usize) -> Result<Message, StoreError> {
+    let m = || -> rusqlite::Result<Message> {
+        let app: String = row.get(first + 1)?;
+        Ok(Message {
+            id: row.get::<_, i64>(first)? as u64,
+            from: UserKey {
+                app,
+                uid: row.get(first + 2)?,
+            },
+            to: UserKey {
+                app: row.get(first + 3)?,
+                uid: row.get(first + 4)?,
+            },
+            kind: row.get(first + 5)?,
+            body: Bytes::from(row.get::<_, Vec<u8>>(first + 6)?),
+            client_msg_id: row.get(first + 7)?,
+            server_time_ms: row.get(first + 8)?,
+        })
+    };
+    m().map_err(corrupt_or_unavailable)
+}
+
+/// Loads one message by id (`None` when absent).
+pub fn message_by_id(conn: &Connection, msg_id: u64) -> Result<Option<Message>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT msg_id, app, from_uid, to_app, to_uid, kind, body, client_msg_id, server_time_ms
+             FROM message WHERE msg_id = ?1",
+        )
+        .map_err(unavailable)?;
+    let mut rows = stmt.query(params![msg_id as i64]).map_err(unavailable)?;
+    match rows.next().map_err(unavailable)? {
+        Some(row) => message_from_row(row, 0).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// A seq read from disk; negative means the file is not ours to trust.
+pub fn to_u64(v: i64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("negative {what}: {v}")))
+}
+
+/// Encodes a dedupe row's seqs: 8 bytes big-endian each.
+pub fn encode_seqs(seqs: &[u64]) -> Vec<u8> {
+    seqs.iter().flat_map(|s| s.to_be_bytes()).collect()
+}
+
+/// Decodes [`encode_seqs`]; any other length is corruption.
+pub fn decode_seqs(blob: &[u8]) -> Result<Vec<u64>, StoreError> {
+    if !blob.len().is_multiple_of(8) {
+        return Err(StoreError::Corrupt(format!(
+            "dedupe.seqs has {} bytes, not a multiple of 8",
+            blob.len()
+        )));
+    }
+    Ok(blob
+        .chunks_exact(8)
+        .map(|c| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            u64::from_be_bytes(b)
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seqs_round_trip_and_reject_bad_lengths() {
+        let seqs = [1, 2, u64::MAX];
+        assert_eq!(decode_seqs(&encode_seqs(&seqs)).ok(), Some(seqs.to_vec()));
+        assert!(matches!(decode_seqs(&[0; 7]), Err(StoreError::Corrupt(_))));
+        assert_eq!(decode_seqs(&[]).ok(), Some(vec![]));
+    }
+}

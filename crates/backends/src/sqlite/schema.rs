@@ -1,0 +1,187 @@
+//! The on-disk schema of [`SqliteStore`](super::SqliteStore): creation,
+//! migration and the pragmas every connection sets.
+//!
+//! The version lives in `PRAGMA user_version`; [`migrate`] brings a file from
+//! any older version to [`SCHEMA_VERSION`] inside one transaction and refuses a
+//! file written by a newer build (`StoreError::Corrupt`) rather than guess.
+//!
+//! Version 1:
+//!
+//! ```sql
+//! -- One row per stored message. msg_id is the u64 server id stored as its
+//! -- i64 bit pattern (ids stay below 2^63 until about 2093).
+//! CREATE TABLE message (
+//!     msg_id         INTEGER PRIMARY KEY,
+//!     app            TEXT    NOT NULL,   -- the sender's app
+//!     from_uid       TEXT    NOT NULL,
+//!     to_app         TEXT    NOT NULL,
+//!     to_uid         TEXT    NOT NULL,
+//!     kind           TEXT    NOT NULL,
+//!     body           BLOB    NOT NULL,
+//!     client_msg_id  TEXT    NOT NULL,
+//!     server_time_ms INTEGER NOT NULL
+//! );
+//! -- Every user's timeline: gap-free seq from 1.
+//! CREATE TABLE timeline (
+//!     app    TEXT    NOT NULL,
+//!     uid    TEXT    NOT NULL,
+//!     seq    INTEGER NOT NULL,
+//!     msg_id INTEGER NOT NULL,
+//!     PRIMARY KEY (app, uid, seq)
+//! ) WITHOUT ROWID;
+//! -- De-duplication of (sender, client_msg_id); rows older than the window
+//! -- are purged. seqs: the entries' seqs, 8 bytes big-endian each, in the
+//! -- order of NewMessage::timelines.
+//! CREATE TABLE dedupe (
+//!     app           TEXT    NOT NULL,
+//!     uid           TEXT    NOT NULL,
+//!     client_msg_id TEXT    NOT NULL,
+//!     msg_id        INTEGER NOT NULL,
+//!     seqs          BLOB    NOT NULL,
+//!     created_ms    INTEGER NOT NULL,
+//!     PRIMARY KEY (app, uid, client_msg_id)
+//! ) WITHOUT ROWID;
+//! CREATE INDEX dedupe_created ON dedupe (created_ms);
+//! -- Device cursors, written lazily (a crash may move one back, never forward).
+//! CREATE TABLE cursor (
+//!     app       TEXT    NOT NULL,
+//!     uid       TEXT    NOT NULL,
+//!     device_id TEXT    NOT NULL,
+//!     seq       INTEGER NOT NULL,
+//!     PRIMARY KEY (app, uid, device_id)
+//! ) WITHOUT ROWID;
+//! -- Events for the bus (webhook dispatcher); id is the event id (u64 as i64).
+//! CREATE TABLE outbox (
+//!     id           INTEGER PRIMARY KEY,
+//!     topic        TEXT    NOT NULL,
+//!     app          TEXT    NOT NULL,
+//!     uid          TEXT    NOT NULL,
+//!     kind         TEXT    NOT NULL,
+//!     body         BLOB    NOT NULL,
+//!     time_ms      INTEGER NOT NULL,
+//!     dedupe_id    TEXT    NOT NULL,    -- '' = no de-duplication
+//!     created_ms   INTEGER NOT NULL,
+//!     delivered_ms INTEGER              -- NULL while pending
+//! );
+//! CREATE UNIQUE INDEX outbox_dedupe  ON outbox (app, uid, dedupe_id) WHERE dedupe_id <> '';
+//! CREATE INDEX        outbox_pending ON outbox (id) WHERE delivered_ms IS NULL;
+//! ```
+//!
+//! Delivered outbox rows older than the de-dup window are purged with the
+//! de-dup rows, so neither table grows forever.
+
+use std::time::Duration;
+
+use rusqlite::{Connection, TransactionBehavior};
+use switchboard_core::StoreError;
+
+use super::unavailable;
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+const V1: &str = "
+CREATE TABLE IF NOT EXISTS message (
+    msg_id         INTEGER PRIMARY KEY,
+    app            TEXT    NOT NULL,
+    from_uid       TEXT    NOT NULL,
+    to_app         TEXT    NOT NULL,
+    to_uid         TEXT    NOT NULL,
+    kind           TEXT    NOT NULL,
+    body           BLOB    NOT NULL,
+    client_msg_id  TEXT    NOT NULL,
+    server_time_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS timeline (
+    app    TEXT    NOT NULL,
+    uid    TEXT    NOT NULL,
+    seq    INTEGER NOT NULL,
+    msg_id INTEGER NOT NULL,
+    PRIMARY KEY (app, uid, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS dedupe (
+    app           TEXT    NOT NULL,
+    uid           TEXT    NOT NULL,
+    client_msg_id TEXT    NOT NULL,
+    msg_id        INTEGER NOT NULL,
+    seqs          BLOB    NOT NULL,
+    created_ms    INTEGER NOT NULL,
+    PRIMARY KEY (app, uid, client_msg_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dedupe_created ON dedupe (created_ms);
+CREATE TABLE IF NOT EXISTS cursor (
+    app       TEXT    NOT NULL,
+    uid       TEXT    NOT NULL,
+    device_id TEXT    NOT NULL,
+    seq       INTEGER NOT NULL,
+    PRIMARY KEY (app, uid, device_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox (
+    id           INTEGER PRIMARY KEY,
+    topic        TEXT    NOT NULL,
+    app          TEXT    NOT NULL,
+    uid          TEXT    NOT NULL,
+    kind         TEXT    NOT NULL,
+    body         BLOB    NOT NULL,
+    time_ms      INTEGER NOT NULL,
+    dedupe_id    TEXT    NOT NULL,
+    created_ms   INTEGER NOT NULL,
+    delivered_ms INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS outbox_dedupe ON outbox (app, uid, dedupe_id) WHERE dedupe_id <> '';
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (id) WHERE delivered_ms IS NULL;
+";
+
+/// How long a connection waits on a lock (a checkpoint, the writer's commit)
+/// before reporting the store unavailable.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Pragmas of the one write connection: WAL so readers never block the
+/// writer, `synchronous=FULL` so a COMMIT returns only after the WAL is fsync'd.
+pub fn configure_writer(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(unavailable)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Unavailable(format!(
+            "sqlite refused WAL mode (got {mode})"
+        )));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(unavailable)?;
+    // The writer prepares a handful of statements; keep them all cached.
+    conn.set_prepared_statement_cache_capacity(32);
+    Ok(())
+}
+
+/// Pragmas of a read connection: it never writes.
+pub fn configure_reader(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)?;
+    conn.pragma_update(None, "query_only", true)
+        .map_err(unavailable)?;
+    conn.set_prepared_statement_cache_capacity(16);
+    Ok(())
+}
+
+/// Creates or upgrades the schema to [`SCHEMA_VERSION`].
+pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(unavailable)?;
+    let version: i64 = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(unavailable)?;
+    if version > SCHEMA_VERSION {
+        return Err(StoreError::Corrupt(format!(
+            "database schema version {version} is newer than this build's {SCHEMA_VERSION}"
+        )));
+    }
+    if version < 1 {
+        tx.execute_batch(V1).map_err(unavailable)?;
+    }
+    // Later versions: `if version < 2 { ... }`, each step idempotent.
+    tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+        .map_err(unavailable)?;
+    tx.commit().map_err(unavailable)
+}

@@ -1,0 +1,471 @@
+//! The one writer thread of [`SqliteStore`](super::SqliteStore).
+//!
+//! It owns the write connection and the cache of timeline heads. It waits for
+//! a command, drains up to `max_batch` more that are already queued, runs them
+//! all in ONE transaction (group commit) together with the dirty device
+//! cursors and, when due, the de-dup purge, and only after COMMIT returned
+//! (an fsync of the WAL with `synchronous=FULL`) answers every waiter. If the
+//! transaction fails it rolls back, forgets the heads the batch touched (they
+//! reload from `MAX(seq)`) and answers every waiter `Unavailable`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use switchboard_core::store::OutboxReceipt;
+use switchboard_core::{Appended, BusEvent, NewMessage, StoreError, UserKey, now_ms};
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
+
+use super::read::{decode_seqs, encode_seqs, message_by_id};
+use super::{CursorKey, Shared, SqliteOptions, unavailable};
+
+type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// What callers ask of the writer.
+pub enum Command {
+    Append(NewMessage, Reply<Appended>),
+    Outbox(BusEvent, String, Reply<OutboxReceipt>),
+    MarkDelivered(Vec<u64>, Reply<usize>),
+    /// Purge expired de-dup and delivered outbox rows now.
+    Purge(Reply<usize>),
+    /// Persist dirty cursors now.
+    Flush(Reply<()>),
+    /// Flush, answer, and stop the thread.
+    Close(Reply<()>),
+}
+
+/// A queued command with the admission permit that reserved its slot.
+pub struct Queued {
+    pub cmd: Command,
+    pub permit: Option<OwnedSemaphorePermit>,
+}
+
+/// More cached heads than this and the cache is cleared after a commit:
+/// about 100 bytes each, so ~10 MB, and a miss costs one indexed lookup.
+const MAX_CACHED_HEADS: usize = 100_000;
+
+/// An answer held until the transaction's fate is known.
+enum Pending {
+    Append(Reply<Appended>, Result<Appended, StoreError>),
+    Outbox(Reply<OutboxReceipt>, Result<OutboxReceipt, StoreError>),
+    Delivered(Reply<usize>, Result<usize, StoreError>),
+    Purge(Reply<usize>, Result<usize, StoreError>),
+    Unit(Reply<()>),
+}
+
+impl Pending {
+    fn answer(self) {
+        // A waiter that gave up (dropped its future) is not an error.
+        let _ = match self {
+            Pending::Append(tx, r) => tx.send(r).map_err(drop),
+            Pending::Outbox(tx, r) => tx.send(r).map_err(drop),
+            Pending::Delivered(tx, r) => tx.send(r).map_err(drop),
+            Pending::Purge(tx, r) => tx.send(r).map_err(drop),
+            Pending::Unit(tx) => tx.send(Ok(())).map_err(drop),
+        };
+    }
+
+    fn fail(self, e: &str) {
+        fn err<T>(e: &str) -> Result<T, StoreError> {
+            Err(StoreError::Unavailable(e.to_owned()))
+        }
+        let _ = match self {
+            Pending::Append(tx, _) => tx.send(err(e)).map_err(drop),
+            Pending::Outbox(tx, _) => tx.send(err(e)).map_err(drop),
+            Pending::Delivered(tx, _) => tx.send(err(e)).map_err(drop),
+            Pending::Purge(tx, _) => tx.send(err(e)).map_err(drop),
+            Pending::Unit(tx) => tx.send(err(e)).map_err(drop),
+        };
+    }
+}
+
+/// A failure inside a batch: `Reject` fails one command, `Abort` the whole
+/// transaction (I/O, disk full, a broken invariant).
+enum Failure {
+    Reject(StoreError),
+    Abort(StoreError),
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(e: rusqlite::Error) -> Failure {
+        Failure::Abort(unavailable(e))
+    }
+}
+
+pub struct Writer {
+    conn: Connection,
+    rx: Receiver<Queued>,
+    shared: Arc<Shared>,
+    opts: SqliteOptions,
+    /// Cached head of each timeline seen lately (the last seq written).
+    heads: HashMap<UserKey, u64>,
+    next_purge: Instant,
+}
+
+impl Writer {
+    pub fn new(
+        conn: Connection,
+        rx: Receiver<Queued>,
+        shared: Arc<Shared>,
+        opts: SqliteOptions,
+    ) -> Writer {
+        let next_purge = Instant::now() + opts.purge_interval;
+        Writer {
+            conn,
+            rx,
+            shared,
+            opts,
+            heads: HashMap::new(),
+            next_purge,
+        }
+    }
+
+    /// The thread's body: returns after a `Close` or when every sender is gone.
+    pub fn run(mut self) {
+        let max_batch = self.opts.max_batch.max(1);
+        loop {
+            // Wake at least every flush interval, so a cursor advanced while
+            // idle is persisted within about that time.
+            let now = Instant::now();
+            let wait = self
+                .opts
+                .cursor_flush_interval
+                .min(self.next_purge.saturating_duration_since(now));
+            let mut batch = Vec::new();
+            let mut disconnected = false;
+            match self.rx.recv_timeout(wait.max(Duration::from_millis(1))) {
+                Ok(q) => batch.push(q),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => disconnected = true,
+            }
+            while !batch.is_empty() && batch.len() < max_batch {
+                match self.rx.try_recv() {
+                    Ok(q) => batch.push(q),
+                    Err(_) => break,
+                }
+            }
+            let closing = disconnected || batch.iter().any(|q| matches!(q.cmd, Command::Close(_)));
+            let purge = Instant::now() >= self.next_purge;
+            let cursors_dirty = self.shared.has_dirty_cursors();
+            if batch.is_empty() && !purge && !cursors_dirty {
+                if closing {
+                    break;
+                }
+                continue;
+            }
+            if purge {
+                self.next_purge = Instant::now() + self.opts.purge_interval;
+            }
+            self.run_batch(batch, purge);
+            if closing {
+                break;
+            }
+        }
+        tracing::debug!("sqlite writer stopped");
+    }
+
+    /// Runs one group: every command, dirty cursors, maybe the purge, one COMMIT.
+    fn run_batch(&mut self, batch: Vec<Queued>, purge: bool) {
+        let mut pending = Vec::with_capacity(batch.len());
+        let mut touched: Vec<UserKey> = Vec::new();
+        let cursors = self.shared.dirty_cursors();
+        let outcome = (|| -> Result<(), StoreError> {
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(unavailable)?;
+            for q in batch {
+                // The slot is free again as soon as the command is dequeued.
+                drop(q.permit);
+                match q.cmd {
+                    Command::Append(msg, reply) => {
+                        let r = match append(&tx, &mut self.heads, &mut touched, msg) {
+                            Ok(a) => Ok(a),
+                            Err(Failure::Reject(e)) => Err(e),
+                            Err(Failure::Abort(e)) => {
+                                pending.push(Pending::Append(
+                                    reply,
+                                    Err(StoreError::Unavailable(String::new())),
+                                ));
+                                return Err(e);
+                            }
+                        };
+                        pending.push(Pending::Append(reply, r));
+                    }
+                    Command::Outbox(event, dedupe_id, reply) => {
+                        let r = match outbox_append(&tx, &event, &dedupe_id) {
+                            Ok(a) => Ok(a),
+                            Err(Failure::Reject(e)) => Err(e),
+                            Err(Failure::Abort(e)) => {
+                                pending.push(Pending::Outbox(
+                                    reply,
+                                    Err(StoreError::Unavailable(String::new())),
+                                ));
+                                return Err(e);
+                            }
+                        };
+                        pending.push(Pending::Outbox(reply, r));
+                    }
+                    Command::MarkDelivered(ids, reply) => {
+                        let r = mark_delivered(&tx, &ids);
+                        let failed = r
+                            .as_ref()
+                            .err()
+                            .map(|e| StoreError::Unavailable(e.to_string()));
+                        pending.push(Pending::Delivered(reply, r));
+                        if let Some(e) = failed {
+                            return Err(e);
+                        }
+                    }
+                    Command::Purge(reply) => {
+                        let r = purge_expired(&tx, self.opts.dedupe_window);
+                        let failed = r
+                            .as_ref()
+                            .err()
+                            .map(|e| StoreError::Unavailable(e.to_string()));
+                        pending.push(Pending::Purge(reply, r));
+                        if let Some(e) = failed {
+                            return Err(e);
+                        }
+                    }
+                    Command::Flush(reply) | Command::Close(reply) => {
+                        pending.push(Pending::Unit(reply))
+                    }
+                }
+            }
+            flush_cursors(&tx, &cursors)?;
+            if purge {
+                let n = purge_expired(&tx, self.opts.dedupe_window)?;
+                if n > 0 {
+                    tracing::debug!(rows = n, "purged expired de-dup and outbox rows");
+                }
+            }
+            tx.commit().map_err(unavailable)
+        })();
+        match outcome {
+            Ok(()) => {
+                self.shared.cursors_flushed(&cursors);
+                if self.heads.len() > MAX_CACHED_HEADS {
+                    self.heads.clear();
+                }
+                for p in pending {
+                    p.answer();
+                }
+            }
+            Err(e) => {
+                // The transaction rolled back when dropped; the cached heads
+                // of this batch may be ahead of the disk, so reload them.
+                tracing::warn!(error = %e, "sqlite group commit failed; rolled back");
+                for user in &touched {
+                    self.heads.remove(user);
+                }
+                let msg = e.to_string();
+                for p in pending {
+                    p.fail(&msg);
+                }
+            }
+        }
+    }
+}
+
+/// Appends one message inside the batch's transaction. A duplicate (also of
+/// a message earlier in this batch: the transaction sees its own writes)
+/// returns the first result.
+fn append(
+    tx: &Transaction<'_>,
+    heads: &mut HashMap<UserKey, u64>,
+    touched: &mut Vec<UserKey>,
+    msg: NewMessage,
+) -> Result<Appended, Failure> {
+    for (i, t) in msg.timelines.iter().enumerate() {
+        if msg.timelines[..i].contains(t) {
+            return Err(Failure::Reject(StoreError::Invalid(format!(
+                "timeline {t} listed twice"
+            ))));
+        }
+    }
+    if let Some((from, cmid)) = msg.dedupe_key() {
+        let mut stmt = tx.prepare_cached(
+            "SELECT msg_id, seqs FROM dedupe WHERE app = ?1 AND uid = ?2 AND client_msg_id = ?3",
+        )?;
+        let hit: Option<(i64, Vec<u8>)> = stmt
+            .query_row(params![from.app, from.uid, cmid], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        if let Some((msg_id, seqs)) = hit {
+            let seqs = decode_seqs(&seqs).map_err(Failure::Reject)?;
+            let first = message_by_id(tx, msg_id as u64)
+                .map_err(Failure::Reject)?
+                .ok_or_else(|| {
+                    Failure::Reject(StoreError::Corrupt(format!(
+                        "de-dup row points at missing message {msg_id}"
+                    )))
+                })?;
+            return Ok(Appended {
+                message: Arc::new(first),
+                seqs,
+                duplicate: true,
+            });
+        }
+    }
+
+    let m = &msg.message;
+    // INSERT OR IGNORE: a reused message id is the caller's bug; reject that
+    // one command instead of failing the whole group.
+    let inserted = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO message
+             (msg_id, app, from_uid, to_app, to_uid, kind, body, client_msg_id, server_time_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?
+        .execute(params![
+            m.id as i64,
+            m.from.app,
+            m.from.uid,
+            m.to.app,
+            m.to.uid,
+            m.kind,
+            m.body.as_ref(),
+            m.client_msg_id,
+            m.server_time_ms
+        ])?;
+    if inserted == 0 {
+        return Err(Failure::Reject(StoreError::Invalid(format!(
+            "message id {} is already stored",
+            m.id
+        ))));
+    }
+
+    let mut seqs = Vec::with_capacity(msg.timelines.len());
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO timeline (app, uid, seq, msg_id) VALUES (?1, ?2, ?3, ?4)",
+        )?;
+        for user in &msg.timelines {
+            let head = match heads.get(user) {
+                Some(&h) => h,
+                None => super::read::head(tx, user).map_err(Failure::Abort)?,
+            };
+            let seq = head + 1;
+            // A clash here means the cached head is wrong: abort the group so
+            // the heads reload, rather than leave a gap or a duplicate.
+            insert.execute(params![user.app, user.uid, seq as i64, m.id as i64])?;
+            seqs.push(seq);
+        }
+    }
+    for (user, &seq) in msg.timelines.iter().zip(&seqs) {
+        heads.insert(user.clone(), seq);
+    }
+
+    if let Some((from, cmid)) = msg.dedupe_key() {
+        tx.prepare_cached(
+            "INSERT INTO dedupe (app, uid, client_msg_id, msg_id, seqs, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?
+        .execute(params![from.app, from.uid, cmid, m.id as i64, encode_seqs(&seqs), now_ms()])?;
+    }
+    let NewMessage { message, timelines } = msg;
+    touched.extend(timelines);
+    Ok(Appended {
+        message: Arc::new(message),
+        seqs,
+        duplicate: false,
+    })
+}
+
+fn outbox_append(
+    tx: &Transaction<'_>,
+    event: &BusEvent,
+    dedupe_id: &str,
+) -> Result<OutboxReceipt, Failure> {
+    if !dedupe_id.is_empty() {
+        let first: Option<i64> = tx
+            .prepare_cached("SELECT id FROM outbox WHERE app = ?1 AND uid = ?2 AND dedupe_id = ?3")?
+            .query_row(params![event.user.app, event.user.uid, dedupe_id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if let Some(id) = first {
+            return Ok(OutboxReceipt {
+                id: id as u64,
+                duplicate: true,
+            });
+        }
+    }
+    let inserted = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO outbox (id, topic, app, uid, kind, body, time_ms, dedupe_id, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?
+        .execute(params![
+            event.id as i64,
+            event.topic,
+            event.user.app,
+            event.user.uid,
+            event.kind,
+            event.body.as_ref(),
+            event.time_ms,
+            dedupe_id,
+            now_ms()
+        ])?;
+    if inserted == 0 {
+        return Err(Failure::Reject(StoreError::Invalid(format!(
+            "event id {} is already in the outbox",
+            event.id
+        ))));
+    }
+    Ok(OutboxReceipt {
+        id: event.id,
+        duplicate: false,
+    })
+}
+
+fn mark_delivered(tx: &Transaction<'_>, ids: &[u64]) -> Result<usize, StoreError> {
+    let mut stmt = tx
+        .prepare_cached(
+            "UPDATE outbox SET delivered_ms = ?2 WHERE id = ?1 AND delivered_ms IS NULL",
+        )
+        .map_err(unavailable)?;
+    let now = now_ms();
+    let mut n = 0;
+    for &id in ids {
+        n += stmt.execute(params![id as i64, now]).map_err(unavailable)?;
+    }
+    Ok(n)
+}
+
+/// Deletes de-dup rows and delivered outbox rows older than the window.
+fn purge_expired(tx: &Transaction<'_>, window: Duration) -> Result<usize, StoreError> {
+    let cutoff = now_ms().saturating_sub(i64::try_from(window.as_millis()).unwrap_or(i64::MAX));
+    let a = tx
+        .prepare_cached("DELETE FROM dedupe WHERE created_ms < ?1")
+        .and_then(|mut s| s.execute(params![cutoff]))
+        .map_err(unavailable)?;
+    let b = tx
+        .prepare_cached("DELETE FROM outbox WHERE delivered_ms IS NOT NULL AND delivered_ms < ?1")
+        .and_then(|mut s| s.execute(params![cutoff]))
+        .map_err(unavailable)?;
+    Ok(a + b)
+}
+
+/// Upserts cursors; `MAX` keeps a cursor from moving back on disk.
+fn flush_cursors(tx: &Transaction<'_>, cursors: &[(CursorKey, u64)]) -> Result<(), StoreError> {
+    if cursors.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = tx
+        .prepare_cached(
+            "INSERT INTO cursor (app, uid, device_id, seq) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (app, uid, device_id) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+        )
+        .map_err(unavailable)?;
+    for ((app, uid, device), seq) in cursors {
+        // advance_cursor rejects seqs above i64::MAX, so this never clamps.
+        let seq = i64::try_from(*seq).unwrap_or(i64::MAX);
+        stmt.execute(params![app, uid, device, seq])
+            .map_err(unavailable)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,496 @@
+//! `SqliteStore` against the store conformance suite, plus what only SQLite
+//! has: a `kill -9` in the middle of a write stream, drop without close,
+//! lazy cursor flushes, the de-dup purge, the outbox drain, and data on disk
+//! that is not what we wrote.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use switchboard_backends::{SqliteOptions, SqliteStore};
+use switchboard_core::{BusEvent, Store, StoreError, UserKey, now_ms};
+use switchboard_testkit::store_conformance::{self as conf, c2c, fresh_user, s2c};
+
+fn db(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("nested/dir/switchboard.db")
+}
+
+fn open_with(path: &Path, options: SqliteOptions) -> Arc<SqliteStore> {
+    SqliteStore::open(path, options).expect("open sqlite store")
+}
+
+fn open(path: &Path) -> Arc<dyn Store> {
+    open_with(path, SqliteOptions::default())
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let store = open(&db(&dir));
+            conf::$name(store.clone()).await;
+            store.close().await.expect("close");
+        }
+    )*};
+}
+
+conformance!(
+    timelines_gap_free_under_concurrency,
+    c2c_entries_on_both_timelines,
+    dedupe_returns_first_result,
+    dedupe_of_concurrent_resends,
+    entries_after_pages_and_limits,
+    cursor_moves_forward_only,
+    outbox_dedupe,
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_close_and_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    conf::survives_close_and_reopen(&|| {
+        let path = path.clone();
+        async move { open(&path) }
+    })
+    .await;
+}
+
+/// Small batches, to exercise many group commits and batch boundaries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conformance_with_tiny_batches() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    let options = SqliteOptions {
+        max_batch: 3,
+        queue_capacity: 4,
+        read_connections: 1,
+        ..SqliteOptions::default()
+    };
+    conf::run_all(|| {
+        let (path, options) = (path.clone(), options.clone());
+        async move { open_with(&path, options) as Arc<dyn Store> }
+    })
+    .await;
+}
+
+const CHILD_DB: &str = "SWITCHBOARD_CRASH_CHILD_DB";
+const CRASH_RECEIVER: &str = "crash-receiver";
+
+/// The writer side of `kill_9_keeps_every_acknowledged_message`: appends from
+/// 8 tasks and prints a line per acknowledged message until it is killed.
+#[test]
+#[ignore = "child process of kill_9_keeps_every_acknowledged_message"]
+fn crash_child() {
+    let Ok(path) = std::env::var(CHILD_DB) else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async move {
+        let store = open(Path::new(&path));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..8 {
+            let store = store.clone();
+            tasks.spawn(async move {
+                let receiver = UserKey::new(conf::APP, CRASH_RECEIVER);
+                let sender = UserKey::new(conf::APP, format!("crash-sender-{t}"));
+                let mut i = 0u64;
+                while Instant::now() < deadline {
+                    let a = store
+                        .append(c2c(&sender, &receiver, &format!("c{i}"), vec![7u8; 200]))
+                        .await
+                        .expect("append");
+                    println!("ACK {t} {} {} {}", a.message.id, a.seqs[0], a.seqs[1]);
+                    i += 1;
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    });
+}
+
+/// SIGKILL a process that is appending: every message it acknowledged is on
+/// both timelines after reopening, and the timelines have no gaps.
+#[test]
+fn kill_9_keeps_every_acknowledged_message() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    let mut child = Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "crash_child",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_DB, &path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn child");
+    let stdout = child.stdout.take().expect("child stdout");
+    let mut acks = Vec::new();
+    let mut lines = BufReader::new(stdout).lines();
+    while acks.len() < 1_500 {
+        let Some(line) = lines.next() else { break };
+        if let Some(ack) = parse_ack(&line.expect("read child")) {
+            acks.push(ack);
+        }
+    }
+    child.kill().expect("kill -9 the child");
+    // Lines already in the pipe were acknowledged before the kill too.
+    acks.extend(lines.map_while(Result::ok).filter_map(|l| parse_ack(&l)));
+    let status = child.wait().expect("wait");
+    assert!(
+        !status.success(),
+        "the child should have died by the signal"
+    );
+    assert!(
+        acks.len() >= 1_500,
+        "the child acknowledged only {} messages before exiting",
+        acks.len()
+    );
+
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let store = open(&path);
+        let receiver = UserKey::new(conf::APP, CRASH_RECEIVER);
+        let page = store
+            .entries_after(&receiver, 0, 1_000_000)
+            .await
+            .expect("page");
+        for (i, e) in page.entries.iter().enumerate() {
+            assert_eq!(
+                e.seq,
+                i as u64 + 1,
+                "receiver timeline has a gap after the crash"
+            );
+        }
+        let by_seq: std::collections::HashMap<u64, u64> =
+            page.entries.iter().map(|e| (e.seq, e.message.id)).collect();
+        let mut sender_pages = std::collections::HashMap::new();
+        for t in 0..8u64 {
+            let sender = UserKey::new(conf::APP, format!("crash-sender-{t}"));
+            let p = store
+                .entries_after(&sender, 0, 1_000_000)
+                .await
+                .expect("page");
+            for (i, e) in p.entries.iter().enumerate() {
+                assert_eq!(
+                    e.seq,
+                    i as u64 + 1,
+                    "sender timeline has a gap after the crash"
+                );
+            }
+            sender_pages.insert(
+                t,
+                p.entries
+                    .iter()
+                    .map(|e| (e.seq, e.message.id))
+                    .collect::<std::collections::HashMap<_, _>>(),
+            );
+        }
+        for (t, msg_id, seq_r, seq_s) in &acks {
+            assert_eq!(
+                by_seq.get(seq_r),
+                Some(msg_id),
+                "acknowledged message {msg_id} lost on the receiver"
+            );
+            assert_eq!(
+                sender_pages[t].get(seq_s),
+                Some(msg_id),
+                "acknowledged message {msg_id} lost on the sender"
+            );
+        }
+        // The heads reload from disk: the next append continues gap-free.
+        let sender = UserKey::new(conf::APP, "crash-sender-0");
+        let a = store
+            .append(c2c(&sender, &receiver, "after-crash", "x"))
+            .await
+            .expect("append");
+        assert_eq!(a.seqs[0], page.head + 1);
+        store.close().await.expect("close");
+    });
+}
+
+fn parse_ack(line: &str) -> Option<(u64, u64, u64, u64)> {
+    let mut it = line
+        .strip_prefix("ACK ")?
+        .split(' ')
+        .map(|w| w.parse::<u64>().ok());
+    Some((it.next()??, it.next()??, it.next()??, it.next()??))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_without_close_keeps_messages_and_cursors() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    let (alice, bob) = (fresh_user("alice"), fresh_user("bob"));
+    let store = open(&path);
+    for i in 0..20 {
+        store
+            .append(c2c(&alice, &bob, &format!("d{i}"), "x"))
+            .await
+            .expect("append");
+    }
+    store
+        .advance_cursor(&bob, "phone", 17)
+        .await
+        .expect("advance");
+    drop(store); // no close: Drop flushes best-effort
+
+    let store = open(&path);
+    assert_eq!(store.timeline_head(&bob).await.expect("head"), 20);
+    assert_eq!(store.cursor(&bob, "phone").await.expect("cursor"), 17);
+    store.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cursors_reach_disk_within_the_flush_interval() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    let options = SqliteOptions {
+        cursor_flush_interval: Duration::from_millis(50),
+        ..SqliteOptions::default()
+    };
+    let store = open_with(&path, options);
+    let user = fresh_user("reader");
+    store
+        .advance_cursor(&user, "phone", 42)
+        .await
+        .expect("advance");
+    let on_disk = || -> i64 {
+        let conn = rusqlite::Connection::open(&path).expect("inspect");
+        conn.query_row(
+            "SELECT COALESCE(MAX(seq), 0) FROM cursor WHERE uid = ?1",
+            [&user.uid],
+            |r| r.get(0),
+        )
+        .expect("query")
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while on_disk() != 42 {
+        assert!(
+            Instant::now() < deadline,
+            "the cursor never reached the disk"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A lower ack never lowers the stored value.
+    store
+        .advance_cursor(&user, "phone", 40)
+        .await
+        .expect("advance");
+    store.flush_cursors().await.expect("flush");
+    assert_eq!(on_disk(), 42);
+    assert_eq!(store.cursor(&user, "phone").await.expect("cursor"), 42);
+    store.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedupe_rows_expire_after_the_window() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = SqliteOptions {
+        dedupe_window: Duration::from_millis(1),
+        ..SqliteOptions::default()
+    };
+    let store = open_with(&db(&dir), options);
+    let (alice, bob) = (fresh_user("alice"), fresh_user("bob"));
+    let first = store
+        .append(c2c(&alice, &bob, "old", "x"))
+        .await
+        .expect("append");
+    assert!(
+        store
+            .append(c2c(&alice, &bob, "old", "x"))
+            .await
+            .expect("append")
+            .duplicate
+    );
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert!(
+        store.purge_expired().await.expect("purge") >= 1,
+        "nothing was purged"
+    );
+    let again = store
+        .append(c2c(&alice, &bob, "old", "x"))
+        .await
+        .expect("append");
+    assert!(
+        !again.duplicate,
+        "an expired client_msg_id is a new message"
+    );
+    assert_eq!(again.seqs, vec![first.seqs[0] + 1, first.seqs[1] + 1]);
+    store.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_drains_in_id_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_with(&db(&dir), SqliteOptions::default());
+    let user = fresh_user("courier");
+    let mut events = Vec::new();
+    for i in 0..3 {
+        let e = BusEvent {
+            id: conf::next_id(),
+            topic: "c2s".into(),
+            user: user.clone(),
+            kind: "gps".into(),
+            body: format!("{{\"n\":{i}}}").into(),
+            time_ms: now_ms(),
+        };
+        store
+            .outbox_append(&e, &format!("e{i}"))
+            .await
+            .expect("outbox");
+        events.push(e);
+    }
+    assert_eq!(store.outbox_pending(10).await.expect("pending"), events);
+    assert_eq!(store.outbox_pending(2).await.expect("pending"), events[..2]);
+    assert_eq!(
+        store
+            .outbox_mark_delivered(&[events[0].id, events[2].id])
+            .await
+            .expect("mark"),
+        2
+    );
+    assert_eq!(
+        store.outbox_pending(10).await.expect("pending"),
+        events[1..2]
+    );
+    assert_eq!(
+        store
+            .outbox_mark_delivered(&[events[0].id])
+            .await
+            .expect("mark"),
+        0,
+        "already delivered"
+    );
+    store.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_append_fails_alone() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open_with(&db(&dir), SqliteOptions::default());
+    let (alice, bob) = (fresh_user("alice"), fresh_user("bob"));
+
+    let mut twice = c2c(&alice, &bob, "", "x");
+    twice.timelines = vec![bob.clone(), bob.clone()];
+    assert!(matches!(
+        store.append(twice).await,
+        Err(StoreError::Invalid(_))
+    ));
+
+    // A reused message id among concurrent appends: only that one fails,
+    // and the timelines stay gap-free.
+    let first = store
+        .append(c2c(&alice, &bob, "a", "x"))
+        .await
+        .expect("append");
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let (store, alice, bob) = (store.clone(), alice.clone(), bob.clone());
+        let mut msg = c2c(&alice, &bob, &format!("b{i}"), "x");
+        if i == 10 {
+            msg.message.id = first.message.id;
+        }
+        tasks.spawn(async move { (i, store.append(msg).await) });
+    }
+    let mut ok = 0;
+    while let Some(r) = tasks.join_next().await {
+        match r.expect("task") {
+            (10, r) => assert!(
+                matches!(r, Err(StoreError::Invalid(_))),
+                "a reused msg id was accepted: {r:?}"
+            ),
+            (_, r) => {
+                r.expect("the other appends succeed");
+                ok += 1;
+            }
+        }
+    }
+    assert_eq!(ok, 19);
+    let page = store.entries_after(&bob, 0, 100).await.expect("page");
+    assert_eq!(
+        page.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=20).collect::<Vec<_>>()
+    );
+    store.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_store_refuses_work() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&db(&dir));
+    store.ping().await.expect("ping");
+    store.close().await.expect("close");
+    let user = fresh_user("late");
+    assert!(matches!(
+        store.append(s2c(&user, "x")).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(matches!(
+        store.advance_cursor(&user, "d", 1).await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(store.ping().await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unexpected_data_on_disk_is_an_error_not_a_panic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    let (alice, bob) = (fresh_user("alice"), fresh_user("bob"));
+    let store = open(&path);
+    store
+        .append(c2c(&alice, &bob, "m1", "x"))
+        .await
+        .expect("append");
+    store.close().await.expect("close");
+    drop(store);
+
+    let conn = rusqlite::Connection::open(&path).expect("inspect");
+    conn.execute("UPDATE timeline SET seq = -5 WHERE uid = ?1", [&bob.uid])
+        .expect("corrupt seq");
+    conn.execute(
+        "UPDATE dedupe SET seqs = x'01020304050607' WHERE uid = ?1",
+        [&alice.uid],
+    )
+    .expect("corrupt seqs");
+    conn.execute(
+        "UPDATE message SET kind = x'ff00' WHERE from_uid = ?1",
+        [&alice.uid],
+    )
+    .expect("corrupt kind");
+    drop(conn);
+
+    let store = open(&path);
+    assert!(matches!(
+        store.timeline_head(&bob).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    let r = store.entries_after(&alice, 0, 10).await;
+    assert!(matches!(r, Err(StoreError::Corrupt(_))), "{r:?}");
+    let r = store.append(c2c(&alice, &bob, "m1", "x")).await;
+    assert!(matches!(r, Err(StoreError::Corrupt(_))), "{r:?}");
+    // The store still serves everyone else.
+    let carol = fresh_user("carol");
+    assert_eq!(
+        store.append(s2c(&carol, "x")).await.expect("append").seqs,
+        vec![1]
+    );
+    store.close().await.expect("close");
+
+    let conn = rusqlite::Connection::open(&path).expect("inspect");
+    conn.pragma_update(None, "user_version", 99)
+        .expect("bump version");
+    drop(conn);
+    assert!(matches!(
+        SqliteStore::open(&path, SqliteOptions::default()),
+        Err(StoreError::Corrupt(_))
+    ));
+}

@@ -1,0 +1,289 @@
+//! The public handle ([`Client`]) and the event stream ([`Events`]).
+//!
+//! `Client` is a cheap clone over a bounded sender to the one task that owns
+//! the socket (see `task.rs`); every request carries a oneshot for its answer
+//! and waits for it at most [`ClientConfig::request_timeout`], reconnects
+//! included.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use switchboard_proto::pb;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, timeout_at};
+use tracing::Instrument;
+
+use crate::task::{Actor, Command, establish};
+use crate::transport::Endpoint;
+use crate::{ClientConfig, SdkError};
+
+/// A user: app (account domain) and uid.
+pub type User = pb::User;
+/// A message as the receiver sees it.
+pub type Message = pb::Message;
+/// The server's answer to a `c2s` report.
+pub type C2sAck = pb::C2sAck;
+
+/// The server's acknowledgement of a sent message: it is stored durably.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendReceipt {
+    /// The id the message was sent with (resending it is idempotent).
+    pub client_msg_id: String,
+    /// The server's id of the message.
+    pub msg_id: u64,
+    /// The entry's sequence on the sender's own timeline.
+    pub seq: u64,
+    /// When the server stored it, milliseconds since the Unix epoch.
+    pub server_time_ms: i64,
+    /// True when the server had already stored this `client_msg_id`.
+    pub duplicate: bool,
+}
+
+impl From<pb::C2cAck> for SendReceipt {
+    fn from(a: pb::C2cAck) -> Self {
+        SendReceipt {
+            client_msg_id: a.client_msg_id,
+            msg_id: a.msg_id,
+            seq: a.seq,
+            server_time_ms: a.server_time_ms,
+            duplicate: a.duplicate,
+        }
+    }
+}
+
+/// What the connection task reports to the application, in order.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// Logged in (first connect and every reconnect).
+    Connected {
+        user: User,
+        /// The highest sequence on the user's timeline at login.
+        timeline_head: u64,
+    },
+    /// One timeline entry: every entry exactly once, in sequence order, with
+    /// no gaps (this device's own sent messages are skipped; their sequence
+    /// is in [`SendReceipt::seq`]). Persist `seq` to pass it as
+    /// [`ClientConfig::since`] next time.
+    Message { seq: u64, message: Message },
+    /// An online-only message (not stored, no sequence).
+    Online { message: Message },
+    /// The connection was lost; the client reconnects with backoff.
+    Disconnected { reason: SdkError },
+    /// The server kicked this connection. Terminal (followed by `Closed`) for
+    /// `KICK_REPLACED`, `KICK_TOO_MANY_DEVICES`, `KICK_ADMIN` and for a
+    /// login refused on reconnect (token codes, with the login error's code);
+    /// otherwise followed by `Disconnected` and a reconnect.
+    Kicked { code: u32, reason: String },
+    /// The client stopped (close, logout, terminal kick). The last event.
+    Closed,
+}
+
+/// State the task shares with every handle, read without a round trip.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    // std Mutex: held for a clone, never across an await.
+    pub(crate) user: Mutex<User>,
+    pub(crate) last_seq: AtomicU64,
+    pub(crate) connected: AtomicBool,
+}
+
+impl Shared {
+    pub(crate) fn set_user(&self, user: User) {
+        *self.user.lock().unwrap_or_else(|e| e.into_inner()) = user;
+    }
+}
+
+/// A handle to one connection. Clone it freely: every clone talks to the
+/// same task. The task stops on [`Client::close`], [`Client::logout`], a
+/// terminal kick, or when every handle and the [`Events`] are dropped.
+#[derive(Debug, Clone)]
+pub struct Client {
+    tx: mpsc::Sender<Command>,
+    shared: Arc<Shared>,
+    request_timeout: Duration,
+}
+
+impl Client {
+    /// Connects and logs in. A first login that fails is returned as an
+    /// error (e.g. `SdkError::Server { code: TOKEN_INVALID, .. }`); later
+    /// connection losses are retried inside the task.
+    pub async fn connect(config: ClientConfig) -> Result<(Client, Events), SdkError> {
+        let endpoint = Endpoint::from_config(&config)?;
+        let config = Arc::new(config);
+        let (conn, ack) = establish(endpoint.clone(), config.clone(), config.token.clone()).await?;
+        let user = ack.user.clone().unwrap_or_default();
+        let since = config.since.unwrap_or(ack.cursor);
+        let shared = Arc::new(Shared {
+            user: Mutex::new(user.clone()),
+            last_seq: AtomicU64::new(since),
+            connected: AtomicBool::new(true),
+        });
+        let (tx, cmd_rx) = mpsc::channel(config.outbound_capacity.max(1));
+        let (events_tx, events_rx) = mpsc::channel(config.event_capacity.max(1));
+        let span = tracing::info_span!(
+            "switchboard_sdk",
+            device = %config.device_id,
+            user = %format_args!("{}/{}", user.app, user.uid),
+        );
+        let client = Client {
+            tx,
+            shared: shared.clone(),
+            request_timeout: config.request_timeout,
+        };
+        let actor = Actor::new(config, endpoint, shared, cmd_rx, events_tx, since);
+        tokio::spawn(actor.run(conn, ack).instrument(span));
+        Ok((client, Events { rx: events_rx }))
+    }
+
+    /// Sends a message to `to` with a fresh `client_msg_id`, and waits until
+    /// the server stored it. Survives reconnects: the request is resent with
+    /// the same id until acknowledged or the request timeout expires.
+    pub async fn send(
+        &self,
+        to: User,
+        kind: impl Into<String>,
+        body: impl Into<Bytes>,
+    ) -> Result<SendReceipt, SdkError> {
+        self.send_with_id(new_client_msg_id(), to, kind, body).await
+    }
+
+    /// Like [`Client::send`] with the caller's `client_msg_id` (for example
+    /// one persisted before a crash, to resend idempotently).
+    pub async fn send_with_id(
+        &self,
+        client_msg_id: impl Into<String>,
+        to: User,
+        kind: impl Into<String>,
+        body: impl Into<Bytes>,
+    ) -> Result<SendReceipt, SdkError> {
+        let packet = pb::C2c {
+            client_msg_id: client_msg_id.into(),
+            to: Some(to),
+            r#type: kind.into(),
+            body: body.into(),
+        };
+        self.request(|reply| Command::C2c { packet, reply })
+            .await
+            .map(SendReceipt::from)
+    }
+
+    /// Sends a report to the business servers (through the bus) with a fresh
+    /// `client_msg_id`, and waits until it is durable.
+    pub async fn c2s(
+        &self,
+        kind: impl Into<String>,
+        body: impl Into<Bytes>,
+    ) -> Result<C2sAck, SdkError> {
+        self.c2s_with_id(new_client_msg_id(), kind, body).await
+    }
+
+    /// Like [`Client::c2s`] with the caller's `client_msg_id`.
+    pub async fn c2s_with_id(
+        &self,
+        client_msg_id: impl Into<String>,
+        kind: impl Into<String>,
+        body: impl Into<Bytes>,
+    ) -> Result<C2sAck, SdkError> {
+        let packet = pb::C2s {
+            client_msg_id: client_msg_id.into(),
+            r#type: kind.into(),
+            body: body.into(),
+        };
+        self.request(|reply| Command::C2s { packet, reply }).await
+    }
+
+    /// Syncs now and returns once every entry up to the timeline head was
+    /// handed to [`Events`] (or queued for it).
+    pub async fn sync_now(&self) -> Result<(), SdkError> {
+        self.request(|reply| Command::Sync { reply }).await
+    }
+
+    /// Logs out (the server closes the connection) and stops the client.
+    pub async fn logout(&self) -> Result<(), SdkError> {
+        self.request(|reply| Command::Logout { reply }).await
+    }
+
+    /// Closes the connection and stops the client. Events already received
+    /// are still delivered, then [`Event::Closed`].
+    pub async fn close(&self) {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Command::Close { reply }).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+
+    /// The logged-in user.
+    pub fn user(&self) -> User {
+        self.shared
+            .user
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The highest timeline sequence handed to [`Events`] (or seen as this
+    /// device's own message), in order with no gaps.
+    pub fn last_seq(&self) -> u64 {
+        self.shared.last_seq.load(Ordering::Acquire)
+    }
+
+    /// Whether the task is logged in right now.
+    pub fn is_connected(&self) -> bool {
+        self.shared.connected.load(Ordering::Acquire)
+    }
+
+    async fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, SdkError>>) -> Command,
+    ) -> Result<T, SdkError> {
+        let deadline = Instant::now() + self.request_timeout;
+        let (reply, rx) = oneshot::channel();
+        match timeout_at(deadline, self.tx.send(make(reply))).await {
+            Err(_) => return Err(SdkError::Timeout),
+            Ok(Err(_)) => return Err(SdkError::Closed),
+            Ok(Ok(())) => {}
+        }
+        match timeout_at(deadline, rx).await {
+            Err(_) => Err(SdkError::Timeout),
+            Ok(Err(_)) => Err(SdkError::Closed),
+            Ok(Ok(result)) => result,
+        }
+    }
+}
+
+/// A fresh, practically unique message id: 128 random bits in hex.
+pub fn new_client_msg_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// The stream of [`Event`]s of one client, in order. Also a
+/// [`futures::Stream`].
+#[derive(Debug)]
+pub struct Events {
+    rx: mpsc::Receiver<Event>,
+}
+
+impl Events {
+    /// The next event; `None` after [`Event::Closed`] once the task ended.
+    pub async fn recv(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+
+    /// The next event if one is ready.
+    pub fn try_recv(&mut self) -> Option<Event> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl futures::Stream for Events {
+    type Item = Event;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        self.rx.poll_recv(cx)
+    }
+}

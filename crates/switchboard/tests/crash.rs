@@ -1,0 +1,140 @@
+//! `kill -9` of the server process: nothing acknowledged is lost. The node
+//! runs as a child process (the real binary), is killed with SIGKILL right
+//! after acknowledging, and is restarted on the same data directory.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use switchboard_testkit::sdk::{bodies, connect, demo, messages, no_more_messages};
+use switchboard_testkit::server::SECRET;
+
+const T: Duration = Duration::from_secs(30);
+
+fn free_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+struct Node {
+    child: Child,
+    tcp: SocketAddr,
+}
+
+impl Node {
+    fn start(dir: &Path, tcp: SocketAddr, http: SocketAddr) -> Node {
+        let config = dir.join("switchboard.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {:?}\n[listen]\ntcp = \"{tcp}\"\nhttp = \"{http}\"\n[[apps]]\nname = \"demo\"\njwt_secret = \"{SECRET}\"\n",
+                dir.join("data")
+            ),
+        )
+        .expect("write config");
+        let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("SWITCHBOARD_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn switchboard");
+        let node = Node { child, tcp };
+        node.wait_ready();
+        node
+    }
+
+    fn wait_ready(&self) {
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(self.tcp).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("switchboard did not start listening on {}", self.tcp);
+    }
+
+    fn kill9(mut self) {
+        // Child::kill sends SIGKILL on Unix: no shutdown code runs.
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reap");
+    }
+
+    fn url(&self) -> String {
+        format!("tcp://{}", self.tcp)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_message_survives_kill_9_before_delivery() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tcp, http) = (free_port(), free_port());
+    let node = Node::start(dir.path(), tcp, http);
+    let (alice, _ae) = connect(&node.url(), "alice", "a1").await;
+    // Bob is offline: the message is acknowledged but not delivered yet.
+    let receipt = alice
+        .send(demo("bob"), "text", "survives")
+        .await
+        .expect("acknowledged");
+    node.kill9();
+
+    let node = Node::start(dir.path(), tcp, http);
+    let (_bob, mut bob_events) = connect(&node.url(), "bob", "b1").await;
+    let got = messages(&mut bob_events, 1, T).await;
+    assert_eq!(bodies(&got), ["survives"]);
+    assert_eq!(got[0].1.msg_id, receipt.msg_id);
+    no_more_messages(&mut bob_events, Duration::from_millis(300)).await;
+    alice.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_traffic_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tcp, http) = (free_port(), free_port());
+    let node = Node::start(dir.path(), tcp, http);
+    let url = node.url();
+    let (_bob, mut bob_events) = connect(&url, "bob", "b1").await;
+    const N: usize = 60;
+    let sender = {
+        let url = url.clone();
+        tokio::spawn(async move {
+            let (alice, _ae) = connect(&url, "alice", "a1").await;
+            let mut acked = Vec::new();
+            for i in 0..N {
+                // The SDK resends across the crash with the same client_msg_id.
+                let r = alice
+                    .send_with_id(format!("m{i}"), demo("bob"), "text", format!("{i}"))
+                    .await;
+                acked.push(r.expect("every message is eventually acknowledged"));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            alice.close().await;
+            acked
+        })
+    };
+    // Let some traffic flow, then kill the node mid-stream and bring it back.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    node.kill9();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _node = Node::start(dir.path(), tcp, http);
+
+    let acked = sender.await.unwrap();
+    let got = messages(&mut bob_events, N, T).await;
+    let want: Vec<String> = (0..N).map(|i| i.to_string()).collect();
+    assert_eq!(bodies(&got), want, "every message once, in order");
+    let seqs: Vec<u64> = got.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, (1..=N as u64).collect::<Vec<_>>());
+    let ids: HashSet<u64> = acked.iter().map(|r| r.msg_id).collect();
+    assert_eq!(ids.len(), N, "one stored message per client_msg_id");
+    no_more_messages(&mut bob_events, Duration::from_millis(300)).await;
+}

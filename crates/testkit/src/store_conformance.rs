@@ -1,0 +1,553 @@
+//! The conformance suite every [`Store`] implementation must pass, so the
+//! embedded and clustered stores can't drift apart.
+//!
+//! Each property is a `pub async fn` that panics (with the reason) when the
+//! store breaks the contract of `switchboard_core::store`. Most take a live
+//! store; the ones about durability across restarts take an `open` function
+//! that opens the SAME underlying data every time it is called. Every
+//! property works in users of its own (a unique tag per call), so they can
+//! share one store and run in any order. [`run_all`] runs them all.
+//!
+//! A backend's test file calls them, e.g. one `#[tokio::test]` per property:
+//!
+//! ```ignore
+//! #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+//! async fn dedupe() {
+//!     let dir = tempfile::tempdir().unwrap();
+//!     store_conformance::dedupe_returns_first_result(open(dir.path())).await;
+//! }
+//! ```
+
+use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use switchboard_core::id::IdGenerator;
+use switchboard_core::{Appended, BusEvent, Message, NewMessage, Store, UserKey, now_ms};
+use tokio::task::JoinSet;
+
+/// The app every user of the suite belongs to.
+pub const APP: &str = "conformance";
+
+/// Ids for messages and events, unique across the whole test process.
+pub fn next_id() -> u64 {
+    static IDS: OnceLock<IdGenerator> = OnceLock::new();
+    IDS.get_or_init(|| IdGenerator::new(1023)).next_id()
+}
+
+/// A user no other property call uses: `{name}-{unique tag}`.
+pub fn fresh_user(name: &str) -> UserKey {
+    UserKey::new(APP, format!("{name}-{}", next_id()))
+}
+
+/// A c2c message from `from` to `to`: an entry on the receiver's timeline,
+/// then the sender's.
+pub fn c2c(
+    from: &UserKey,
+    to: &UserKey,
+    client_msg_id: &str,
+    body: impl Into<Bytes>,
+) -> NewMessage {
+    NewMessage {
+        message: Message {
+            id: next_id(),
+            from: from.clone(),
+            to: to.clone(),
+            kind: "text".into(),
+            body: body.into(),
+            client_msg_id: client_msg_id.into(),
+            server_time_ms: now_ms(),
+        },
+        timelines: vec![to.clone(), from.clone()],
+    }
+}
+
+/// A stored s2c message: one entry, on the receiver's timeline only.
+pub fn s2c(to: &UserKey, body: impl Into<Bytes>) -> NewMessage {
+    let server = UserKey::new(APP, "server");
+    NewMessage {
+        message: Message {
+            id: next_id(),
+            from: server,
+            to: to.clone(),
+            kind: "notice".into(),
+            body: body.into(),
+            client_msg_id: String::new(),
+            server_time_ms: now_ms(),
+        },
+        timelines: vec![to.clone()],
+    }
+}
+
+fn event(user: &UserKey, body: &'static str) -> BusEvent {
+    BusEvent {
+        id: next_id(),
+        topic: "c2s".into(),
+        user: user.clone(),
+        kind: "gps".into(),
+        body: Bytes::from_static(body.as_bytes()),
+        time_ms: now_ms(),
+    }
+}
+
+/// Every property, in turn. `open` must open the same data on every call.
+pub async fn run_all<F, Fut>(open: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let store = open().await;
+    store.ping().await.expect("ping a fresh store");
+    timelines_gap_free_under_concurrency(store.clone()).await;
+    c2c_entries_on_both_timelines(store.clone()).await;
+    dedupe_returns_first_result(store.clone()).await;
+    dedupe_of_concurrent_resends(store.clone()).await;
+    entries_after_pages_and_limits(store.clone()).await;
+    cursor_moves_forward_only(store.clone()).await;
+    outbox_dedupe(store.clone()).await;
+    store.close().await.expect("close");
+    store.close().await.expect("close is idempotent");
+    drop(store);
+    survives_close_and_reopen(&open).await;
+}
+
+/// 8 tasks × 200 c2c appends to one receiver: the receiver's timeline holds
+/// exactly 1..=1600, each sender's exactly 1..=200 in its sending order, and
+/// every entry points at the message that was acknowledged with that seq.
+pub async fn timelines_gap_free_under_concurrency(store: Arc<dyn Store>) {
+    const TASKS: usize = 8;
+    const PER_TASK: usize = 200;
+    let receiver = fresh_user("hot-receiver");
+    let mut tasks = JoinSet::new();
+    for t in 0..TASKS {
+        let store = store.clone();
+        let receiver = receiver.clone();
+        tasks.spawn(async move {
+            let sender = fresh_user(&format!("sender{t}"));
+            let mut acks = Vec::with_capacity(PER_TASK);
+            for i in 0..PER_TASK {
+                let msg = c2c(&sender, &receiver, &format!("m{i}"), format!("{t}:{i}"));
+                let a = store.append(msg).await.expect("append");
+                assert!(
+                    !a.duplicate,
+                    "a fresh client_msg_id was reported as a duplicate"
+                );
+                assert_eq!(a.seqs.len(), 2, "a c2c takes one entry per timeline");
+                acks.push(a);
+            }
+            (sender, acks)
+        });
+    }
+    let mut by_receiver_seq: HashMap<u64, u64> = HashMap::new();
+    let mut senders = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let (sender, acks) = done.expect("append task panicked");
+        for (i, a) in acks.iter().enumerate() {
+            assert_eq!(
+                a.seqs[1],
+                i as u64 + 1,
+                "sender {sender}: seqs not gap-free in sending order"
+            );
+            let clash = by_receiver_seq.insert(a.seqs[0], a.message.id);
+            assert!(
+                clash.is_none(),
+                "receiver seq {} given to two messages",
+                a.seqs[0]
+            );
+        }
+        senders.push((sender, acks));
+    }
+    let total = (TASKS * PER_TASK) as u64;
+    let seqs: BTreeSet<u64> = by_receiver_seq.keys().copied().collect();
+    assert_eq!(
+        seqs,
+        (1..=total).collect::<BTreeSet<_>>(),
+        "receiver seqs are not exactly 1..={total}"
+    );
+
+    assert_eq!(store.timeline_head(&receiver).await.expect("head"), total);
+    let page = store
+        .entries_after(&receiver, 0, 10_000)
+        .await
+        .expect("entries_after");
+    assert_eq!(page.head, total);
+    assert_eq!(page.entries.len() as u64, total, "receiver timeline length");
+    for (i, e) in page.entries.iter().enumerate() {
+        assert_eq!(
+            e.seq,
+            i as u64 + 1,
+            "receiver entries out of order or with a gap"
+        );
+        assert_eq!(
+            Some(&e.message.id),
+            by_receiver_seq.get(&e.seq),
+            "entry {} points at another message",
+            e.seq
+        );
+    }
+    for (sender, acks) in senders {
+        let page = store
+            .entries_after(&sender, 0, 10_000)
+            .await
+            .expect("entries_after");
+        let got: Vec<(u64, u64)> = page.entries.iter().map(|e| (e.seq, e.message.id)).collect();
+        let want: Vec<(u64, u64)> = acks.iter().map(|a| (a.seqs[1], a.message.id)).collect();
+        assert_eq!(
+            got, want,
+            "sender {sender}'s timeline differs from its acknowledgements"
+        );
+    }
+}
+
+/// A c2c lands on both timelines with every field intact; an s2c on one.
+pub async fn c2c_entries_on_both_timelines(store: Arc<dyn Store>) {
+    let alice = fresh_user("alice");
+    let bob = fresh_user("bob");
+    let body = Bytes::from(vec![0u8, 1, 2, 255, 254]);
+    let msg = c2c(&alice, &bob, "hello-1", body.clone());
+    let sent = msg.message.clone();
+    let a = store.append(msg).await.expect("append");
+    assert_eq!((a.seqs.clone(), a.duplicate), (vec![1, 1], false));
+    assert_eq!(
+        *a.message, sent,
+        "the acknowledged message differs from the one sent"
+    );
+    let entries: Vec<u64> = a.entries().map(|e| e.seq).collect();
+    assert_eq!(entries, vec![1, 1]);
+
+    for user in [&bob, &alice] {
+        let page = store
+            .entries_after(user, 0, 10)
+            .await
+            .expect("entries_after");
+        assert_eq!(page.head, 1, "{user}: head");
+        assert_eq!(page.entries.len(), 1, "{user}: one entry");
+        assert_eq!(page.entries[0].seq, 1);
+        assert_eq!(
+            *page.entries[0].message, sent,
+            "{user}: stored message differs (body must be byte-exact)"
+        );
+    }
+
+    let n = store.append(s2c(&bob, "notice")).await.expect("append s2c");
+    assert_eq!(n.seqs, vec![2], "an s2c takes the receiver's next seq only");
+    assert_eq!(store.timeline_head(&bob).await.expect("head"), 2);
+    assert_eq!(
+        store.timeline_head(&alice).await.expect("head"),
+        1,
+        "the s2c must not touch another timeline"
+    );
+    // Two messages with empty client_msg_id are never de-duplicated.
+    let m = store.append(s2c(&bob, "notice")).await.expect("append s2c");
+    assert!(!m.duplicate);
+    assert_eq!(m.seqs, vec![3]);
+}
+
+/// A resend of `(from, client_msg_id)` stores nothing and returns the first
+/// result; another sender's equal client_msg_id is its own message.
+pub async fn dedupe_returns_first_result(store: Arc<dyn Store>) {
+    let alice = fresh_user("alice");
+    let bob = fresh_user("bob");
+    let carol = fresh_user("carol");
+    let first = store
+        .append(c2c(&alice, &bob, "cmid-1", "first"))
+        .await
+        .expect("append");
+    assert!(!first.duplicate);
+    let resend = store
+        .append(c2c(&alice, &bob, "cmid-1", "second body"))
+        .await
+        .expect("append");
+    assert!(resend.duplicate, "a resend was stored again");
+    assert_eq!(
+        resend.message.id, first.message.id,
+        "a duplicate must return the first msg_id"
+    );
+    assert_eq!(
+        resend.seqs, first.seqs,
+        "a duplicate must return the first seqs"
+    );
+    assert_eq!(
+        resend.message.body, first.message.body,
+        "a duplicate must return the first body"
+    );
+    assert_eq!(
+        store.timeline_head(&bob).await.expect("head"),
+        1,
+        "a duplicate took a timeline entry"
+    );
+    assert_eq!(store.timeline_head(&alice).await.expect("head"), 1);
+
+    let other = store
+        .append(c2c(&carol, &bob, "cmid-1", "carol"))
+        .await
+        .expect("append");
+    assert!(!other.duplicate, "de-dup is per sender");
+    assert_eq!(other.seqs, vec![2, 1]);
+    let next = store
+        .append(c2c(&alice, &bob, "cmid-2", "next"))
+        .await
+        .expect("append");
+    assert!(!next.duplicate);
+    assert_eq!(next.seqs, vec![3, 2]);
+}
+
+/// 16 concurrent sends of one `(from, client_msg_id)`: exactly one is stored,
+/// and all 16 answers are that one.
+pub async fn dedupe_of_concurrent_resends(store: Arc<dyn Store>) {
+    let alice = fresh_user("alice");
+    let bob = fresh_user("bob");
+    let mut tasks = JoinSet::new();
+    for i in 0..16 {
+        let (store, alice, bob) = (store.clone(), alice.clone(), bob.clone());
+        tasks.spawn(async move {
+            store
+                .append(c2c(&alice, &bob, "same", format!("copy {i}")))
+                .await
+                .expect("append")
+        });
+    }
+    let mut results: Vec<Appended> = Vec::new();
+    while let Some(r) = tasks.join_next().await {
+        results.push(r.expect("task"));
+    }
+    let originals: Vec<&Appended> = results.iter().filter(|a| !a.duplicate).collect();
+    assert_eq!(
+        originals.len(),
+        1,
+        "exactly one of the concurrent resends is stored"
+    );
+    let first = originals[0];
+    for a in &results {
+        assert_eq!(
+            (a.message.id, &a.seqs, &a.message.body),
+            (first.message.id, &first.seqs, &first.message.body)
+        );
+    }
+    assert_eq!(first.seqs, vec![1, 1]);
+    assert_eq!(store.timeline_head(&bob).await.expect("head"), 1);
+    assert_eq!(
+        store
+            .entries_after(&alice, 0, 100)
+            .await
+            .expect("page")
+            .entries
+            .len(),
+        1
+    );
+}
+
+/// `entries_after` pages: `seq > since`, in order, at most `limit`, and the
+/// head of the timeline alongside.
+pub async fn entries_after_pages_and_limits(store: Arc<dyn Store>) {
+    let user = fresh_user("pager");
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        let a = store
+            .append(s2c(&user, format!("n{i}")))
+            .await
+            .expect("append");
+        ids.push(a.message.id);
+    }
+    let mut since = 0;
+    let mut seen = Vec::new();
+    for want_len in [10, 10, 5, 0] {
+        let page = store.entries_after(&user, since, 10).await.expect("page");
+        assert_eq!(page.head, 25);
+        assert_eq!(page.entries.len(), want_len, "page after {since}");
+        for e in &page.entries {
+            assert_eq!(
+                e.seq,
+                since + 1,
+                "page after {since} skipped or repeated a seq"
+            );
+            since = e.seq;
+            seen.push(e.message.id);
+        }
+    }
+    assert_eq!(
+        seen, ids,
+        "paging returned other messages than were appended"
+    );
+
+    let mid = store.entries_after(&user, 7, 3).await.expect("page");
+    assert_eq!(
+        mid.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![8, 9, 10]
+    );
+    let zero = store.entries_after(&user, 0, 0).await.expect("page");
+    assert!(zero.entries.is_empty(), "limit 0 returns nothing");
+    let past = store.entries_after(&user, 1_000, 10).await.expect("page");
+    assert!(past.entries.is_empty());
+    assert_eq!(past.head, 25);
+
+    let nobody = fresh_user("nobody");
+    let empty = store.entries_after(&nobody, 0, 10).await.expect("page");
+    assert!(empty.entries.is_empty());
+    assert_eq!(empty.head, 0);
+    assert_eq!(store.timeline_head(&nobody).await.expect("head"), 0);
+}
+
+/// A cursor starts at 0, only moves forward, and is per device.
+pub async fn cursor_moves_forward_only(store: Arc<dyn Store>) {
+    let user = fresh_user("reader");
+    let other = fresh_user("other");
+    assert_eq!(store.cursor(&user, "phone").await.expect("cursor"), 0);
+    store
+        .advance_cursor(&user, "phone", 5)
+        .await
+        .expect("advance");
+    assert_eq!(store.cursor(&user, "phone").await.expect("cursor"), 5);
+    store
+        .advance_cursor(&user, "phone", 3)
+        .await
+        .expect("advance back");
+    assert_eq!(
+        store.cursor(&user, "phone").await.expect("cursor"),
+        5,
+        "a cursor moved back"
+    );
+    store
+        .advance_cursor(&user, "phone", 9)
+        .await
+        .expect("advance");
+    assert_eq!(store.cursor(&user, "phone").await.expect("cursor"), 9);
+    assert_eq!(
+        store.cursor(&user, "laptop").await.expect("cursor"),
+        0,
+        "cursors are per device"
+    );
+    assert_eq!(
+        store.cursor(&other, "phone").await.expect("cursor"),
+        0,
+        "cursors are per user"
+    );
+
+    // Many concurrent acks: the cursor ends at the highest one.
+    let mut tasks = JoinSet::new();
+    for seq in (10..=60).rev() {
+        let (store, user) = (store.clone(), user.clone());
+        tasks.spawn(async move {
+            store
+                .advance_cursor(&user, "phone", seq)
+                .await
+                .expect("advance")
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.expect("task");
+    }
+    assert_eq!(store.cursor(&user, "phone").await.expect("cursor"), 60);
+}
+
+/// The outbox de-duplicates on `(user, dedupe_id)` when it is not empty.
+pub async fn outbox_dedupe(store: Arc<dyn Store>) {
+    let courier = fresh_user("courier");
+    let other = fresh_user("courier2");
+    let e1 = event(&courier, "{\"lat\":1}");
+    let r1 = store.outbox_append(&e1, "gps-1").await.expect("outbox");
+    assert_eq!((r1.id, r1.duplicate), (e1.id, false));
+    let r2 = store
+        .outbox_append(&event(&courier, "{\"lat\":2}"), "gps-1")
+        .await
+        .expect("outbox");
+    assert_eq!(
+        (r2.id, r2.duplicate),
+        (e1.id, true),
+        "a resend must return the first event id"
+    );
+    let e3 = event(&other, "{\"lat\":3}");
+    let r3 = store.outbox_append(&e3, "gps-1").await.expect("outbox");
+    assert_eq!(
+        (r3.id, r3.duplicate),
+        (e3.id, false),
+        "outbox de-dup is per user"
+    );
+    for _ in 0..2 {
+        let e = event(&courier, "{}");
+        let r = store.outbox_append(&e, "").await.expect("outbox");
+        assert_eq!(
+            (r.id, r.duplicate),
+            (e.id, false),
+            "an empty dedupe_id never de-duplicates"
+        );
+    }
+}
+
+/// Everything acknowledged is there after `close` and a reopen: timelines,
+/// heads (new appends continue gap-free), de-dup, cursors (close flushes).
+pub async fn survives_close_and_reopen<F, Fut>(open: &F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let alice = fresh_user("alice");
+    let bob = fresh_user("bob");
+    let store = open().await;
+    let mut acks = Vec::new();
+    for i in 0..50 {
+        acks.push(
+            store
+                .append(c2c(&alice, &bob, &format!("r{i}"), format!("body {i}")))
+                .await
+                .expect("append"),
+        );
+    }
+    store
+        .advance_cursor(&bob, "phone", 42)
+        .await
+        .expect("advance");
+    let ev = event(&alice, "{}");
+    store.outbox_append(&ev, "ev-1").await.expect("outbox");
+    let before = store.entries_after(&bob, 0, 100).await.expect("page");
+    store.close().await.expect("close");
+    drop(store);
+
+    let store = open().await;
+    let after = store
+        .entries_after(&bob, 0, 100)
+        .await
+        .expect("page after reopen");
+    assert_eq!(after.head, 50, "head after reopen");
+    assert_eq!(
+        after.entries, before.entries,
+        "timeline differs after reopen"
+    );
+    assert_eq!(store.timeline_head(&alice).await.expect("head"), 50);
+    assert_eq!(
+        store.cursor(&bob, "phone").await.expect("cursor"),
+        42,
+        "close must flush cursors"
+    );
+
+    let dup = store
+        .append(c2c(&alice, &bob, "r7", "again"))
+        .await
+        .expect("append");
+    assert!(dup.duplicate, "de-dup forgot a message across reopen");
+    assert_eq!(
+        (dup.message.id, &dup.seqs),
+        (acks[7].message.id, &acks[7].seqs)
+    );
+    let r = store
+        .outbox_append(&event(&alice, "{}"), "ev-1")
+        .await
+        .expect("outbox");
+    assert_eq!(
+        (r.id, r.duplicate),
+        (ev.id, true),
+        "outbox de-dup forgot an event across reopen"
+    );
+
+    let next = store
+        .append(c2c(&alice, &bob, "r50", "after"))
+        .await
+        .expect("append");
+    assert_eq!(
+        next.seqs,
+        vec![51, 51],
+        "appends after reopen must continue from the stored heads"
+    );
+    store.close().await.expect("close");
+}
