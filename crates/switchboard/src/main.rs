@@ -82,6 +82,7 @@ fn main() -> anyhow::Result<()> {
             filter
         })
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

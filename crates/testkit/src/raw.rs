@@ -45,6 +45,26 @@ impl RawClient {
             .expect("no frame in time")
     }
 
+    /// The next frame as it came off the wire (still compressed, if it was).
+    pub async fn recv_frame(&mut self, within: Duration) -> Option<switchboard_proto::Frame> {
+        let read = async {
+            loop {
+                if let Some(frame) =
+                    decode(&mut self.buf, 16 << 20).expect("server sent a bad frame")
+                {
+                    return Some(frame);
+                }
+                match self.stream.read_buf(&mut self.buf).await {
+                    Ok(0) | Err(_) => return None,
+                    Ok(_) => {}
+                }
+            }
+        };
+        tokio::time::timeout(within, read)
+            .await
+            .expect("no frame in time")
+    }
+
     /// The next packet, or `None` at end of stream.
     pub async fn recv(&mut self) -> Option<(u32, Packet)> {
         loop {
