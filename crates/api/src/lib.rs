@@ -1,15 +1,22 @@
 //! The HTTP side of a node: `/ws` (handed to the gate), `/healthz`,
-//! `/readyz`, and the API for business servers and operators.
+//! `/readyz`, `/metrics`, `/openapi.json`, and the `/v1` API for business
+//! servers and operators ([`v1`]; errors in [`error`], docs/http-api.md).
 
+pub mod error;
+mod extract;
+pub mod metrics;
+pub mod openapi;
+mod state;
 mod tls;
+pub mod v1;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use serde_json::json;
@@ -18,28 +25,147 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+pub use state::{ApiConfig, ApiState, RateWindow};
 pub use tls::TlsListener;
 
-/// The node's HTTP routes.
+/// The node's HTTP routes with the default [`ApiConfig`] (no admin key).
 pub fn router(gate: Arc<Gate>) -> Router {
+    router_with(gate, ApiConfig::default())
+}
+
+/// The node's HTTP routes.
+pub fn router_with(gate: Arc<Gate>, config: ApiConfig) -> Router {
+    let max_body = config.max_body_bytes;
+    let api = Arc::new(ApiState {
+        rates: RateWindow::new(gate.logic.stats().messages_stored(), gate.hub.push_count()),
+        gate: gate.clone(),
+        config,
+        started: std::time::Instant::now(),
+    });
+    // Installs the process's recorder before the first request records.
+    let _ = metrics::handle();
+    let v1 = Router::new()
+        .route("/v1/apps/{app}/push", post(v1::push))
+        .route(
+            "/v1/apps/{app}/users/{uid}/messages",
+            post(v1::send_as_user),
+        )
+        .route("/v1/apps/{app}/presence", post(v1::presence))
+        .route(
+            "/v1/apps/{app}/conversations/{a}/{b}/messages",
+            get(v1::history),
+        )
+        .route("/v1/apps/{app}/users/{uid}/timeline", get(v1::timeline))
+        .route("/v1/apps/{app}/users/{uid}/kick", post(v1::kick))
+        .route("/v1/admin/stats", get(v1::stats))
+        .with_state(api);
     Router::new()
         .route("/ws", get(switchboard_gate::ws_handler))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_handler))
+        .route("/openapi.json", get(openapi_json))
         .with_state(gate)
+        .merge(v1)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(metrics::track))
+}
+
+async fn not_found() -> error::ApiError {
+    error::ApiError::new(
+        StatusCode::NOT_FOUND,
+        error::codes::NOT_FOUND,
+        "no such endpoint (see /openapi.json)",
+    )
+}
+
+async fn method_not_allowed() -> error::ApiError {
+    error::ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        error::codes::METHOD_NOT_ALLOWED,
+        "this endpoint does not take this method (see /openapi.json)",
+    )
+}
+
+/// The OpenAPI document of this API.
+async fn openapi_json() -> impl IntoResponse {
+    Json(<openapi::ApiDoc as utoipa::OpenApi>::openapi())
+}
+
+/// Prometheus metrics of this process.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operators",
+    responses(
+        (status = 200, description = "Prometheus text format", content_type = "text/plain", body = String),
+        (status = 503, description = "METRICS_UNAVAILABLE", body = error::ErrorBody),
+    )
+)]
+async fn metrics_handler(State(gate): State<Arc<Gate>>) -> axum::response::Response {
+    let Some(handle) = metrics::handle() else {
+        return error::ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            error::codes::METRICS_UNAVAILABLE,
+            "another metrics recorder owns this process",
+        )
+        .into_response();
+    };
+    ::metrics::gauge!(switchboard_core::stats::CONNECTIONS).set(gate.hub.connection_count() as f64);
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        handle.render(),
+    )
+        .into_response()
 }
 
 /// Liveness: the process serves HTTP.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operators",
+    responses((status = 200, description = "The process serves HTTP", body = String))
+)]
 async fn healthz() -> &'static str {
     "ok"
 }
 
 /// Readiness: every backend answers.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operators",
+    responses(
+        (status = 200, description = "Every backend answers", body = Object),
+        (status = 503, description = "Some backend does not answer (see `failing`)", body = Object),
+    )
+)]
 async fn readyz(State(gate): State<Arc<Gate>>) -> impl IntoResponse {
     let logic = &gate.logic;
-    let store = logic.store().ping().await.err().map(|e| e.to_string());
-    let presence = logic.presence().ping().await.err().map(|e| e.to_string());
-    let ready = store.is_none() && presence.is_none();
+    // Concurrently and each bounded: one hung backend must not hang the probe
+    // or hide the state of the others.
+    let (store, presence, route, bus) = tokio::join!(
+        probe(logic.store().ping()),
+        probe(logic.presence().ping()),
+        probe(logic.route().ping()),
+        probe(logic.bus().ping()),
+    );
+    let failing: Vec<&str> = [
+        ("store", &store),
+        ("presence", &presence),
+        ("route", &route),
+        ("bus", &bus),
+    ]
+    .iter()
+    .filter(|(_, e)| e.is_some())
+    .map(|(name, _)| *name)
+    .collect();
+    let ready = failing.is_empty();
     let status = if ready {
         StatusCode::OK
     } else {
@@ -50,10 +176,27 @@ async fn readyz(State(gate): State<Arc<Gate>>) -> impl IntoResponse {
         "backends": {
             "store": store.unwrap_or_else(|| "ok".into()),
             "presence": presence.unwrap_or_else(|| "ok".into()),
+            "route": route.unwrap_or_else(|| "ok".into()),
+            "bus": bus.unwrap_or_else(|| "ok".into()),
         },
+        "failing": failing,
         "connections": gate.open_connections(),
     });
     (status, Json(body))
+}
+
+/// How long `/readyz` waits for one backend's ping.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// One backend's ping: `None` when it answered, else why not.
+async fn probe<E: std::fmt::Display>(
+    ping: impl std::future::Future<Output = Result<(), E>>,
+) -> Option<String> {
+    match tokio::time::timeout(PROBE_TIMEOUT, ping).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(_) => Some(format!("no answer within {PROBE_TIMEOUT:?}")),
+    }
 }
 
 /// Serves `router` on `listener` (with TLS when given) until `shutdown`.

@@ -7,7 +7,7 @@
 //! ```
 //!
 //! `examples/fjall_bench.rs` runs the same workload on fjall; the figures and
-//! the choice are in `STORE_CHOICE.md`.
+//! the choice are in `docs/store-choice.md`.
 
 use std::path::PathBuf;
 use std::sync::Arc;

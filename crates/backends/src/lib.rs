@@ -2,10 +2,23 @@
 //!
 //! - [`sqlite`]: [`SqliteStore`], the embedded [`Store`](switchboard_core::Store)
 //!   on one SQLite file with a group-committing writer thread.
+//! - [`postgres`]: [`PgStore`], the clustered `Store` on PostgreSQL, shared by
+//!   every node.
+//! - [`redis_presence`]: [`RedisPresence`], presence in Redis or Redis Cluster.
+//! - [`nats_route`]: [`NatsRoute`], deliveries and kicks between nodes over NATS.
+//! - [`jetstream_bus`]: [`JetStreamBus`], events to business servers on JetStream.
 //!
 //! The clustered backends (PostgreSQL, Redis, NATS) live here too, each in its
 //! own module, and every `Store` passes `switchboard_testkit::store_conformance`.
 
+pub mod jetstream_bus;
+pub mod nats_route;
+pub mod postgres;
+pub mod redis_presence;
 pub mod sqlite;
 
+pub use jetstream_bus::{JetStreamBus, JetStreamConfig};
+pub use nats_route::NatsRoute;
+pub use postgres::{PgOptions, PgStore};
+pub use redis_presence::{RedisPresence, RedisPresenceConfig};
 pub use sqlite::{SqliteOptions, SqliteStore};

@@ -45,6 +45,7 @@ conformance!(
     entries_after_pages_and_limits,
     cursor_moves_forward_only,
     outbox_dedupe,
+    conversation_pages_newest_first,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

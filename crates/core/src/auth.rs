@@ -28,6 +28,20 @@ pub struct AppConfig {
     /// Apps whose users this app's users may message (cross-domain chat).
     /// A pair is allowed when either side lists the other.
     pub cross_app: Vec<String>,
+    /// Where the bus delivers this app's c2s reports and events (docs/bus.md).
+    pub webhooks: Vec<crate::hooks::WebhookConfig>,
+    /// A synchronous HTTP check of every c2c before it is stored.
+    pub before_send: Option<crate::hooks::BeforeSendConfig>,
+    /// The built-in sensitive-word filter, applied to UTF-8 c2c bodies.
+    pub word_filter: Option<crate::hooks::WordFilterConfig>,
+}
+
+impl AppConfig {
+    /// Whether some webhook of this app wants events of `topic` and type
+    /// `kind`: events nobody subscribed to are not written to the outbox.
+    pub fn wants_event(&self, topic: &str, kind: &str) -> bool {
+        self.webhooks.iter().any(|w| w.matches(topic, kind))
+    }
 }
 
 /// Claims of a login token.

@@ -52,6 +52,11 @@ impl From<StoreError> for BusError {
 pub trait Bus: Send + Sync + 'static {
     /// Makes the event durable; `dedupe_id` (may be empty) de-duplicates resends per user.
     async fn publish(&self, event: BusEvent, dedupe_id: &str) -> Result<BusReceipt, BusError>;
+
+    /// Checks that the backend is reachable (for `/readyz`).
+    async fn ping(&self) -> Result<(), BusError> {
+        Ok(())
+    }
 }
 
 /// The embedded bus: events go to the store's outbox.

@@ -3,6 +3,7 @@
 use switchboard_proto::code;
 
 use crate::bus::BusError;
+use crate::hooks::ScreenError;
 use crate::presence::PresenceError;
 use crate::route::RouteError;
 use crate::store::StoreError;
@@ -31,6 +32,11 @@ pub enum LogicError {
     Bus(#[from] BusError),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The before-send hook or the word filter refused the message.
+    #[error("rejected: {0}")]
+    Rejected(String),
+    #[error(transparent)]
+    Screen(#[from] ScreenError),
 }
 
 impl LogicError {
@@ -49,6 +55,8 @@ impl LogicError {
             | LogicError::Route(_)
             | LogicError::Bus(_) => code::UNAVAILABLE,
             LogicError::Internal(_) => code::INTERNAL,
+            LogicError::Rejected(_) => code::REJECTED,
+            LogicError::Screen(_) => code::HOOK_UNAVAILABLE,
         }
     }
 }

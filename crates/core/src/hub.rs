@@ -6,7 +6,7 @@
 //! which is kicked (it reconnects and syncs) so it never stalls the sender,
 //! the store or any other user.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -88,6 +88,16 @@ pub struct Hub {
     shards: Box<[Shard]>,
     connections: AtomicU64,
     slow_consumers: AtomicU64,
+    /// Push frames handed to connection queues, since start.
+    pushes: AtomicU64,
+}
+
+/// This node's logged-in connections counted by platform and by app.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectionCounts {
+    pub total: u64,
+    pub by_platform: BTreeMap<String, u64>,
+    pub by_app: BTreeMap<String, u64>,
 }
 
 impl Default for Hub {
@@ -102,6 +112,7 @@ impl Hub {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             connections: AtomicU64::new(0),
             slow_consumers: AtomicU64::new(0),
+            pushes: AtomicU64::new(0),
         }
     }
 
@@ -160,23 +171,65 @@ impl Hub {
         frame: &Bytes,
         skip_conn: Option<u64>,
     ) -> usize {
-        let mut reached = 0;
-        for c in conns.iter().filter(|c| Some(c.conn_id) != skip_conn) {
-            match c.tx.try_send(Outbound::Push {
-                seq,
-                frame: frame.clone(),
-            }) {
-                Ok(()) => reached += 1,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    // Slow consumer: drop it rather than wait; it syncs on reconnect.
-                    self.slow_consumers.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(conn_id = c.conn_id, user = %c.user, "outbound queue full; kicking slow consumer");
-                    c.kick(code::KICK_SLOW_CONSUMER);
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
-            }
-        }
+        let reached = conns
+            .iter()
+            .filter(|c| Some(c.conn_id) != skip_conn)
+            .filter(|c| self.hand_over(c, seq, frame))
+            .count();
+        self.count_pushes(seq, reached);
         reached
+    }
+
+    /// Hands one shared push frame to every connection here of each user
+    /// (an online-only fan-out: with seq 0 the frame is the same for all).
+    /// Returns, aligned with `users`, how many connections each one got.
+    pub fn deliver_many(&self, users: &[&UserKey], seq: u64, frame: &Bytes) -> Vec<usize> {
+        let mut total = 0;
+        let reached = users
+            .iter()
+            .map(|&user| {
+                // try_send never waits, so it is done under the shard lock,
+                // which saves cloning the connection list per user.
+                let shard = self.shard(user);
+                let n = shard.get(user).map_or(0, |conns| {
+                    conns
+                        .iter()
+                        .filter(|c| self.hand_over(c, seq, frame))
+                        .count()
+                });
+                total += n;
+                n
+            })
+            .collect();
+        self.count_pushes(seq, total);
+        reached
+    }
+
+    /// `try_send` of one push; a full queue is a slow consumer, kicked.
+    fn hand_over(&self, c: &ConnHandle, seq: u64, frame: &Bytes) -> bool {
+        match c.tx.try_send(Outbound::Push {
+            seq,
+            frame: frame.clone(),
+        }) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // Slow consumer: drop it rather than wait; it syncs on reconnect.
+                self.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(conn_id = c.conn_id, user = %c.user, "outbound queue full; kicking slow consumer");
+                c.kick(code::KICK_SLOW_CONSUMER);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    fn count_pushes(&self, seq: u64, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.pushes.fetch_add(n as u64, Ordering::Relaxed);
+        let mode = if seq == 0 { "online" } else { "stored" };
+        metrics::counter!(crate::stats::PUSHES, "mode" => mode).increment(n as u64);
     }
 
     /// The user's connections on this node.
@@ -217,6 +270,26 @@ impl Hub {
     /// Logged-in connections on this node.
     pub fn connection_count(&self) -> u64 {
         self.connections.load(Ordering::Relaxed)
+    }
+
+    /// Push frames handed to connection queues, since start.
+    pub fn push_count(&self) -> u64 {
+        self.pushes.load(Ordering::Relaxed)
+    }
+
+    /// Logged-in connections here, by platform and by app (one pass over
+    /// the shards; for operator stats, not for a hot path).
+    pub fn connection_counts(&self) -> ConnectionCounts {
+        let mut counts = ConnectionCounts::default();
+        for shard in self.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for c in shard.values().flatten() {
+                counts.total += 1;
+                *counts.by_platform.entry(c.platform.clone()).or_default() += 1;
+                *counts.by_app.entry(c.user.app.clone()).or_default() += 1;
+            }
+        }
+        counts
     }
 
     /// Connections kicked because their queue was full, since start.

@@ -7,26 +7,37 @@
 //!   clustered ones picked by configuration;
 //! - [`hub`]: this node's registry of open connections (where a push lands);
 //! - [`auth`]: app configuration and login tokens;
-//! - [`logic`]: c2c, c2s, s2c, sync and cursors, written once against the traits.
+//! - [`events`]: bus topics and the JSON of platform events;
+//! - [`hooks`]: webhook, before-send and word-filter settings, and the
+//!   [`Screen`] every c2c passes before it is stored;
+//! - [`logic`]: c2c, c2s, s2c, sync and cursors, written once against the traits;
+//!   [`logic_api`]: what the HTTP API adds (s2c push, presence, history, kick);
+//! - [`stats`]: node counters and metric names.
 
 pub mod auth;
 pub mod bus;
 pub mod error;
+pub mod events;
+pub mod hooks;
 pub mod hub;
 pub mod id;
 pub mod logic;
+pub mod logic_api;
 pub mod model;
 pub mod presence;
 pub mod route;
+pub mod stats;
 pub mod store;
 
 pub use auth::{AppConfig, Apps};
 pub use bus::{Bus, BusError, BusEvent, BusReceipt, OutboxBus};
 pub use error::LogicError;
+pub use hooks::{Screen, ScreenError, Verdict};
 pub use hub::{ConnHandle, Hub, Outbound};
 pub use logic::{Logic, LogicConfig};
+pub use logic_api::{ConversationPage, S2cMode, S2cOutcome, SYSTEM_UID};
 pub use model::{Entry, Message, NewMessage, UserKey};
-pub use presence::{DeviceSession, MemoryPresence, Presence, PresenceError};
+pub use presence::{DeviceSession, MemoryPresence, Placement, Presence, PresenceError};
 pub use route::{Delivery, LocalRoute, Route, RouteError};
 pub use store::{Appended, Page, Store, StoreError};
 

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use switchboard_proto::code;
@@ -11,6 +12,8 @@ use switchboard_proto::code;
 use crate::auth::Apps;
 use crate::bus::{Bus, BusEvent, BusReceipt};
 use crate::error::LogicError;
+use crate::events::{self, MessageStoredData, PresenceData};
+use crate::hooks::{Screen, Verdict};
 use crate::id::IdGenerator;
 use crate::model::{Entry, Message, NewMessage, UserKey};
 use crate::presence::{DeviceSession, Presence};
@@ -88,6 +91,13 @@ pub struct Logic {
     bus: Arc<dyn Bus>,
     ids: IdGenerator,
     config: LogicConfig,
+    /// Checks every c2c before it is stored (before-send hook, word filter).
+    screen: Option<Arc<dyn Screen>>,
+    /// Events (online, offline, stored) that could not be published; the
+    /// request that caused them succeeded anyway.
+    event_failures: AtomicU64,
+    /// Messages stored and delivery latency, for operator stats and metrics.
+    pub(crate) stats: crate::stats::NodeStats,
 }
 
 impl Logic {
@@ -107,7 +117,67 @@ impl Logic {
             route,
             bus,
             config,
+            screen: None,
+            event_failures: AtomicU64::new(0),
+            stats: crate::stats::NodeStats::default(),
         }
+    }
+
+    /// Screens every c2c with `screen` before it is stored.
+    pub fn with_screen(mut self, screen: Arc<dyn Screen>) -> Logic {
+        self.screen = Some(screen);
+        self
+    }
+
+    /// Events (online, offline, stored) the bus refused since start.
+    pub fn event_publish_failures(&self) -> u64 {
+        self.event_failures.load(Ordering::Relaxed)
+    }
+
+    /// Publishes a platform event when one of the app's webhooks wants it.
+    /// Never fails the caller: the request that caused the event already
+    /// succeeded, so a bus failure is logged and counted.
+    async fn publish_event<T: serde::Serialize>(
+        &self,
+        topic: &str,
+        user: &UserKey,
+        kind: &str,
+        data: &T,
+        dedupe_id: &str,
+    ) {
+        let wanted = self
+            .apps
+            .get(&user.app)
+            .is_some_and(|a| a.wants_event(topic, kind));
+        if !wanted {
+            return;
+        }
+        let body = match serde_json::to_vec(data) {
+            Ok(b) => Bytes::from(b),
+            Err(e) => {
+                self.event_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, topic, "could not encode an event");
+                return;
+            }
+        };
+        let event = BusEvent {
+            id: self.ids.next_id(),
+            topic: topic.into(),
+            user: user.clone(),
+            kind: kind.into(),
+            body,
+            time_ms: crate::now_ms(),
+        };
+        if let Err(e) = self.bus.publish(event, dedupe_id).await {
+            self.event_failures.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, topic, %user, "could not publish an event; it is lost");
+        }
+    }
+
+    fn wants(&self, topic: &str, user: &UserKey) -> bool {
+        self.apps
+            .get(&user.app)
+            .is_some_and(|a| a.wants_event(topic, ""))
     }
 
     pub fn config(&self) -> &LogicConfig {
@@ -124,6 +194,14 @@ impl Logic {
 
     pub fn presence(&self) -> &Arc<dyn Presence> {
         &self.presence
+    }
+
+    pub fn route(&self) -> &Arc<dyn Route> {
+        &self.route
+    }
+
+    pub fn bus(&self) -> &Arc<dyn Bus> {
+        &self.bus
     }
 
     /// A new unique, time-ordered id.
@@ -149,7 +227,7 @@ impl Logic {
         others.retain(|d| d.device_id != session.device_id);
         others.sort_by_key(|d| d.since_ms);
         let excess = (others.len() + 1).saturating_sub(self.config.max_devices_per_user.max(1));
-        for d in others.iter().take(excess) {
+        for (i, d) in others.iter().take(excess).enumerate() {
             tracing::info!(user = %d.user, device = %d.device_id, "device limit reached; kicking the oldest device");
             self.route
                 .kick(&d.node, &d.user, d.conn_id, code::KICK_TOO_MANY_DEVICES)
@@ -157,8 +235,16 @@ impl Logic {
             self.presence
                 .offline(&d.user, &d.device_id, d.conn_id)
                 .await?;
+            // The kicked session's own logout finds it gone from presence
+            // and stays silent, so its offline event is published here.
+            let data = presence_data(d, others.len() - i - 1, "too_many_devices");
+            self.publish_event(events::USER_OFFLINE, &d.user, "", &data, "")
+                .await;
         }
         self.presence.online(session).await?;
+        let online = presence_data(session, others.len() + 1 - excess.min(others.len()), "");
+        self.publish_event(events::USER_ONLINE, &session.user, "", &online, "")
+            .await;
         let timeline_head = self.store.timeline_head(&session.user).await?;
         let cursor = self.store.cursor(&session.user, &session.device_id).await?;
         Ok(LoginState {
@@ -167,8 +253,15 @@ impl Logic {
         })
     }
 
-    /// Forgets a device that disconnected.
+    /// Forgets a device that disconnected; `user.offline` is published only
+    /// when presence still had this connection (not after a failed login,
+    /// nor for a connection replaced by a newer login of the same device).
     pub async fn logout(&self, session: &DeviceSession) {
+        let before = if self.wants(events::USER_OFFLINE, &session.user) {
+            Some(self.presence.devices(&session.user).await)
+        } else {
+            None
+        };
         if let Err(e) = self
             .presence
             .offline(&session.user, &session.device_id, session.conn_id)
@@ -176,6 +269,25 @@ impl Logic {
         {
             tracing::warn!(error = %e, user = %session.user, "could not record device offline");
         }
+        let remaining = match before {
+            None => return,
+            Some(Ok(devices)) => {
+                let is_me = |d: &DeviceSession| {
+                    d.conn_id == session.conn_id
+                        && d.node == session.node
+                        && d.device_id == session.device_id
+                };
+                if !devices.iter().any(is_me) {
+                    return;
+                }
+                devices.iter().filter(|d| !is_me(d)).count()
+            }
+            // Unknown: publish anyway (a duplicate offline beats a lost one).
+            Some(Err(_)) => 0,
+        };
+        let data = presence_data(session, remaining, "disconnect");
+        self.publish_event(events::USER_OFFLINE, &session.user, "", &data, "")
+            .await;
     }
 
     /// Stores a message from `from` durably (de-duplicated on its
@@ -220,7 +332,7 @@ impl Logic {
         if *from != to {
             timelines.push(from.clone());
         }
-        let message = Message {
+        let mut message = Message {
             id: self.ids.next_id(),
             from: from.clone(),
             to,
@@ -229,6 +341,21 @@ impl Logic {
             client_msg_id: req.client_msg_id,
             server_time_ms: crate::now_ms(),
         };
+        if let Some(screen) = &self.screen {
+            match screen.screen(&message).await? {
+                Verdict::Allow => {}
+                Verdict::Replace(body) => {
+                    if body.len() > self.config.max_body_bytes {
+                        return Err(LogicError::Internal(format!(
+                            "the before-send hook's replacement body is over {} bytes",
+                            self.config.max_body_bytes
+                        )));
+                    }
+                    message.body = body;
+                }
+                Verdict::Reject(reason) => return Err(LogicError::Rejected(reason)),
+            }
+        }
         let new = NewMessage {
             message,
             timelines: timelines.clone(),
@@ -236,8 +363,12 @@ impl Logic {
         let appended = self.store.append(new).await?;
         // A duplicate is pushed again: if the first attempt stored but did not
         // push (a crash in between), this closes the gap; devices drop what
-        // they already have by sequence.
-        self.fan_out(&timelines, &appended, from, origin_conn).await;
+        // they already have by sequence. Its event is published again too,
+        // with the same de-dup id, for the same reason.
+        tokio::join!(
+            self.fan_out(&timelines, &appended, from, origin_conn),
+            self.publish_stored(&timelines, &appended),
+        );
         let sender_seq = timelines
             .iter()
             .position(|u| u == from)
@@ -250,6 +381,21 @@ impl Logic {
         })
     }
 
+    /// `message.stored` for the sender's app, and for the receiver's app
+    /// when it is another one (each keyed by its own user, so each app sees
+    /// its users' events in order).
+    async fn publish_stored(&self, timelines: &[UserKey], appended: &Appended) {
+        let m = &appended.message;
+        let dedupe = format!("stored:{}", m.id);
+        let data = MessageStoredData::new(m, timelines, &appended.seqs);
+        self.publish_event(events::MESSAGE_STORED, &m.from, &m.kind, &data, &dedupe)
+            .await;
+        if m.to.app != m.from.app {
+            self.publish_event(events::MESSAGE_STORED, &m.to, &m.kind, &data, &dedupe)
+                .await;
+        }
+    }
+
     /// Pushes each entry to its user's online devices, wherever they are.
     /// Failures are logged, not returned: the message is durable, and a
     /// device that missed the push gets it through `sync`.
@@ -260,6 +406,11 @@ impl Logic {
         from: &UserKey,
         origin_conn: Option<u64>,
     ) {
+        // Delivery latency runs from here: the store has committed.
+        let stored_at = std::time::Instant::now();
+        if !appended.duplicate {
+            self.stats.record_stored(1);
+        }
         for (user, entry) in timelines.iter().zip(appended.entries()) {
             let devices = match self.presence.devices(user).await {
                 Ok(d) => d,
@@ -280,8 +431,11 @@ impl Logic {
                     entry: entry.clone(),
                     skip_conn,
                 };
-                if let Err(e) = self.route.deliver(node, delivery).await {
-                    tracing::warn!(error = %e, %user, node, "route failed; devices will sync");
+                match self.route.deliver(node, delivery).await {
+                    Ok(_) => self.stats.record_delivery(stored_at),
+                    Err(e) => {
+                        tracing::warn!(error = %e, %user, node, "route failed; devices will sync")
+                    }
                 }
             }
         }
@@ -309,7 +463,7 @@ impl Logic {
         }
         let event = BusEvent {
             id: self.ids.next_id(),
-            topic: "c2s".into(),
+            topic: events::C2S.into(),
             user: from.clone(),
             kind,
             body,
@@ -341,6 +495,17 @@ impl Logic {
     /// Moves a device's cursor: everything up to `seq` was received.
     pub async fn ack(&self, user: &UserKey, device_id: &str, seq: u64) -> Result<(), LogicError> {
         Ok(self.store.advance_cursor(user, device_id, seq).await?)
+    }
+}
+
+fn presence_data(d: &DeviceSession, online_devices: usize, reason: &str) -> PresenceData {
+    PresenceData {
+        device_id: d.device_id.clone(),
+        platform: d.platform.clone(),
+        node: d.node.clone(),
+        since_ms: d.since_ms,
+        online_devices,
+        reason: reason.into(),
     }
 }
 

@@ -25,6 +25,39 @@ pub struct DeviceSession {
     pub since_ms: i64,
 }
 
+/// Where users' devices are, for a fan-out: `entries` hold
+/// `(user index, node index, devices)`, users in ascending order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    pub nodes: Vec<String>,
+    pub entries: Vec<(usize, usize, usize)>,
+}
+
+impl Placement {
+    /// Counts one device of user `user` (an index) on `node`. Users must be
+    /// added in ascending order.
+    pub fn add(&mut self, user: usize, node: &str) {
+        // Nearly always one node, or few: a scan beats a map.
+        let n = match self.nodes.iter().position(|x| x == node) {
+            Some(n) => n,
+            None => {
+                self.nodes.push(node.to_owned());
+                self.nodes.len() - 1
+            }
+        };
+        match self
+            .entries
+            .iter_mut()
+            .rev()
+            .take_while(|e| e.0 == user)
+            .find(|e| e.1 == n)
+        {
+            Some(e) => e.2 += 1,
+            None => self.entries.push((user, n, 1)),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum PresenceError {
     #[error("presence unavailable: {0}")]
@@ -45,6 +78,30 @@ pub trait Presence: Send + Sync + 'static {
     ) -> Result<(), PresenceError>;
     /// The user's online devices.
     async fn devices(&self, user: &UserKey) -> Result<Vec<DeviceSession>, PresenceError>;
+    /// The online devices of each user, aligned with `users` (for presence
+    /// queries and fan-outs to many users). Backends that can batch
+    /// (one lock, one pipeline) override it.
+    async fn devices_many(
+        &self,
+        users: &[UserKey],
+    ) -> Result<Vec<Vec<DeviceSession>>, PresenceError> {
+        let mut all = Vec::with_capacity(users.len());
+        for user in users {
+            all.push(self.devices(user).await?);
+        }
+        Ok(all)
+    }
+    /// Which nodes hold devices of each user, and how many: what a fan-out
+    /// to many users needs, without copying every device's details.
+    async fn placement(&self, users: &[UserKey]) -> Result<Placement, PresenceError> {
+        let mut placement = Placement::default();
+        for (i, devices) in self.devices_many(users).await?.iter().enumerate() {
+            for d in devices {
+                placement.add(i, &d.node);
+            }
+        }
+        Ok(placement)
+    }
     /// Checks that the backend is reachable (for `/readyz`).
     async fn ping(&self) -> Result<(), PresenceError> {
         Ok(())
@@ -93,5 +150,28 @@ impl Presence for MemoryPresence {
     async fn devices(&self, user: &UserKey) -> Result<Vec<DeviceSession>, PresenceError> {
         let users = self.users.lock().unwrap_or_else(|e| e.into_inner());
         Ok(users.get(user).cloned().unwrap_or_default())
+    }
+
+    async fn devices_many(
+        &self,
+        users: &[UserKey],
+    ) -> Result<Vec<Vec<DeviceSession>>, PresenceError> {
+        // One lock for the whole batch.
+        let map = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(users
+            .iter()
+            .map(|u| map.get(u).cloned().unwrap_or_default())
+            .collect())
+    }
+
+    async fn placement(&self, users: &[UserKey]) -> Result<Placement, PresenceError> {
+        let mut placement = Placement::default();
+        let map = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, user) in users.iter().enumerate() {
+            for d in map.get(user).into_iter().flatten() {
+                placement.add(i, &d.node);
+            }
+        }
+        Ok(placement)
     }
 }

@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use switchboard_proto::Packet;
+
 use crate::hub::Hub;
 use crate::model::{Entry, UserKey};
 
@@ -42,6 +44,34 @@ pub trait Route: Send + Sync + 'static {
         conn_id: u64,
         code: u32,
     ) -> Result<bool, RouteError>;
+
+    /// Checks that the backend is reachable (for `/readyz`).
+    async fn ping(&self) -> Result<(), RouteError> {
+        Ok(())
+    }
+
+    /// Delivers the same entry to several users' devices on `node` (an
+    /// online-only fan-out, where seq 0 makes the push frame identical for
+    /// every user); returns the devices reached per user, aligned with
+    /// `users`, when known (0 for a remote node). Routes that can share one
+    /// encoded frame override it.
+    async fn deliver_many(
+        &self,
+        node: &str,
+        users: &[&UserKey],
+        entry: &Entry,
+    ) -> Result<Vec<usize>, RouteError> {
+        let mut reached = Vec::with_capacity(users.len());
+        for &user in users {
+            let delivery = Delivery {
+                user: user.clone(),
+                entry: entry.clone(),
+                skip_conn: None,
+            };
+            reached.push(self.deliver(node, delivery).await?);
+        }
+        Ok(reached)
+    }
 }
 
 /// Single-node route: every device is on this node's hub.
@@ -59,6 +89,17 @@ impl LocalRoute {
 impl Route for LocalRoute {
     async fn deliver(&self, _node: &str, d: Delivery) -> Result<usize, RouteError> {
         Ok(self.hub.deliver(&d.user, &d.entry, d.skip_conn))
+    }
+
+    async fn deliver_many(
+        &self,
+        _node: &str,
+        users: &[&UserKey],
+        entry: &Entry,
+    ) -> Result<Vec<usize>, RouteError> {
+        // Encoded once, shared by every connection.
+        let frame = Packet::Push(entry.to_pb()).encode(0);
+        Ok(self.hub.deliver_many(users, entry.seq, &frame))
     }
 
     async fn kick(

@@ -81,6 +81,19 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Page, StoreError>;
 
+    /// The messages between `a` and `b`, sent either way, newest first
+    /// (by message id), only those with an id below `before_msg_id` when it
+    /// is given, at most `limit`. With `a == b`: the messages the user sent
+    /// to themself. Paging: pass the last id of a page as the next
+    /// `before_msg_id`.
+    async fn conversation(
+        &self,
+        a: &UserKey,
+        b: &UserKey,
+        before_msg_id: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<std::sync::Arc<Message>>, StoreError>;
+
     /// The highest sequence on the user's timeline (0 when empty).
     async fn timeline_head(&self, user: &UserKey) -> Result<u64, StoreError>;
 
@@ -102,6 +115,28 @@ pub trait Store: Send + Sync + 'static {
         event: &BusEvent,
         dedupe_id: &str,
     ) -> Result<OutboxReceipt, StoreError>;
+
+    /// Up to `limit` undelivered outbox events with an id above `after`,
+    /// lowest id first (the webhook dispatcher drains the outbox with it).
+    /// A store without an outbox answers `Unavailable`.
+    async fn outbox_pending_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<BusEvent>, StoreError> {
+        let _ = (after, limit);
+        Err(StoreError::Unavailable(
+            "this store has no outbox to drain".into(),
+        ))
+    }
+
+    /// Marks outbox events delivered, durably; returns how many were pending.
+    async fn outbox_mark_delivered(&self, ids: &[u64]) -> Result<usize, StoreError> {
+        let _ = ids;
+        Err(StoreError::Unavailable(
+            "this store has no outbox to drain".into(),
+        ))
+    }
 
     /// Checks that the backend is reachable (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;

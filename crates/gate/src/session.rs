@@ -62,7 +62,7 @@ pub async fn serve<T: Transport>(
             End::Io(e) => debug!(error = %e, "connection closed on an i/o error"),
             End::PeerClosed | End::Logout => debug!(?end, "connection closed"),
         }
-        transport.close().await;
+        let _ = tokio::time::timeout(FAREWELL_TIMEOUT, transport.close()).await;
     }
     .instrument(span)
     .await
@@ -76,7 +76,11 @@ async fn send<T: Transport>(t: &mut T, seq: u32, p: Packet) -> Result<(), End> {
 }
 
 async fn fatal<T: Transport>(t: &mut T, seq: u32, code: u32, message: String) -> End {
-    let _ = send(t, seq, Packet::error(code, message, true)).await;
+    let _ = tokio::time::timeout(
+        FAREWELL_TIMEOUT,
+        send(t, seq, Packet::error(code, message, true)),
+    )
+    .await;
     End::Fatal(code)
 }
 
@@ -246,6 +250,10 @@ struct Session {
     batch: Vec<Bytes>,
 }
 
+/// Time allowed for the last frame and the close handshake of a connection
+/// that is going away; a peer that does not read must not keep its task alive.
+const FAREWELL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Most frames written in one batch.
 const MAX_BATCH: usize = 64;
 
@@ -257,8 +265,12 @@ impl Session {
     async fn run<T: Transport>(mut self, t: &mut T) -> End {
         let end = self.serve(t).await;
         if let End::Kicked(code) = end {
+            switchboard_core::stats::record_kick(code);
             let reason = code::name(code).to_string();
-            let _ = send(t, 0, Packet::Kick(pb::Kick { code, reason })).await;
+            // Bounded: a slow consumer's socket may be full, and its task
+            // must end anyway.
+            let kick = send(t, 0, Packet::Kick(pb::Kick { code, reason }));
+            let _ = tokio::time::timeout(FAREWELL_TIMEOUT, kick).await;
         }
         self.cleanup().await;
         end

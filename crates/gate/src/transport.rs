@@ -79,6 +79,26 @@ fn maybe_deflate(bytes: &Bytes, compression: Compression) -> Bytes {
     }
 }
 
+/// Reads what is available into `buf` (empty) through a 4 KiB stack chunk
+/// that lives only during one poll, so a connection waiting for its next
+/// frame keeps no heap buffer. Cancel-safe: bytes are moved into `buf` in
+/// the same poll that read them.
+async fn read_fresh<S: AsyncRead + Unpin>(stream: &mut S, buf: &mut BytesMut) -> io::Result<usize> {
+    std::future::poll_fn(|cx| {
+        let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+        let mut rb = tokio::io::ReadBuf::uninit(&mut chunk);
+        match std::pin::Pin::new(&mut *stream).poll_read(cx, &mut rb) {
+            std::task::Poll::Ready(Ok(())) => {
+                buf.extend_from_slice(rb.filled());
+                std::task::Poll::Ready(Ok(rb.filled().len()))
+            }
+            std::task::Poll::Ready(Err(e)) => std::task::Poll::Ready(Err(e)),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    })
+    .await
+}
+
 /// Frames back to back over a byte stream (TCP or TLS over TCP).
 pub struct StreamTransport<S> {
     stream: S,
@@ -90,11 +110,12 @@ pub struct StreamTransport<S> {
 
 impl<S> StreamTransport<S> {
     pub fn new(stream: S, max_frame: usize) -> StreamTransport<S> {
-        // 4 KiB to start: enough for typical frames, grown only for large ones
-        // and shrunk back below, so an idle connection stays small.
+        // No read buffer until bytes arrive, and none again once every
+        // buffered frame is decoded: an idle connection holds 0 bytes here
+        // (a 4 KiB buffer was most of an idle connection's memory).
         StreamTransport {
             stream,
-            rbuf: BytesMut::with_capacity(4096),
+            rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
             max_frame,
             compression: Compression::None,
@@ -106,15 +127,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for StreamTransport<S> 
     async fn recv(&mut self) -> Result<Option<Incoming>, TransportError> {
         loop {
             if let Some(frame) = decode(&mut self.rbuf, self.max_frame)? {
-                if self.rbuf.is_empty() && self.rbuf.capacity() > 64 * 1024 {
-                    self.rbuf = BytesMut::with_capacity(4096);
+                if self.rbuf.is_empty() {
+                    // Let go of the buffer (frames already decoded keep
+                    // their own share of it): the next read allocates anew.
+                    self.rbuf = BytesMut::new();
                 }
                 return Ok(Some(packet_of(frame, self.compression, self.max_frame)));
             }
-            if self.rbuf.capacity() == self.rbuf.len() {
-                self.rbuf.reserve(4096);
-            }
-            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+            let n = if self.rbuf.is_empty() {
+                // Wait for bytes without holding a buffer: read into a stack
+                // chunk inside one poll and copy out only what arrived.
+                read_fresh(&mut self.stream, &mut self.rbuf).await?
+            } else {
+                if self.rbuf.capacity() == self.rbuf.len() {
+                    self.rbuf.reserve(4096);
+                }
+                self.stream.read_buf(&mut self.rbuf).await?
+            };
+            if n == 0 {
                 return if self.rbuf.is_empty() {
                     Ok(None)
                 } else {

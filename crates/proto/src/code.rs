@@ -38,6 +38,9 @@ pub const INVALID_ARGUMENT: u32 = 3001;
 pub const RATE_LIMITED: u32 = 3002;
 /// The request is not allowed for this user.
 pub const FORBIDDEN: u32 = 3003;
+/// The app's before-send hook or word filter refused the message; the
+/// message says why. Nothing was stored: do not resend it unchanged.
+pub const REJECTED: u32 = 3004;
 
 /// Kick: the same device id logged in on another connection.
 pub const KICK_REPLACED: u32 = 4000;
@@ -60,6 +63,10 @@ pub const INTERNAL: u32 = 5000;
 pub const UNAVAILABLE: u32 = 5001;
 /// The server is at its connection limit. Fatal; retry with backoff.
 pub const SERVER_FULL: u32 = 5002;
+/// The app's before-send hook did not answer (down, timeout, bad answer) and
+/// the app is configured fail-closed; nothing was stored. Retry later with
+/// the same `client_msg_id`.
+pub const HOOK_UNAVAILABLE: u32 = 5003;
 
 /// The symbolic name of a code, for logs and the CLI.
 pub fn name(code: u32) -> &'static str {
@@ -80,6 +87,7 @@ pub fn name(code: u32) -> &'static str {
         INVALID_ARGUMENT => "INVALID_ARGUMENT",
         RATE_LIMITED => "RATE_LIMITED",
         FORBIDDEN => "FORBIDDEN",
+        REJECTED => "REJECTED",
         KICK_REPLACED => "KICK_REPLACED",
         KICK_TOO_MANY_DEVICES => "KICK_TOO_MANY_DEVICES",
         KICK_SLOW_CONSUMER => "KICK_SLOW_CONSUMER",
@@ -90,6 +98,7 @@ pub fn name(code: u32) -> &'static str {
         INTERNAL => "INTERNAL",
         UNAVAILABLE => "UNAVAILABLE",
         SERVER_FULL => "SERVER_FULL",
+        HOOK_UNAVAILABLE => "HOOK_UNAVAILABLE",
         _ => "UNKNOWN",
     }
 }

@@ -37,6 +37,38 @@
 //! # }
 //! ```
 
+//! A complete exchange, run as a test against a real in-process node:
+//!
+//! ```
+//! use std::time::Duration;
+//! use switchboard_sdk::{Client, ClientConfig, Event, User};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), switchboard_sdk::SdkError> {
+//! # let server = switchboard_testkit::server::TestServer::start().await;
+//! # let (url, alice_token, bob_token) = (server.tcp_url(), server.token("alice"), server.token("bob"));
+//! let (alice, _alice_events) = Client::connect(ClientConfig::new(&url, alice_token)).await?;
+//! let (_bob, mut bob_events) = Client::connect(ClientConfig::new(&url, bob_token)).await?;
+//!
+//! let bob = User { app: "demo".into(), uid: "bob".into() };
+//! let receipt = alice.send(bob, "text", "hello bob").await?;
+//! assert!(!receipt.duplicate);
+//!
+//! loop {
+//!     match tokio::time::timeout(Duration::from_secs(10), bob_events.recv()).await {
+//!         Ok(Some(Event::Message { message, .. })) => {
+//!             assert_eq!(&message.body[..], b"hello bob");
+//!             break;
+//!         }
+//!         Ok(Some(_)) => continue, // Connected, ...
+//!         other => panic!("no message: {other:?}"),
+//!     }
+//! }
+//! # server.stop().await;
+//! # Ok(())
+//! # }
+//! ```
+
 mod backoff;
 mod client;
 mod config;

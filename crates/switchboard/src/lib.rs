@@ -1,6 +1,7 @@
 //! The `switchboard` binary's library side: configuration and wiring, so
 //! tests and the benchmark start a real node in-process.
 
+pub mod cluster;
 pub mod config;
 pub mod server;
 

@@ -29,6 +29,10 @@ enum Command {
     Token(TokenArgs),
     /// Chat as a user: interactive, or line-oriented from stdin with --json.
     Chat(chat::ChatArgs),
+    /// Print the embedded demo app's HTTP API key (or, with --admin, the demo operator key).
+    ApiKey(ApiKeyArgs),
+    /// Load-generate against a node (and Mosquitto): see docs/benchmarks.md.
+    Bench(switchboard_bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -45,6 +49,20 @@ struct ServeArgs {
     /// TCP listen address (binary frames).
     #[arg(long, env = "SWITCHBOARD_TCP")]
     tcp: Option<std::net::SocketAddr>,
+}
+
+#[derive(clap::Args)]
+struct ApiKeyArgs {
+    /// Print the operator key of demo mode (for /v1/admin/*) instead.
+    #[arg(long)]
+    admin: bool,
+    /// Data directory of the server (where the demo secret is kept).
+    #[arg(
+        long,
+        env = "SWITCHBOARD_DATA_DIR",
+        default_value = "./switchboard-data"
+    )]
+    data_dir: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -74,7 +92,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let filter =
         EnvFilter::try_from_env("SWITCHBOARD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let chat = matches!(cli.command, Command::Chat(_));
+    let chat = matches!(cli.command, Command::Chat(_) | Command::Bench(_));
     tracing_subscriber::fmt()
         .with_env_filter(if chat {
             EnvFilter::try_from_env("SWITCHBOARD_LOG").unwrap_or_else(|_| EnvFilter::new("warn"))
@@ -90,7 +108,12 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => runtime.block_on(serve(args)),
         Command::Token(args) => token(args),
+        Command::ApiKey(args) => api_key(args),
         Command::Chat(args) => runtime.block_on(chat::run(args)),
+        Command::Bench(args) => runtime
+            .block_on(switchboard_bench::run(args))
+            .map(drop)
+            .map_err(Into::into),
     }
 }
 
@@ -121,6 +144,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             "  switchboard chat --uid alice --to bob --data-dir {dd} --url tcp://{}",
             server.tcp_addr
         );
+        println!("HTTP API (docs/http-api.md): the demo app's key and the operator key:");
+        println!("  switchboard api-key --data-dir {dd}           # Authorization: Bearer <key>");
+        println!("  switchboard api-key --admin --data-dir {dd}   # for /v1/admin/*");
     }
     let token = server.shutdown_token();
     tokio::select! {
@@ -146,6 +172,18 @@ async fn terminate() {
 #[cfg(not(unix))]
 async fn terminate() {
     std::future::pending().await
+}
+
+fn api_key(args: ApiKeyArgs) -> anyhow::Result<()> {
+    let key = if args.admin {
+        server::demo_admin_key(&args.data_dir)?
+    } else {
+        server::demo_app(&args.data_dir)?
+            .api_key
+            .context("the demo app has no API key")?
+    };
+    println!("{key}");
+    Ok(())
 }
 
 fn token(args: TokenArgs) -> anyhow::Result<()> {

@@ -7,10 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use switchboard_backends::postgres::{PgOptions, PgStore, redact_url};
 use switchboard_backends::sqlite::{SqliteOptions, SqliteStore};
-use switchboard_core::{
-    AppConfig, Apps, Bus, Hub, LocalRoute, Logic, MemoryPresence, OutboxBus, Store,
-};
+use switchboard_core::{AppConfig, Apps, Hub, Logic, Store};
 use switchboard_gate::Gate;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -28,6 +27,9 @@ pub struct Server {
     shutdown: CancellationToken,
     listeners: Vec<JoinHandle<()>>,
     grace: Duration,
+    backends: crate::cluster::Backends,
+    /// Delivers the outbox to webhooks (bus backend `outbox` only).
+    dispatcher: Option<switchboard_hooks::Dispatcher>,
 }
 
 impl Server {
@@ -55,20 +57,65 @@ impl Server {
                 SqliteStore::open(&path, options)
                     .with_context(|| format!("cannot open the store at {}", path.display()))?
             }
-            other => bail!("unknown store backend {other:?} (known: sqlite)"),
+            "postgres" => {
+                let c = &config.store;
+                let options = PgOptions {
+                    schema: (!c.schema.is_empty()).then(|| c.schema.clone()),
+                    pool_size: c.pool_size,
+                    connect_timeout: Duration::from_millis(c.connect_timeout_ms.max(1)),
+                    statement_timeout: Duration::from_millis(c.statement_timeout_ms.max(1)),
+                    op_timeout: Duration::from_millis(c.op_timeout_ms.max(1)),
+                    dedupe_window: Duration::from_secs(c.dedupe_retention_secs),
+                    cursor_flush_interval: Duration::from_millis(c.cursor_flush_ms.max(1)),
+                    ..PgOptions::default()
+                };
+                PgStore::connect(&c.url, options).await.with_context(|| {
+                    format!("cannot open the PostgreSQL store at {}", redact_url(&c.url))
+                })?
+            }
+            other => bail!("unknown store backend {other:?} (known: sqlite, postgres)"),
         };
         let hub = Arc::new(Hub::new());
-        let presence = Arc::new(MemoryPresence::new());
-        let route = Arc::new(LocalRoute::new(hub.clone()));
-        let bus: Arc<dyn Bus> = Arc::new(OutboxBus::new(store.clone()));
-        let logic = Arc::new(Logic::new(
+        let backends = crate::cluster::Backends::build(&config, hub.clone(), store.clone()).await?;
+        let (presence, route, bus) = (
+            backends.presence.clone(),
+            backends.route.clone(),
+            backends.bus.clone(),
+        );
+        // Before-send hooks and word filters screen c2c; the webhook
+        // dispatcher drains the outbox bus (switchboard-hooks).
+        switchboard_hooks::install_crypto_provider();
+        let app_configs: Vec<AppConfig> =
+            apps.names().filter_map(|n| apps.get(n)).cloned().collect();
+        let screens = switchboard_hooks::AppScreens::new(&app_configs)
+            .context("invalid before_send or word_filter configuration")?;
+        let dispatcher = if config.bus.backend == "outbox" {
+            Some(
+                switchboard_hooks::Dispatcher::start(
+                    store.clone(),
+                    &app_configs,
+                    config.webhook.dispatcher_config(),
+                )
+                .context("invalid webhook configuration")?,
+            )
+        } else {
+            if app_configs.iter().any(|a| !a.webhooks.is_empty()) {
+                tracing::warn!(bus = %config.bus.backend, "webhooks are configured but only the outbox bus delivers them");
+            }
+            None
+        };
+        let logic = Logic::new(
             config.logic_config(),
             apps,
             store.clone(),
             presence,
             route,
             bus,
-        ));
+        );
+        let logic = Arc::new(match screens {
+            Some(s) => logic.with_screen(Arc::new(s)),
+            None => logic,
+        });
 
         let shutdown = CancellationToken::new();
         let gate = Gate::new(logic, hub, config.gate_config(), shutdown.clone());
@@ -95,7 +142,11 @@ impl Server {
             tcp,
             tls.clone(),
         )));
-        let router = switchboard_api::router(gate.clone());
+        let mut api_config = config.api_config();
+        if config.apps.is_empty() && api_config.admin_key.is_none() {
+            api_config.admin_key = Some(demo_admin_key(&config.data_dir)?);
+        }
+        let router = switchboard_api::router_with(gate.clone(), api_config);
         let sd = shutdown.clone();
         listeners.push(tokio::spawn(async move {
             if let Err(e) = switchboard_api::serve(http, router, tls, sd).await {
@@ -111,6 +162,8 @@ impl Server {
             shutdown,
             listeners,
             grace: Duration::from_secs(config.shutdown_grace_secs),
+            backends,
+            dispatcher,
         })
     }
 
@@ -126,6 +179,11 @@ impl Server {
         for l in self.listeners {
             let _ = tokio::time::timeout(self.grace, l).await;
         }
+        // Before the store closes: it marks what was accepted so far.
+        if let Some(d) = self.dispatcher {
+            d.stop().await;
+        }
+        self.backends.close().await;
         if let Err(e) = self.store.close().await {
             tracing::warn!(error = %e, "store did not close cleanly");
         }
@@ -141,6 +199,15 @@ pub fn demo_app(data_dir: &Path) -> anyhow::Result<AppConfig> {
         api_key: Some(format!("demo-{}", &demo_secret(data_dir)?[..16])),
         ..AppConfig::default()
     })
+}
+
+/// The operator key of demo mode (no `[[apps]]` and no `api.admin_key`):
+/// derived from the demo secret, like the demo app's API key.
+pub fn demo_admin_key(data_dir: &Path) -> anyhow::Result<String> {
+    let secret = demo_secret(data_dir)?;
+    // The secret's other end than the app key's, so one does not give the other.
+    let tail: String = secret.chars().rev().take(16).collect();
+    Ok(format!("admin-{tail}"))
 }
 
 /// Reads (creating on first use) the demo app's token secret.

@@ -2,14 +2,18 @@
 //! bundled SQLite).
 //!
 //! - Writes (appends, outbox events, cursor flushes, purges) go to ONE writer
-//!   thread ([`writer`]) through a bounded queue; it group-commits up to
+//!   thread (`writer`) through a bounded queue; it group-commits up to
 //!   `max_batch` of them per transaction and answers nobody before COMMIT
 //!   returned. WAL with `synchronous=FULL` makes that COMMIT an fsync.
 //! - Reads (`entries_after`, `timeline_head`, `cursor`, `outbox_pending`) run
-//!   on a small pool of read connections ([`read`]) in `spawn_blocking`.
+//!   on a small pool of read connections (`read`) in `spawn_blocking`.
 //! - Device cursors move in memory and reach the disk with the next group or
 //!   within `cursor_flush_interval`, as the contract allows.
-//! - The schema and its migrations: [`schema`].
+//! - The schema and its migrations: `schema`.
+//!
+//! Open one `SqliteStore` per file. A second writer on the same file (another
+//! process) is not unsafe, only slow: its cached timeline heads go stale, the
+//! clashing group aborts, its waiters get `Unavailable`, and the heads reload.
 
 mod read;
 mod schema;
@@ -26,7 +30,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags};
 use switchboard_core::store::OutboxReceipt;
-use switchboard_core::{Appended, BusEvent, NewMessage, Page, Store, StoreError, UserKey};
+use switchboard_core::{Appended, BusEvent, Message, NewMessage, Page, Store, StoreError, UserKey};
 use tokio::sync::{Semaphore, oneshot};
 
 pub use schema::SCHEMA_VERSION;
@@ -131,7 +135,8 @@ impl std::fmt::Debug for SqliteStore {
 
 impl SqliteStore {
     /// Opens (creating the directory and file if needed) the store at `path`,
-    /// migrates the schema and starts the writer thread.
+    /// migrates the schema and starts the writer thread. Does blocking file
+    /// I/O: from async code, call it in `spawn_blocking` or before serving.
     pub fn open(path: &Path, options: SqliteOptions) -> Result<Arc<SqliteStore>, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
@@ -177,13 +182,7 @@ impl SqliteStore {
     /// Up to `limit` undelivered outbox events, lowest id first (for the
     /// webhook dispatcher).
     pub async fn outbox_pending(&self, limit: usize) -> Result<Vec<BusEvent>, StoreError> {
-        self.read(move |c| read::outbox_pending(c, limit)).await
-    }
-
-    /// Marks outbox events delivered, durably; returns how many were pending.
-    pub async fn outbox_mark_delivered(&self, ids: &[u64]) -> Result<usize, StoreError> {
-        let ids = ids.to_vec();
-        self.write(|r| Command::MarkDelivered(ids, r)).await
+        self.read(move |c| read::outbox_pending(c, 0, limit)).await
     }
 
     /// Deletes expired de-dup rows and delivered outbox rows older than the
@@ -275,6 +274,18 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn conversation(
+        &self,
+        a: &UserKey,
+        b: &UserKey,
+        before_msg_id: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Arc<Message>>, StoreError> {
+        let (a, b) = (a.clone(), b.clone());
+        self.read(move |c| read::conversation(c, &a, &b, before_msg_id, limit))
+            .await
+    }
+
     async fn timeline_head(&self, user: &UserKey) -> Result<u64, StoreError> {
         let user = user.clone();
         self.read(move |c| read::head(c, &user)).await
@@ -316,6 +327,20 @@ impl Store for SqliteStore {
         let event = event.clone();
         let dedupe_id = dedupe_id.to_owned();
         self.write(|r| Command::Outbox(event, dedupe_id, r)).await
+    }
+
+    async fn outbox_pending_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<BusEvent>, StoreError> {
+        self.read(move |c| read::outbox_pending(c, after, limit))
+            .await
+    }
+
+    async fn outbox_mark_delivered(&self, ids: &[u64]) -> Result<usize, StoreError> {
+        let ids = ids.to_vec();
+        self.write(|r| Command::MarkDelivered(ids, r)).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -99,6 +99,50 @@ pub fn entries_after(
     Ok(Page { entries, head })
 }
 
+/// The messages between `a` and `b` either way, newest first, with an id
+/// below `before` when given, at most `limit`: the two directions are two
+/// ranges of the `message_conversation` index, merged by id.
+pub fn conversation(
+    conn: &Connection,
+    a: &UserKey,
+    b: &UserKey,
+    before: Option<u64>,
+    limit: usize,
+) -> Result<Vec<Arc<Message>>, StoreError> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    // Ids are stored as their i64 bit pattern and stay below 2^63.
+    let before = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    const COLUMNS: &str =
+        "msg_id, app, from_uid, to_app, to_uid, kind, body, client_msg_id, server_time_ms";
+    let one_way = |from: &UserKey, to: &UserKey| -> Result<Vec<Message>, StoreError> {
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM message
+                 WHERE app = ?1 AND from_uid = ?2 AND to_app = ?3 AND to_uid = ?4 AND msg_id < ?5
+                 ORDER BY msg_id DESC LIMIT ?6"
+            ))
+            .map_err(unavailable)?;
+        let mut rows = stmt
+            .query(params![from.app, from.uid, to.app, to.uid, before, limit])
+            .map_err(unavailable)?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(unavailable)? {
+            out.push(message_from_row(row, 0)?);
+        }
+        Ok(out)
+    };
+    let mut messages = one_way(a, b)?;
+    if a != b {
+        messages.extend(one_way(b, a)?);
+        messages.sort_unstable_by_key(|m| std::cmp::Reverse(m.id));
+        messages.truncate(limit as usize);
+    }
+    Ok(messages.into_iter().map(Arc::new).collect())
+}
+
 /// The highest seq on `user`'s timeline, 0 when empty.
 pub fn head(conn: &Connection, user: &UserKey) -> Result<u64, StoreError> {
     let mut stmt = conn
@@ -125,16 +169,22 @@ pub fn cursor(conn: &Connection, user: &UserKey, device_id: &str) -> Result<u64,
     seq.map_or(Ok(0), |s| to_u64(s, "cursor.seq"))
 }
 
-/// Up to `limit` undelivered outbox events, oldest id first.
-pub fn outbox_pending(conn: &Connection, limit: usize) -> Result<Vec<BusEvent>, StoreError> {
+/// Up to `limit` undelivered outbox events with an id above `after`, oldest id first.
+pub fn outbox_pending(
+    conn: &Connection,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<BusEvent>, StoreError> {
     let mut stmt = conn
         .prepare_cached(
             "SELECT id, topic, app, uid, kind, body, time_ms FROM outbox
-             WHERE delivered_ms IS NULL ORDER BY id LIMIT ?1",
+             WHERE delivered_ms IS NULL AND id > ?2 ORDER BY id LIMIT ?1",
         )
         .map_err(unavailable)?;
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let mut rows = stmt.query(params![limit]).map_err(unavailable)?;
+    // Ids are stored as i64; one above i64::MAX cannot exist.
+    let after = i64::try_from(after).unwrap_or(i64::MAX);
+    let mut rows = stmt.query(params![limit, after]).map_err(unavailable)?;
     let mut out = Vec::new();
     while let Some(row) = rows.next().map_err(unavailable)? {
         out.push(event_from_row(row).map_err(corrupt_or_unavailable)?);

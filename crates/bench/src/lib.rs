@@ -1,0 +1,231 @@
+//! `switchboard bench`: the load generator.
+//!
+//! Each scenario runs against a Switchboard node (a child `switchboard
+//! serve` with a temporary data dir, or `--url`) and, with `--mqtt`, against
+//! Mosquitto through the same harness, so every figure has a peer figure from
+//! the same run. A run shows a progress bar, records latency in an HDR
+//! histogram (p50, p90, p99, p99.9, max), ends with a loss check, and writes
+//! its results as JSON (`--out`). `report` turns result files into the table
+//! of docs/benchmarks.md and PNG charts.
+//!
+//! - [`scenario`]: `connections`, `c2c`, `fanout`, `reconnect`;
+//! - [`target`]: the systems under test; [`raw`]: light raw-frame clients;
+//! - [`stats`]: histograms, timelines, the result record; [`report`]: table and charts.
+
+pub mod http;
+pub mod raw;
+pub mod report;
+pub mod scenario;
+pub mod stats;
+pub mod target;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+pub use stats::RunResult;
+
+/// Why a benchmark could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error("usage: {0}")]
+    Usage(String),
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol: {0}")]
+    Proto(#[from] switchboard_proto::ProtoError),
+    #[error("sdk: {0}")]
+    Sdk(#[from] switchboard_sdk::SdkError),
+    #[error("mqtt: {0}")]
+    Mqtt(String),
+    #[error("server under test: {0}")]
+    Server(String),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("http: {0}")]
+    Http(String),
+    #[error("json: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("chart: {0}")]
+    Chart(String),
+}
+
+/// `switchboard bench <scenario>`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub scenario: Scenario,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Scenario {
+    /// N idle logged-in connections: server RSS per connection, connects/s.
+    Connections(scenario::connections::Args),
+    /// P sender→receiver pairs, durable c2c: delivered msgs/s, latency, exactly-once in order.
+    C2c(scenario::c2c::Args),
+    /// s2c (stored or online_only) to N online users through the HTTP API.
+    Fanout(scenario::fanout::Args),
+    /// N clients with an offline backlog reconnect at once and sync.
+    Reconnect(scenario::reconnect::Args),
+    /// Writes the table of docs/benchmarks.md and the PNG charts from result files.
+    Report(report::Args),
+    /// A connections load-generator process (started by `connections`).
+    #[command(hide = true)]
+    ConnWorker(scenario::connections::WorkerArgs),
+}
+
+/// Options every scenario takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Common {
+    /// A running node's TCP URL (`tcp://host:port`); default: start one.
+    #[arg(long)]
+    pub url: Option<String>,
+    /// That node's HTTP address (API, /ws).
+    #[arg(long)]
+    pub http: Option<SocketAddr>,
+    /// App of the bench users (with --url).
+    #[arg(long, default_value = "bench")]
+    pub app: String,
+    /// HS256 secret of that app (with --url).
+    #[arg(long)]
+    pub secret: Option<String>,
+    /// API key of that app (with --url), for the HTTP API.
+    #[arg(long)]
+    pub api_key: Option<String>,
+    /// Pid of the node (with --url), for its RSS.
+    #[arg(long)]
+    pub server_pid: Option<u32>,
+    /// The `switchboard` binary to start (default: this one).
+    #[arg(long)]
+    pub server_bin: Option<PathBuf>,
+    /// Log filter of a started node.
+    #[arg(long, default_value = "warn")]
+    pub server_log: String,
+    /// Outbound queue per connection of a started node (frames).
+    #[arg(long, default_value_t = 4096)]
+    pub outbound_queue: usize,
+    /// Use WebSocket (binary frames) instead of TCP.
+    #[arg(long)]
+    pub ws: bool,
+    /// Also run the scenario against the MQTT broker at this address (Mosquitto).
+    #[arg(long)]
+    pub mqtt: Option<SocketAddr>,
+    /// Pid of the MQTT broker, for its RSS.
+    #[arg(long)]
+    pub mqtt_pid: Option<u32>,
+    /// Append the results (a JSON array) to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Runs one `switchboard bench` command; returns the results it measured.
+pub async fn run(args: BenchArgs) -> Result<Vec<RunResult>, BenchError> {
+    let (results, common) = match args.scenario {
+        Scenario::Connections(a) => (scenario::connections::run(&a).await?, a.common),
+        Scenario::C2c(a) => (scenario::c2c::run(&a).await?, a.common),
+        Scenario::Fanout(a) => (scenario::fanout::run(&a).await?, a.common),
+        Scenario::Reconnect(a) => (scenario::reconnect::run(&a).await?, a.common),
+        Scenario::Report(a) => {
+            report::run(&a)?;
+            return Ok(Vec::new());
+        }
+        Scenario::ConnWorker(a) => {
+            scenario::connections::worker(&a).await?;
+            return Ok(Vec::new());
+        }
+    };
+    for r in &results {
+        r.print();
+    }
+    print_ratios(&results);
+    if let Some(out) = &common.out {
+        write_results(out, &results)?;
+        eprintln!("results appended to {}", out.display());
+    }
+    if results.iter().any(|r| !r.loss.ok) {
+        return Err(BenchError::Server("a loss check failed (see above)".into()));
+    }
+    Ok(results)
+}
+
+/// Appends results to a JSON array file (created when missing).
+pub fn write_results(path: &std::path::Path, results: &[RunResult]) -> Result<(), BenchError> {
+    let mut all: Vec<RunResult> = match std::fs::read(path) {
+        Ok(b) if !b.is_empty() => serde_json::from_slice(&b)?,
+        _ => Vec::new(),
+    };
+    all.extend_from_slice(results);
+    std::fs::write(path, serde_json::to_vec_pretty(&all)?)?;
+    Ok(())
+}
+
+/// The headline figure of a result, for ratios: (name, value, higher is better).
+pub fn headline(r: &RunResult) -> Option<(&'static str, f64, bool)> {
+    let m = &r.metrics;
+    match r.scenario.as_str() {
+        "c2c" => m
+            .get("msgs_per_sec")
+            .map(|v| ("delivered msgs/s", *v, true)),
+        "fanout" => m
+            .get("deliveries_per_sec")
+            .map(|v| ("deliveries/s", *v, true)),
+        "connections" => m
+            .get("rss_per_conn_bytes")
+            .map(|v| ("RSS bytes/conn", *v, false)),
+        "reconnect" => m
+            .get("all_current_s")
+            .map(|v| ("s until all current", *v, false)),
+        _ => None,
+    }
+}
+
+fn print_ratios(results: &[RunResult]) {
+    let Some(sb) = results.iter().find(|r| r.system == "switchboard") else {
+        return;
+    };
+    let Some((name, v, higher)) = headline(sb) else {
+        return;
+    };
+    for peer in results.iter().filter(|r| r.system != "switchboard") {
+        if let Some((_, p, _)) = headline(peer)
+            && p > 0.0
+            && v > 0.0
+        {
+            let ratio = if higher { v / p } else { p / v };
+            eprintln!(
+                "ratio: switchboard {} {} vs {} {}: {:.2}× {}",
+                stats::fmt_num(v),
+                name,
+                peer.system,
+                stats::fmt_num(p),
+                ratio,
+                if ratio >= 1.0 {
+                    "in switchboard's favour"
+                } else {
+                    "in the peer's favour"
+                }
+            );
+        }
+    }
+}
+
+/// A progress bar on stderr (hidden with `--quiet` or when stderr is not a terminal).
+pub fn bar(quiet: bool, len: u64, what: &str) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let b = ProgressBar::new(len);
+    if let Ok(style) = ProgressStyle::with_template(
+        "{msg:>24} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} ({per_sec})",
+    ) {
+        b.set_style(style);
+    }
+    b.set_message(what.to_string());
+    b.enable_steady_tick(Duration::from_millis(200));
+    b
+}

@@ -1,0 +1,292 @@
+//! `c2c`: P sender → receiver pairs of SDK clients, durable c2c, paced to a
+//! rate per pair or flat out. Delivered messages per second end to end
+//! (send → push received), latency, and the check that every acknowledged
+//! message reached its receiver exactly once, in order. With `--mqtt`, the
+//! same pairs over Mosquitto at QoS 1 and QoS 0.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use switchboard_sdk::{Client, ClientConfig, Event, User};
+use tokio::sync::watch;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use super::{Received, body, check_stream, parse_body, run_id};
+use crate::stats::{self, LossCheck, RunResult, Timeline};
+use crate::target::{Mqtt, Target};
+use crate::{BenchError, Common, bar};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub common: Common,
+    /// Sender → receiver pairs.
+    #[arg(long, default_value_t = 100)]
+    pub pairs: usize,
+    /// Messages per second per pair; 0 = flat out.
+    #[arg(long, default_value_t = 100)]
+    pub rate: u64,
+    /// Seconds of sending.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Requests in flight per sender.
+    #[arg(long, default_value_t = 1)]
+    pub window: usize,
+    /// Body size in bytes (at least 20).
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Seconds to wait for the last deliveries after sending stops.
+    #[arg(long, default_value_t = 15.0)]
+    pub drain: f64,
+    /// MQTT QoS levels to run with --mqtt.
+    #[arg(long, value_delimiter = ',', default_value = "1,0")]
+    pub qos: Vec<u8>,
+}
+
+impl Args {
+    fn describe(&self, r: &mut RunResult) {
+        r.param("pairs", self.pairs);
+        r.param("rate_per_pair", self.rate);
+        r.param("duration_s", self.duration);
+        r.param("window", self.window);
+        r.param("body_bytes", self.size);
+        r.param("mode", if self.rate == 0 { "flat out" } else { "paced" });
+    }
+}
+
+pub async fn run(a: &Args) -> Result<Vec<RunResult>, BenchError> {
+    if a.pairs == 0 || a.window == 0 {
+        return Err(BenchError::Usage(
+            "--pairs and --window must be at least 1".into(),
+        ));
+    }
+    let target = Target::start(&a.common).await?;
+    let r = switchboard(a, &target).await;
+    target.stop().await;
+    let mut results = vec![r?];
+    if let Some(mqtt) = Mqtt::from(&a.common) {
+        for &qos in &a.qos {
+            results.push(super::mqtt::c2c(a, &mqtt, qos).await?);
+        }
+    }
+    Ok(results)
+}
+
+/// Per pair: (number, sender timeline seq) of every acknowledged message.
+type Acks = Vec<(u64, u64)>;
+
+async fn switchboard(a: &Args, target: &Target) -> Result<RunResult, BenchError> {
+    let run = run_id();
+    let url = target.url();
+    let cfg = |uid: &str| -> Result<ClientConfig, BenchError> {
+        Ok(ClientConfig::new(url.clone(), target.token(uid)?)
+            .with_device_id(format!("{uid}-dev"))
+            .with_compression(false)
+            .with_request_timeout(Duration::from_secs(30))
+            .with_event_capacity(8192))
+    };
+    let setup = bar(a.common.quiet, a.pairs as u64 * 2, "connecting");
+    let mut receivers = Vec::with_capacity(a.pairs);
+    let mut senders = Vec::with_capacity(a.pairs);
+    for i in 0..a.pairs {
+        let (rx_client, events) = Client::connect(cfg(&format!("{run}-r{i}"))?).await?;
+        let (tx_client, tx_events) = Client::connect(cfg(&format!("{run}-s{i}"))?).await?;
+        // The sender's own event stream is not read: drop it so the SDK never waits on it.
+        drop(tx_events);
+        receivers.push((rx_client, events));
+        senders.push(tx_client);
+        setup.inc(2);
+    }
+    setup.finish_and_clear();
+
+    let start_ns = stats::now_ns();
+    let received_total = Arc::new(AtomicU64::new(0));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut recv_tasks = Vec::with_capacity(a.pairs);
+    for (i, (client, mut events)) in receivers.into_iter().enumerate() {
+        let total = received_total.clone();
+        let mut stop = stop_rx.clone();
+        recv_tasks.push(tokio::spawn(async move {
+            let mut rec = Received::new(start_ns);
+            loop {
+                tokio::select! {
+                    ev = events.recv() => match ev {
+                        Some(Event::Message { message, .. }) => {
+                            if let Some((pair, _, _)) = parse_body(&message.body)
+                                && pair as usize == i
+                            {
+                                rec.record(&message.body);
+                                total.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Some(Event::Closed) | None => break,
+                        Some(_) => {}
+                    },
+                    _ = stop.changed() => break,
+                }
+            }
+            client.close().await;
+            rec
+        }));
+    }
+
+    let attempted = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let progress = bar(
+        a.common.quiet,
+        if a.rate > 0 {
+            (a.rate as f64 * a.pairs as f64 * a.duration) as u64
+        } else {
+            0
+        },
+        "c2c sent",
+    );
+    let t0 = Instant::now();
+    let end = t0 + Duration::from_secs_f64(a.duration);
+    let mut send_tasks = Vec::new();
+    for (i, client) in senders.iter().enumerate() {
+        let next = Arc::new(AtomicU64::new(0));
+        for w in 0..a.window {
+            let client = client.clone();
+            let next = next.clone();
+            let attempted = attempted.clone();
+            let failed = failed.clone();
+            let progress = progress.clone();
+            let to = User {
+                app: target.app.clone(),
+                uid: format!("{run}-r{i}"),
+            };
+            let (rate, window, pairs, size) = (a.rate, a.window, a.pairs, a.size);
+            send_tasks.push(tokio::spawn(async move {
+                let mut acks: Acks = Vec::new();
+                let mut ack_hist = stats::histogram();
+                let mut tick = (rate > 0).then(|| {
+                    let period = Duration::from_secs_f64(window as f64 / rate as f64);
+                    // Stagger the pairs over one period so they do not fire in lockstep.
+                    let phase = period.mul_f64((i * window + w) as f64 / (pairs * window) as f64);
+                    let mut t = tokio::time::interval_at(t0 + phase, period);
+                    t.set_missed_tick_behavior(MissedTickBehavior::Burst);
+                    t
+                });
+                loop {
+                    if let Some(t) = tick.as_mut() {
+                        t.tick().await;
+                    }
+                    if Instant::now() >= end {
+                        break;
+                    }
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    attempted.fetch_add(1, Ordering::Relaxed);
+                    let sent = stats::now_ns();
+                    match client
+                        .send_with_id(
+                            format!("{i}-{n}"),
+                            to.clone(),
+                            "bench",
+                            body(i as u32, n, size),
+                        )
+                        .await
+                    {
+                        Ok(receipt) => {
+                            stats::record_us(&mut ack_hist, (stats::now_ns() - sent) / 1000);
+                            acks.push((n, receipt.seq));
+                        }
+                        Err(e) => {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(error = %e, "c2c send failed");
+                        }
+                    }
+                    progress.inc(1);
+                }
+                (i, acks, ack_hist)
+            }));
+        }
+    }
+    let mut acks: Vec<Acks> = vec![Vec::new(); a.pairs];
+    let mut ack_hist = stats::histogram();
+    for t in send_tasks {
+        if let Ok((i, mut v, h)) = t.await {
+            acks[i].append(&mut v);
+            let _ = ack_hist.add(&h);
+        }
+    }
+    let send_elapsed = t0.elapsed();
+    progress.finish_and_clear();
+    let acked: u64 = acks.iter().map(|v| v.len() as u64).sum();
+    let attempted = attempted.load(Ordering::Relaxed);
+
+    // Drain: until everything sent arrived, or everything acked arrived and
+    // nothing moved for a second, or the drain time is up.
+    let drain_end = Instant::now() + Duration::from_secs_f64(a.drain);
+    let mut last = (received_total.load(Ordering::Relaxed), Instant::now());
+    while Instant::now() < drain_end {
+        let got = received_total.load(Ordering::Relaxed);
+        if got >= attempted {
+            break;
+        }
+        if got != last.0 {
+            last = (got, Instant::now());
+        } else if got >= acked && last.1.elapsed() > Duration::from_secs(1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = stop_tx.send(true);
+    let mut hist = stats::histogram();
+    let mut timeline = Timeline::new(start_ns);
+    let mut loss = LossCheck {
+        rule: "every c2c-acked message received exactly once, in timeline order".into(),
+        expected: acked,
+        ..LossCheck::default()
+    };
+    let mut last_ns = 0;
+    let mut delivered = 0u64;
+    for (i, t) in recv_tasks.into_iter().enumerate() {
+        let Ok(rec) = t.await else { continue };
+        let _ = hist.add(&rec.hist);
+        timeline.merge(&rec.timeline);
+        last_ns = last_ns.max(rec.last_ns);
+        delivered += rec.ns.len() as u64;
+        // In order = in the order of the sender's timeline seqs.
+        let mut by_n: Vec<(u64, u64)> = acks[i].clone();
+        by_n.sort_unstable();
+        let seq_of = |n: u64| {
+            by_n.binary_search_by_key(&n, |p| p.0)
+                .ok()
+                .map(|k| by_n[k].1)
+        };
+        let arrived: Vec<u64> = rec.ns.iter().filter_map(|&n| seq_of(n)).collect();
+        let (got, lost, dup, ooo) = check_stream(&arrived, acks[i].iter().map(|p| p.1));
+        loss.received += got;
+        loss.lost += lost;
+        loss.duplicates += dup;
+        loss.out_of_order += ooo;
+    }
+    for c in &senders {
+        c.close().await;
+    }
+    loss.ok = loss.lost == 0 && loss.duplicates == 0 && loss.out_of_order == 0;
+
+    let mut r = RunResult::new("c2c", "switchboard", target.transport());
+    a.describe(&mut r);
+    let span_s = (last_ns.saturating_sub(start_ns) as f64 / 1e9).max(send_elapsed.as_secs_f64());
+    r.metric("sent", attempted as f64);
+    r.metric("acked", acked as f64);
+    r.metric("failed", failed.load(Ordering::Relaxed) as f64);
+    r.metric("delivered", delivered as f64);
+    r.metric("msgs_per_sec", (delivered as f64 / span_s).round());
+    r.metric(
+        "offered_per_sec",
+        (attempted as f64 / send_elapsed.as_secs_f64()).round(),
+    );
+    if !ack_hist.is_empty() {
+        r.metric("ack_p50_us", ack_hist.value_at_quantile(0.5) as f64);
+        r.metric("ack_p99_us", ack_hist.value_at_quantile(0.99) as f64);
+    }
+    r.set_latency(&hist);
+    r.timeline = timeline.rates();
+    r.loss = loss;
+    r.notes.push("latency: send → push received on the receiver's SDK client; durable (fsync'd group commit) before the ack and the push".into());
+    Ok(r)
+}

@@ -1,0 +1,103 @@
+//! Platform events for business servers: their topics and the JSON of their
+//! `data` (the bus body of an event), one place so the logic, the dispatcher
+//! and `docs/bus.md` say the same thing.
+//!
+//! Ids travel as strings: a 64-bit id does not fit a JavaScript number.
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Message, UserKey};
+
+/// A client-to-server report (`c2s`); its body is the client's bytes.
+pub const C2S: &str = "c2s";
+/// A device of a user logged in.
+pub const USER_ONLINE: &str = "user.online";
+/// A device of a user left (disconnect, logout, kicked).
+pub const USER_OFFLINE: &str = "user.offline";
+/// A c2c message was stored (metadata, not the body).
+pub const MESSAGE_STORED: &str = "message.stored";
+
+/// Every topic, for configuration checks.
+pub const TOPICS: &[&str] = &[C2S, USER_ONLINE, USER_OFFLINE, MESSAGE_STORED];
+
+/// `data` of `user.online` and `user.offline`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceData {
+    pub device_id: String,
+    pub platform: String,
+    /// The node that holds (held) the connection.
+    pub node: String,
+    /// When the device logged in (ms since the Unix epoch).
+    pub since_ms: i64,
+    /// Devices of the user online after this change: 0 in a `user.offline`
+    /// means the user is now fully offline.
+    pub online_devices: usize,
+    /// Why the device left (`user.offline` only): `disconnect` or `too_many_devices`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+}
+
+/// A user in event data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRef {
+    pub app: String,
+    pub uid: String,
+}
+
+impl From<&UserKey> for UserRef {
+    fn from(u: &UserKey) -> UserRef {
+        UserRef {
+            app: u.app.clone(),
+            uid: u.uid.clone(),
+        }
+    }
+}
+
+/// One timeline entry a stored message took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeqRef {
+    pub app: String,
+    pub uid: String,
+    pub seq: u64,
+}
+
+/// `data` of `message.stored`. The body is left out on purpose: events are
+/// for reacting (counters, assignment, moderation queues); a server that
+/// needs the content reads the conversation through the HTTP API, so the
+/// outbox does not store every message twice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageStoredData {
+    pub msg_id: String,
+    pub from: UserRef,
+    pub to: UserRef,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub client_msg_id: String,
+    pub server_time_ms: i64,
+    pub body_bytes: usize,
+    /// The entries the message took: the receiver's, then the sender's.
+    pub seqs: Vec<SeqRef>,
+}
+
+impl MessageStoredData {
+    pub fn new(message: &Message, timelines: &[UserKey], seqs: &[u64]) -> MessageStoredData {
+        MessageStoredData {
+            msg_id: message.id.to_string(),
+            from: (&message.from).into(),
+            to: (&message.to).into(),
+            kind: message.kind.clone(),
+            client_msg_id: message.client_msg_id.clone(),
+            server_time_ms: message.server_time_ms,
+            body_bytes: message.body.len(),
+            seqs: timelines
+                .iter()
+                .zip(seqs)
+                .map(|(u, &seq)| SeqRef {
+                    app: u.app.clone(),
+                    uid: u.uid.clone(),
+                    seq,
+                })
+                .collect(),
+        }
+    }
+}

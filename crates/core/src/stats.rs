@@ -1,0 +1,65 @@
+//! Node counters behind the operator stats (`GET /v1/admin/stats`) and the
+//! Prometheus metrics.
+//!
+//! Totals the stats endpoint turns into rates live in plain atomics here (the
+//! `metrics` facade cannot be read back); every count is also recorded
+//! through the `metrics` facade, which is a no-op until the binary installs a
+//! recorder, so the core never depends on an exporter.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// Histogram: seconds from the store's commit (or, for an online-only push,
+/// from the request) to the push handed to the connection's queue.
+pub const DELIVERY_SECONDS: &str = "switchboard_delivery_seconds";
+/// Counter: messages stored (c2c and stored s2c; duplicates not counted).
+pub const MESSAGES_STORED: &str = "switchboard_messages_stored_total";
+/// Counter: online-only messages built (one per s2c request, whatever the fan-out).
+pub const ONLINE_MESSAGES: &str = "switchboard_online_messages_total";
+/// Counter: push frames handed to connection queues, label `mode` = `stored` | `online`.
+pub const PUSHES: &str = "switchboard_pushes_total";
+/// Counter: connections closed by the server, label `code` (`KICK_ADMIN`, ...).
+pub const KICKS: &str = "switchboard_kicks_total";
+/// Gauge: logged-in connections on this node.
+pub const CONNECTIONS: &str = "switchboard_connections";
+
+/// Totals of one node's logic, since start.
+#[derive(Debug, Default)]
+pub struct NodeStats {
+    messages_stored: AtomicU64,
+    online_messages: AtomicU64,
+}
+
+impl NodeStats {
+    /// `n` new messages were stored.
+    pub fn record_stored(&self, n: u64) {
+        self.messages_stored.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!(MESSAGES_STORED).increment(n);
+    }
+
+    /// One online-only message was built (whatever its fan-out).
+    pub fn record_online_message(&self) {
+        self.online_messages.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(ONLINE_MESSAGES).increment(1);
+    }
+
+    /// A push reached the connection queues `since` was taken at the commit.
+    pub fn record_delivery(&self, since: Instant) {
+        metrics::histogram!(DELIVERY_SECONDS).record(since.elapsed().as_secs_f64());
+    }
+
+    /// Messages stored since start.
+    pub fn messages_stored(&self) -> u64 {
+        self.messages_stored.load(Ordering::Relaxed)
+    }
+
+    /// Online-only messages built since start.
+    pub fn online_messages(&self) -> u64 {
+        self.online_messages.load(Ordering::Relaxed)
+    }
+}
+
+/// Records a kick by its code (the gate calls it when it closes a connection).
+pub fn record_kick(code: u32) {
+    metrics::counter!(KICKS, "code" => switchboard_proto::code::name(code)).increment(1);
+}

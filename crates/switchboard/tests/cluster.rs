@@ -1,0 +1,497 @@
+//! Three Switchboard nodes on one machine — three `switchboard serve`
+//! processes (the real binary, so one can be `kill -9`ed) sharing PostgreSQL,
+//! Redis and NATS JetStream, each test in its own namespace: a fresh
+//! PostgreSQL schema, a Redis key prefix, a NATS subject prefix and stream.
+//!
+//! A "load balancer" in front of each node (an in-test TCP proxy that sends a
+//! connection to its node while it is up, else to the next live one) plays
+//! the part of the production load balancer, so clients of a killed node
+//! reconnect to the others with the single URL they were given.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use switchboard_testkit::sdk::{bodies, connect, demo, messages, no_more_messages};
+use switchboard_testkit::server::SECRET;
+use switchboard_testkit::services::{self, nats_url, redis_url, unique_prefix};
+use tokio::net::{TcpListener, TcpStream};
+
+const T: Duration = Duration::from_secs(60);
+const API_KEY: &str = "demo-api-key";
+/// Presence TTL of the nodes (short, so the test sees a dead node clear).
+const TTL_SECS: u64 = 3;
+
+fn pg_url() -> String {
+    switchboard_testkit::pg::shared_url()
+}
+
+/// A test's namespace in the shared services, dropped (best effort) at the end.
+struct Namespace {
+    prefix: String,
+    stream: String,
+}
+
+impl Namespace {
+    fn new() -> Namespace {
+        services::require("PostgreSQL", &pg_url());
+        services::require("Redis", &redis_url());
+        services::require("NATS", &nats_url());
+        let prefix = unique_prefix();
+        Namespace {
+            stream: format!("SB_{}", prefix.to_uppercase()),
+            prefix,
+        }
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        // Heartbeat keys expire with their TTL; the killed nodes' device
+        // entries, the stream and the schema are removed here.
+        let scan = Command::new("redis-cli")
+            .args(["-u", &redis_url(), "--scan", "--pattern"])
+            .arg(format!("{}:*", self.prefix))
+            .output();
+        if let Ok(out) = scan {
+            let keys: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect();
+            if !keys.is_empty() {
+                let _ = Command::new("redis-cli")
+                    .args(["-u", &redis_url(), "DEL"])
+                    .args(&keys)
+                    .stdout(Stdio::null())
+                    .status();
+            }
+        }
+        let _ = Command::new("psql")
+            .arg(pg_url())
+            .args(["-q", "-c"])
+            .arg(format!("DROP SCHEMA IF EXISTS {} CASCADE", self.prefix))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let (url, stream) = (nats_url(), self.stream.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let c = async_nats::connect(url).await.ok()?;
+                async_nats::jetstream::new(c)
+                    .delete_stream(stream)
+                    .await
+                    .ok()
+            })
+        })
+        .join();
+    }
+}
+
+struct Node {
+    name: String,
+    child: Child,
+    tcp: SocketAddr,
+    http: SocketAddr,
+}
+
+fn free_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], services::free_port()))
+}
+
+impl Node {
+    fn start(ns: &Namespace, dir: &Path, i: usize) -> Node {
+        let name = format!("n{i}");
+        let (tcp, http) = (free_addr(), free_addr());
+        let data: PathBuf = dir.join(&name);
+        let config = dir.join(format!("{name}.toml"));
+        let text = format!(
+            r#"data_dir = {data:?}
+node = "{name}"
+node_id = {i}
+shutdown_grace_secs = 1
+
+[listen]
+tcp = "{tcp}"
+http = "{http}"
+
+[store]
+backend = "postgres"
+url = "{pg}"
+schema = "{prefix}"
+cursor_flush_ms = 50
+
+[presence]
+backend = "redis"
+urls = ["{redis}"]
+prefix = "{prefix}"
+ttl_secs = {TTL_SECS}
+heartbeat_secs = 1
+
+[route]
+backend = "nats"
+url = "{nats}"
+prefix = "{prefix}"
+
+[bus]
+backend = "jetstream"
+url = "{nats}"
+stream = "{stream}"
+prefix = "{prefix}"
+
+[[apps]]
+name = "demo"
+jwt_secret = "{SECRET}"
+api_key = "{API_KEY}"
+"#,
+            pg = pg_url(),
+            prefix = ns.prefix,
+            redis = redis_url(),
+            nats = nats_url(),
+            stream = ns.stream,
+        );
+        std::fs::write(&config, text).expect("write config");
+        let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("SWITCHBOARD_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn switchboard");
+        Node {
+            name,
+            child,
+            tcp,
+            http,
+        }
+    }
+
+    /// Waits (bounded) until `/readyz` answers 200: every backend is reachable.
+    async fn wait_ready(&mut self) {
+        for _ in 0..300 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("node {} exited during start: {status}", self.name);
+            }
+            if let Ok((200, _)) = http(self.http, "GET", "/readyz", None).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("node {} not ready within 30 s", self.name);
+    }
+
+    fn url(&self) -> String {
+        format!("tcp://{}", self.tcp)
+    }
+
+    fn kill9(&mut self) {
+        // Child::kill is SIGKILL on Unix: no shutdown code runs.
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reap");
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_cluster(ns: &Namespace, dir: &Path) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    // One after the other: the first applies the schema migrations.
+    for i in 1..=3 {
+        let mut n = Node::start(ns, dir, i);
+        n.wait_ready().await;
+        nodes.push(n);
+    }
+    nodes
+}
+
+/// A load balancer for one node: connections go to `backends[0]` while it
+/// accepts them, else to the next one that does.
+async fn balancer(backends: Vec<SocketAddr>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let backends = Arc::new(backends);
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let backends = backends.clone();
+            tokio::spawn(async move {
+                for b in backends.iter() {
+                    let up = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(b));
+                    if let Ok(Ok(mut server)) = up.await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    format!("tcp://{addr}")
+}
+
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    json: Option<&Value>,
+) -> std::io::Result<(u16, String)> {
+    let body = json.map(|v| v.to_string());
+    services::http(addr, method, path, Some(API_KEY), body.as_deref()).await
+}
+
+async fn api(node: &Node, path: &str, body: Value) -> Value {
+    let (status, text) = http(node.http, "POST", path, Some(&body))
+        .await
+        .expect("HTTP API request");
+    assert!(status == 200, "{path} on {}: {status} {text}", node.name);
+    serde_json::from_str(&text).expect("JSON answer")
+}
+
+/// The nodes presence (asked through `via`'s API) says `uid`'s devices are on.
+async fn devices_of(via: &Node, uid: &str) -> Vec<(String, String)> {
+    let v = api(via, "/v1/apps/demo/presence", json!({ "users": [uid] })).await;
+    v["users"][0]["devices"]
+        .as_array()
+        .map(|ds| {
+            ds.iter()
+                .map(|d| {
+                    (
+                        d["device_id"].as_str().unwrap_or_default().to_string(),
+                        d["node"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_chat_fan_out_and_push_across_nodes() {
+    let ns = Namespace::new();
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(&ns, dir.path()).await;
+    let (n1, n2, n3) = (&nodes[0], &nodes[1], &nodes[2]);
+
+    // Users on different nodes chat.
+    let (alice, mut alice_ev) = connect(&n1.url(), "alice", "a1").await;
+    let (bob, mut bob_ev) = connect(&n2.url(), "bob", "b1").await;
+    alice
+        .send(demo("bob"), "text", "hi bob, from n1")
+        .await
+        .expect("ack");
+    assert_eq!(
+        bodies(&messages(&mut bob_ev, 1, T).await),
+        ["hi bob, from n1"]
+    );
+    bob.send(demo("alice"), "text", "hi alice, from n2")
+        .await
+        .expect("ack");
+    assert_eq!(
+        bodies(&messages(&mut alice_ev, 1, T).await),
+        ["hi alice, from n2"]
+    );
+
+    // One user's devices on three nodes all receive, and a device's own send
+    // reaches the user's other devices.
+    let (carol1, mut c1) = connect(&n1.url(), "carol", "c1").await;
+    let (_carol2, mut c2) = connect(&n2.url(), "carol", "c2").await;
+    let (_carol3, mut c3) = connect(&n3.url(), "carol", "c3").await;
+    let mut carol_nodes: Vec<String> = devices_of(n2, "carol")
+        .await
+        .into_iter()
+        .map(|(_, n)| n)
+        .collect();
+    carol_nodes.sort();
+    assert_eq!(
+        carol_nodes,
+        ["n1", "n2", "n3"],
+        "presence sees each device on its node"
+    );
+    alice
+        .send(demo("carol"), "text", "to every device")
+        .await
+        .expect("ack");
+    for ev in [&mut c1, &mut c2, &mut c3] {
+        assert_eq!(bodies(&messages(ev, 1, T).await), ["to every device"]);
+    }
+    carol1
+        .send(demo("bob"), "text", "carol from c1")
+        .await
+        .expect("ack");
+    assert_eq!(
+        bodies(&messages(&mut bob_ev, 1, T).await),
+        ["carol from c1"]
+    );
+    for ev in [&mut c2, &mut c3] {
+        assert_eq!(
+            bodies(&messages(ev, 1, T).await),
+            ["carol from c1"],
+            "sender's other devices"
+        );
+    }
+
+    // s2c through the HTTP API of one node reaches users on every node.
+    let r = api(
+        n3,
+        "/v1/apps/demo/push",
+        json!({ "to": ["alice", "bob", "carol"], "type": "notice", "body": "from the API of n3" }),
+    )
+    .await;
+    assert_eq!(r["summary"]["failed"], 0, "{r}");
+    for ev in [&mut alice_ev, &mut bob_ev, &mut c1, &mut c2, &mut c3] {
+        assert_eq!(bodies(&messages(ev, 1, T).await), ["from the API of n3"]);
+    }
+
+    // c2s lands once on the JetStream stream, where a business server's
+    // durable consumer reads it.
+    let first = alice
+        .c2s_with_id("r1", "order.placed", "{\"order\":1}")
+        .await
+        .expect("c2s ack");
+    let again = alice
+        .c2s_with_id("r1", "order.placed", "{\"order\":1}")
+        .await
+        .expect("c2s ack");
+    assert!(
+        !first.duplicate && again.duplicate,
+        "resend recognised: {first:?} {again:?}"
+    );
+    assert_eq!(first.msg_id, again.msg_id);
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.expect("nats"));
+    let stream = js.get_stream(&ns.stream).await.expect("stream exists");
+    let consumer: async_nats::jetstream::consumer::PullConsumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("shop-backend".into()),
+            filter_subject: format!("{}.events.demo.c2s.>", ns.prefix),
+            ..Default::default()
+        })
+        .await
+        .expect("durable consumer");
+    let mut batch = consumer
+        .fetch()
+        .max_messages(10)
+        .expires(Duration::from_secs(2))
+        .messages()
+        .await
+        .expect("fetch");
+    let mut got = Vec::new();
+    while let Some(m) = batch.next().await {
+        let m = m.expect("message");
+        got.push((
+            m.subject.to_string(),
+            String::from_utf8_lossy(&m.payload).into_owned(),
+        ));
+        m.ack().await.expect("ack");
+    }
+    assert_eq!(
+        got,
+        [(
+            format!("{}.events.demo.c2s.order_placed", ns.prefix),
+            "{\"order\":1}".to_string()
+        )]
+    );
+
+    for ev in [&mut alice_ev, &mut bob_ev, &mut c1, &mut c2, &mut c3] {
+        no_more_messages(ev, Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_a_node_under_traffic_loses_and_duplicates_nothing() {
+    let ns = Namespace::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster(&ns, dir.path()).await;
+    let tcp: Vec<SocketAddr> = nodes.iter().map(|n| n.tcp).collect();
+    // The balancer in front of n3 fails over to n1, then n2.
+    let lb3 = balancer(vec![tcp[2], tcp[0], tcp[1]]).await;
+
+    // Alice (sender) and one of bob's devices are on n3, through its balancer;
+    // bob's other device is on n2; dave is on n3 directly and stays down with it.
+    let (_bob2, mut bob2_ev) = connect(&nodes[1].url(), "bob", "b2").await;
+    let (_bob3, mut bob3_ev) = connect(&lb3, "bob", "b3").await;
+    let (_dave, _dave_ev) = connect(&nodes[2].url(), "dave", "d1").await;
+    let mut placement = devices_of(&nodes[0], "bob").await;
+    placement.sort();
+    assert_eq!(
+        placement,
+        [("b2".into(), "n2".into()), ("b3".into(), "n3".into())]
+    );
+
+    const N: usize = 60;
+    let sender = {
+        let lb3 = lb3.clone();
+        tokio::spawn(async move {
+            let (alice, _ae) = connect(&lb3, "alice", "a1").await;
+            let mut acked = Vec::new();
+            for i in 0..N {
+                // Across the crash the SDK resends with the same client_msg_id.
+                let r = alice
+                    .send_with_id(format!("m{i}"), demo("bob"), "text", format!("{i}"))
+                    .await;
+                acked.push(r.expect("every message is eventually acknowledged"));
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+            alice.close().await;
+            acked
+        })
+    };
+    // Let traffic flow, then kill n3 mid-stream.
+    let first = messages(&mut bob2_ev, 10, T).await;
+    nodes[2].kill9();
+    let killed_at = tokio::time::Instant::now();
+
+    let acked = sender.await.expect("sender");
+    let want: Vec<String> = (0..N).map(|i| i.to_string()).collect();
+    let mut got2 = first;
+    got2.extend(messages(&mut bob2_ev, N - 10, T).await);
+    let got3 = messages(&mut bob3_ev, N, T).await;
+    for (device, got) in [("b2", &got2), ("b3", &got3)] {
+        assert_eq!(bodies(got), want, "{device}: every message once, in order");
+        let seqs: Vec<u64> = got.iter().map(|(s, _)| *s).collect();
+        assert_eq!(
+            seqs,
+            (1..=N as u64).collect::<Vec<_>>(),
+            "{device}: no gap, no duplicate"
+        );
+    }
+    let ids: HashSet<u64> = acked.iter().map(|r| r.msg_id).collect();
+    assert_eq!(ids.len(), N, "one stored message per client_msg_id");
+    no_more_messages(&mut bob2_ev, Duration::from_millis(300)).await;
+    no_more_messages(&mut bob3_ev, Duration::from_millis(300)).await;
+
+    // Bob's device moved off n3; dave, who had nowhere else to go, drops out
+    // of presence once n3's heartbeat expires.
+    let moved = devices_of(&nodes[0], "bob").await;
+    assert!(
+        moved.iter().all(|(_, n)| n != "n3"),
+        "bob's devices left n3: {moved:?}"
+    );
+    let mut cleared = false;
+    for _ in 0..((TTL_SECS + 10) * 10) {
+        if devices_of(&nodes[1], "dave").await.is_empty() {
+            cleared = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        cleared,
+        "dave (on the dead n3) still online {TTL_SECS}+10 s after the kill"
+    );
+    eprintln!(
+        "dead node's presence cleared {:?} after kill -9 (ttl {TTL_SECS} s)",
+        killed_at.elapsed()
+    );
+}
