@@ -114,7 +114,49 @@ conformance!(
     entries_after_pages_and_limits,
     cursor_moves_forward_only,
     outbox_dedupe,
+    outbox_drains_in_id_order,
+    a_bad_append_fails_alone,
 );
+
+/// PostgreSQL text can't hold NUL: such a client_msg_id is refused alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nul_in_an_id_is_refused_alone() {
+    let schema = Schema::new();
+    let store = schema.open().await;
+    let (alice, bob) = (fresh_user("alice"), fresh_user("bob"));
+    let r = store.append(c2c(&alice, &bob, "bad\0id", "x")).await;
+    assert!(matches!(r, Err(StoreError::Invalid(_))), "{r:?}");
+    let ok = store
+        .append(c2c(&alice, &bob, "good", "x"))
+        .await
+        .expect("append");
+    assert_eq!(ok.seqs, vec![1, 1]);
+    store.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_store_refuses_work() {
+    let schema = Schema::new();
+    conf::a_closed_store_refuses_work(schema.open().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dedupe_rows_expire_after_the_window() {
+    let schema = Schema::new();
+    let store = schema
+        .open_with(PgOptions {
+            dedupe_window: Duration::from_millis(1),
+            ..schema.options()
+        })
+        .await;
+    let purging = store.clone();
+    conf::dedupe_rows_expire_after_the_window(store.clone(), move || {
+        let store = purging.clone();
+        async move { store.purge_expired().await }
+    })
+    .await;
+    store.close().await.expect("close");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survives_close_and_reopen() {
@@ -299,166 +341,6 @@ async fn nodes_starting_together_migrate_once() {
         .expect("insert");
     let r = PgStore::connect(&schema.url, schema.options()).await;
     assert!(matches!(r, Err(StoreError::Corrupt(_))), "{r:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dedupe_rows_expire_after_the_window() {
-    let schema = Schema::new();
-    let store = schema
-        .open_with(PgOptions {
-            dedupe_window: Duration::from_millis(1),
-            ..schema.options()
-        })
-        .await;
-    let (alice, bob) = (fresh_user("alice"), fresh_user("bob"));
-    let first = store
-        .append(c2c(&alice, &bob, "old", "x"))
-        .await
-        .expect("append");
-    let again = store
-        .append(c2c(&alice, &bob, "old", "x"))
-        .await
-        .expect("append");
-    assert!(again.duplicate);
-    tokio::time::sleep(Duration::from_millis(10)).await;
-    assert!(
-        store.purge_expired().await.expect("purge") >= 1,
-        "nothing was purged"
-    );
-    let later = store
-        .append(c2c(&alice, &bob, "old", "x"))
-        .await
-        .expect("append");
-    assert!(
-        !later.duplicate,
-        "an expired client_msg_id is a new message"
-    );
-    assert_eq!(later.seqs, vec![first.seqs[0] + 1, first.seqs[1] + 1]);
-    store.close().await.expect("close");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn outbox_drains_in_id_order() {
-    let schema = Schema::new();
-    let store = schema.open().await;
-    let user = fresh_user("courier");
-    let mut events = Vec::new();
-    for i in 0..3 {
-        let e = BusEvent {
-            id: conf::next_id(),
-            topic: "c2s".into(),
-            user: user.clone(),
-            kind: "gps".into(),
-            body: format!("{{\"n\":{i}}}").into(),
-            time_ms: now_ms(),
-        };
-        store
-            .outbox_append(&e, &format!("e{i}"))
-            .await
-            .expect("outbox");
-        events.push(e);
-    }
-    assert_eq!(store.outbox_pending(10).await.expect("pending"), events);
-    assert_eq!(store.outbox_pending(2).await.expect("pending"), events[..2]);
-    let marked = store
-        .outbox_mark_delivered(&[events[0].id, events[2].id])
-        .await
-        .expect("mark");
-    assert_eq!(marked, 2);
-    assert_eq!(
-        store.outbox_pending(10).await.expect("pending"),
-        events[1..2]
-    );
-    let again = store
-        .outbox_mark_delivered(&[events[0].id])
-        .await
-        .expect("mark");
-    assert_eq!(again, 0, "already delivered");
-    // A reused event id (no de-dup key) is the caller's bug.
-    let r = store.outbox_append(&events[1], "").await;
-    assert!(matches!(r, Err(StoreError::Invalid(_))), "{r:?}");
-    store.close().await.expect("close");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bad_append_fails_alone() {
-    let schema = Schema::new();
-    let store = schema.open().await;
-    let (alice, bob) = (fresh_user("alice"), fresh_user("bob"));
-
-    let mut twice = c2c(&alice, &bob, "", "x");
-    twice.timelines = vec![bob.clone(), bob.clone()];
-    assert!(matches!(
-        store.append(twice).await,
-        Err(StoreError::Invalid(_))
-    ));
-    // PostgreSQL text can't hold NUL: refused alone, not the whole batch.
-    let nul = c2c(&alice, &bob, "bad\0id", "x");
-    assert!(matches!(
-        store.append(nul).await,
-        Err(StoreError::Invalid(_))
-    ));
-
-    // A reused message id among concurrent appends (some resends too): only
-    // that one fails, and the timelines stay gap-free.
-    let first = store
-        .append(c2c(&alice, &bob, "a", "x"))
-        .await
-        .expect("append");
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..20 {
-        let (store, alice, bob) = (store.clone(), alice.clone(), bob.clone());
-        let mut msg = c2c(&alice, &bob, &format!("b{i}"), "x");
-        if i == 10 {
-            msg.message.id = first.message.id;
-        }
-        tasks.spawn(async move { (i, store.append(msg).await) });
-    }
-    let mut ok = 0;
-    while let Some(r) = tasks.join_next().await {
-        match r.expect("task") {
-            (10, r) => assert!(
-                matches!(r, Err(StoreError::Invalid(_))),
-                "a reused msg id was accepted: {r:?}"
-            ),
-            (_, r) => {
-                r.expect("the other appends succeed");
-                ok += 1;
-            }
-        }
-    }
-    assert_eq!(ok, 19);
-    let page = store.entries_after(&bob, 0, 100).await.expect("page");
-    assert_eq!(
-        page.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
-        (1..=20).collect::<Vec<_>>()
-    );
-    // The rejected append's client_msg_id is free for a correct resend.
-    let resend = store
-        .append(c2c(&alice, &bob, "b10", "x"))
-        .await
-        .expect("append");
-    assert!(!resend.duplicate);
-    assert_eq!(resend.seqs, vec![21, 21]);
-    store.close().await.expect("close");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_closed_store_refuses_work() {
-    let schema = Schema::new();
-    let store = schema.open().await;
-    store.ping().await.expect("ping");
-    store.close().await.expect("close");
-    let user = fresh_user("late");
-    assert!(matches!(
-        store.append(s2c(&user, "x")).await,
-        Err(StoreError::Unavailable(_))
-    ));
-    assert!(matches!(
-        store.advance_cursor(&user, "d", 1).await,
-        Err(StoreError::Unavailable(_))
-    ));
-    assert!(store.ping().await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

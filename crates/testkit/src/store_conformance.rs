@@ -24,7 +24,9 @@ use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use switchboard_core::id::IdGenerator;
-use switchboard_core::{Appended, BusEvent, Message, NewMessage, Store, UserKey, now_ms};
+use switchboard_core::{
+    Appended, BusEvent, Message, NewMessage, Store, StoreError, UserKey, now_ms,
+};
 use tokio::task::JoinSet;
 
 /// The app every user of the suite belongs to.
@@ -112,6 +114,8 @@ where
     cursor_moves_forward_only(store.clone()).await;
     outbox_dedupe(store.clone()).await;
     conversation_pages_newest_first(store.clone()).await;
+    outbox_drains_in_id_order(store.clone()).await;
+    a_bad_append_fails_alone(store.clone()).await;
     store.close().await.expect("close");
     store.close().await.expect("close is idempotent");
     drop(store);
@@ -654,4 +658,150 @@ where
         "appends after reopen must continue from the stored heads"
     );
     store.close().await.expect("close");
+}
+
+/// The outbox hands out pending events in id order, `limit` at a time;
+/// marking is idempotent; an event id used twice without a de-dup key is
+/// refused (it is the caller's bug, not a resend).
+pub async fn outbox_drains_in_id_order(store: Arc<dyn Store>) {
+    let user = fresh_user("courier");
+    let mut events = Vec::new();
+    for i in 0..3 {
+        let e = BusEvent {
+            id: next_id(),
+            topic: "c2s".into(),
+            user: user.clone(),
+            kind: "gps".into(),
+            body: format!("{{\"n\":{i}}}").into(),
+            time_ms: now_ms(),
+        };
+        store
+            .outbox_append(&e, &format!("e{i}-{}", e.id))
+            .await
+            .expect("outbox");
+        events.push(e);
+    }
+    let mine = |pending: Vec<BusEvent>| -> Vec<BusEvent> {
+        pending.into_iter().filter(|e| e.user == user).collect()
+    };
+    assert_eq!(
+        mine(store.outbox_pending_after(0, 1000).await.expect("pending"),),
+        events
+    );
+    let marked = store
+        .outbox_mark_delivered(&[events[0].id, events[2].id])
+        .await
+        .expect("mark");
+    assert_eq!(marked, 2);
+    assert_eq!(
+        mine(store.outbox_pending_after(0, 1000).await.expect("pending"),),
+        events[1..2]
+    );
+    let again = store
+        .outbox_mark_delivered(&[events[0].id])
+        .await
+        .expect("mark");
+    assert_eq!(again, 0, "already delivered");
+    let r = store.outbox_append(&events[1], "").await;
+    assert!(
+        matches!(r, Err(StoreError::Invalid(_))),
+        "a reused event id was accepted: {r:?}"
+    );
+}
+
+/// An invalid append (a timeline named twice, a message id reused among
+/// concurrent appends) fails alone: the others in its group commit, the
+/// timelines stay gap-free, and the refused `client_msg_id` stays free for
+/// a correct resend.
+pub async fn a_bad_append_fails_alone(store: Arc<dyn Store>) {
+    let (alice, bob) = (fresh_user("alice"), fresh_user("bob"));
+
+    let mut twice = c2c(&alice, &bob, "", "x");
+    twice.timelines = vec![bob.clone(), bob.clone()];
+    let r = store.append(twice).await;
+    assert!(matches!(r, Err(StoreError::Invalid(_))), "{r:?}");
+
+    let first = store
+        .append(c2c(&alice, &bob, "a", "x"))
+        .await
+        .expect("append");
+    let mut tasks = JoinSet::new();
+    for i in 0..20 {
+        let (store, alice, bob) = (store.clone(), alice.clone(), bob.clone());
+        let mut msg = c2c(&alice, &bob, &format!("b{i}"), "x");
+        if i == 10 {
+            msg.message.id = first.message.id;
+        }
+        tasks.spawn(async move { (i, store.append(msg).await) });
+    }
+    let mut ok = 0;
+    while let Some(r) = tasks.join_next().await {
+        match r.expect("task") {
+            (10, r) => assert!(
+                matches!(r, Err(StoreError::Invalid(_))),
+                "a reused msg id was accepted: {r:?}"
+            ),
+            (_, r) => {
+                r.expect("the other appends succeed");
+                ok += 1;
+            }
+        }
+    }
+    assert_eq!(ok, 19);
+    let page = store.entries_after(&bob, 0, 100).await.expect("page");
+    assert_eq!(
+        page.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=20).collect::<Vec<_>>()
+    );
+    let resend = store
+        .append(c2c(&alice, &bob, "b10", "x"))
+        .await
+        .expect("append");
+    assert!(!resend.duplicate, "the refused append left a de-dup row");
+    assert_eq!(resend.seqs, vec![21, 21]);
+}
+
+/// After `close`, work is refused as `Unavailable` (never a panic, never a
+/// silent success) and `ping` fails. Takes ownership of the store's life:
+/// the caller must not close it again.
+pub async fn a_closed_store_refuses_work(store: Arc<dyn Store>) {
+    store.ping().await.expect("ping");
+    store.close().await.expect("close");
+    let user = fresh_user("late");
+    let r = store.append(s2c(&user, "x")).await;
+    assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+    let r = store.advance_cursor(&user, "d", 1).await;
+    assert!(matches!(r, Err(StoreError::Unavailable(_))), "{r:?}");
+    assert!(store.ping().await.is_err());
+}
+
+/// De-dup rows are kept for the store's window only. The store must have
+/// been opened with a de-dup window of a few milliseconds at most; `purge`
+/// runs the backend's purge of expired rows now and says how many went.
+pub async fn dedupe_rows_expire_after_the_window<F, Fut>(store: Arc<dyn Store>, purge: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<usize, StoreError>>,
+{
+    let (alice, bob) = (fresh_user("alice"), fresh_user("bob"));
+    let first = store
+        .append(c2c(&alice, &bob, "old", "x"))
+        .await
+        .expect("append");
+    let again = store
+        .append(c2c(&alice, &bob, "old", "x"))
+        .await
+        .expect("append");
+    assert!(again.duplicate, "a resend inside the window is a duplicate");
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert!(purge().await.expect("purge") >= 1, "nothing was purged");
+    let later = store
+        .append(c2c(&alice, &bob, "old", "x"))
+        .await
+        .expect("append");
+    assert!(
+        !later.duplicate,
+        "an expired client_msg_id is a new message"
+    );
+    assert_eq!(later.seqs, vec![first.seqs[0] + 1, first.seqs[1] + 1]);
 }
