@@ -1,13 +1,15 @@
-//! A clustered node whose Redis or NATS goes away: it keeps running, requests
-//! that need the missing backend get UNAVAILABLE (no ack without
-//! durability), `/readyz` names the backend, and service resumes by itself
-//! when the server returns. Each test starts its own private redis-server and
-//! nats-server, so stopping them disturbs nobody else.
+//! A clustered node whose PostgreSQL, Redis or NATS goes away: it keeps
+//! running, requests that need the missing backend get UNAVAILABLE (no ack
+//! without durability), `/readyz` names the backend, and service resumes by
+//! itself when the server returns. Each test starts its own private
+//! postgres, redis-server and nats-server, so stopping them disturbs nobody
+//! else.
 
 use std::time::Duration;
 
 use serde_json::Value;
 use switchboard_proto::{Packet, code, pb};
+use switchboard_testkit::pg::PrivatePostgres;
 use switchboard_testkit::raw::{RawClient, login};
 use switchboard_testkit::sdk::connect;
 use switchboard_testkit::server::{TestServer, token};
@@ -198,4 +200,75 @@ async fn nats_down_means_no_c2s_ack_and_service_resumes() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(acked, "c2s served again after NATS returned");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_down_means_no_c2c_ack_and_nothing_acked_is_lost() {
+    let mut pg = tokio::task::spawn_blocking(PrivatePostgres::start)
+        .await
+        .expect("start a private PostgreSQL");
+    let url = pg.url();
+    let server = TestServer::start_with(move |c| {
+        c.store.backend = "postgres".into();
+        c.store.url = url;
+        c.store.connect_timeout_ms = 2_000;
+        c.store.statement_timeout_ms = 5_000;
+        c.store.op_timeout_ms = 5_000;
+    })
+    .await;
+    wait_ready(&server).await;
+    let mut alice = try_login(&server, "alice", "a1")
+        .await
+        .expect("login with PostgreSQL up");
+    let ack = alice
+        .request(switchboard_testkit::raw::c2c("before", "bob", "one"))
+        .await;
+    assert!(matches!(ack, Packet::C2cAck(_)), "{ack:?}");
+
+    tokio::task::block_in_place(|| pg.stop());
+    // No ack without durability: the c2c is refused with UNAVAILABLE (after
+    // at most the store's op timeout), and the node stays up.
+    match alice
+        .request(switchboard_testkit::raw::c2c("during", "bob", "two"))
+        .await
+    {
+        Packet::Error(e) => assert_eq!(e.code, code::UNAVAILABLE, "{}", e.message),
+        other => panic!("c2c acknowledged while PostgreSQL is down: {other:?}"),
+    }
+    let (status, failing) = readyz(&server).await;
+    assert_eq!((status, failing), (503, vec!["store".to_string()]));
+    let (status, _) = http(server.http, "GET", "/healthz", None, None)
+        .await
+        .expect("healthz answers");
+    assert_eq!(status, 200, "the node is alive");
+
+    tokio::task::block_in_place(|| pg.start_again());
+    // The client resends the same client_msg_id until it is acknowledged:
+    // the pool reconnects by itself.
+    let mut acked = false;
+    for _ in 0..150 {
+        match alice
+            .request(switchboard_testkit::raw::c2c("during", "bob", "two"))
+            .await
+        {
+            Packet::C2cAck(_) => {
+                acked = true;
+                break;
+            }
+            Packet::Error(e) => assert_eq!(e.code, code::UNAVAILABLE, "{}", e.message),
+            other => panic!("{other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(acked, "c2c served again after PostgreSQL returned");
+    wait_ready(&server).await;
+
+    // bob, offline all along, gets both messages once, in order.
+    let (_bob, mut bob_ev) = connect(&server.tcp_url(), "bob", "b1").await;
+    let got = switchboard_testkit::sdk::messages(&mut bob_ev, 2, T).await;
+    assert_eq!(
+        switchboard_testkit::sdk::bodies(&got),
+        vec!["one".to_string(), "two".to_string()]
+    );
+    switchboard_testkit::sdk::no_more_messages(&mut bob_ev, Duration::from_millis(500)).await;
 }
