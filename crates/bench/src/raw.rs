@@ -1,7 +1,8 @@
 //! Minimal raw-frame clients, lighter than the SDK, for the scenarios that
 //! hold thousands of connections in one generator process (`connections`,
-//! `fanout`): a Switchboard client that logs in and then reads pushes, and
-//! an MQTT 3.1.1 client that connects and subscribes. They bind to a chosen
+//! `fanout`): a Switchboard client that logs in and then reads pushes, a
+//! WebSocket login for idle connections, and an MQTT 3.1.1 client that
+//! connects and subscribes. They bind to a chosen
 //! 127.0.0.x source address so several generators can share one server port.
 
 use std::net::{IpAddr, SocketAddr};
@@ -124,6 +125,69 @@ impl RawClient {
         self.send(&Packet::PushAck(pb::PushAck { seq }))
             .await
             .map(drop)
+    }
+}
+
+/// Upgrades to WebSocket on `http://addr/ws`, logs in with one binary
+/// message and waits for the `LoginAck`; returns the socket under the
+/// WebSocket, for a connection that stays idle (nothing more is read or
+/// written through the WebSocket layer, so dropping it loses nothing).
+pub async fn ws_login(
+    source: Option<IpAddr>,
+    addr: SocketAddr,
+    token: String,
+    device_id: String,
+) -> Result<TcpStream, BenchError> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+    let stream = connect_from(source, addr).await?;
+    // Small buffers: one generator holds up to 10,000 of these while logging in.
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(
+        format!("ws://{addr}/ws"),
+        stream,
+        Some(config),
+    )
+    .await
+    .map_err(|e| BenchError::Refused(format!("WebSocket upgrade: {e}")))?;
+    let login = Packet::Login(pb::Login {
+        token,
+        platform: "bench".into(),
+        device_id,
+        ..Default::default()
+    });
+    ws.send(Message::Binary(login.encode(1)))
+        .await
+        .map_err(|e| BenchError::Refused(format!("WebSocket send: {e}")))?;
+    loop {
+        let msg = match ws.next().await {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => return Err(BenchError::Refused(format!("WebSocket: {e}"))),
+            None => return Err(BenchError::Refused("closed during login".into())),
+        };
+        let Message::Binary(data) = msg else {
+            continue;
+        };
+        let mut buf = BytesMut::from(&data[..]);
+        let Some(frame) = decode(&mut buf, 16 << 20)? else {
+            return Err(BenchError::Refused(
+                "incomplete frame in a binary message".into(),
+            ));
+        };
+        match Packet::from_frame(&frame)? {
+            Packet::LoginAck(_) => return Ok(ws.into_inner()),
+            Packet::Error(e) => {
+                return Err(BenchError::Refused(format!(
+                    "login: {} {}",
+                    e.code, e.message
+                )));
+            }
+            _ => continue,
+        }
     }
 }
 

@@ -5,8 +5,11 @@
 //! here is the server's memory, not the generator's. When N is large the
 //! connections are spread over several generator processes (`--procs`),
 //! each binding its own 127.0.0.x source address, because one process may
-//! hold at most 20,000 open files here. With `--mqtt`, the same against
-//! Mosquitto (MQTT CONNECT, no keepalive).
+//! hold at most 20,000 open files here. With `--ws`, the clients are raw
+//! WebSocket clients (upgrade on `/ws`, a Login frame in one binary
+//! message, nothing else), so the WebSocket transport's idle cost is
+//! measured the same way. With `--mqtt`, the same against Mosquitto (MQTT
+//! CONNECT, no keepalive).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::Stdio;
@@ -44,7 +47,8 @@ pub struct Args {
 /// One generator process (`switchboard bench conn-worker`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerArgs {
-    /// `sb` (Switchboard login) or `mqtt`.
+    /// `sb` (Switchboard login over TCP), `sb-ws` (over WebSocket; `addr`
+    /// is then the node's HTTP address) or `mqtt`.
     #[arg(long)]
     pub kind: String,
     #[arg(long)]
@@ -106,17 +110,14 @@ async fn measure(a: &Args, kind: Kind<'_>, pid: Option<u32>) -> Result<RunResult
         Kind::Switchboard(t) => ("switchboard", t.transport()),
         Kind::Mqtt(_) => ("mosquitto", "mqtt"),
     };
-    if transport == "ws" {
-        return Err(BenchError::Usage(
-            "connections runs raw TCP clients; WebSocket idle memory is not measured by this scenario yet".into(),
-        ));
-    }
     let worker_of = |w: usize, count: usize, offset: usize| WorkerArgs {
         kind: match kind {
+            Kind::Switchboard(t) if t.ws => "sb-ws".into(),
             Kind::Switchboard(_) => "sb".into(),
             Kind::Mqtt(_) => "mqtt".into(),
         },
         addr: match &kind {
+            Kind::Switchboard(t) if t.ws => t.http,
             Kind::Switchboard(t) => t.tcp,
             Kind::Mqtt(m) => m.addr,
         },
@@ -286,7 +287,7 @@ fn finish(
         ..LossCheck::default()
     };
     r.notes.push(
-        "latency: TCP connect + login until LoginAck (MQTT: CONNECT until CONNACK); raw-frame clients, not the SDK".into(),
+        "latency: TCP connect (+ WebSocket upgrade with --ws) + login until LoginAck (MQTT: CONNECT until CONNACK); raw-frame clients, not the SDK".into(),
     );
     r
 }
@@ -342,6 +343,11 @@ async fn open_one(w: &WorkerArgs, i: usize) -> Result<TcpStream, BenchError> {
     let uid = format!("{}-c{i}", w.run);
     let token = switchboard_core::auth::issue_token(&w.secret, &w.app, &uid, 24 * 3600)
         .map_err(|e| BenchError::Server(e.to_string()))?;
+    if w.kind == "sb-ws" {
+        // Only the socket is kept: the connection stays idle, so the
+        // WebSocket state (and its buffers) would only cost generator memory.
+        return crate::raw::ws_login(w.source, w.addr, token, format!("{uid}-dev")).await;
+    }
     let (c, _) =
         crate::raw::RawClient::login(w.source, w.addr, token, format!("{uid}-dev")).await?;
     Ok(c.stream)
