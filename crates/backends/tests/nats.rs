@@ -9,13 +9,13 @@ use bytes::Bytes;
 use futures::StreamExt;
 use switchboard_backends::jetstream_bus::{JetStreamBus, JetStreamConfig};
 use switchboard_backends::nats_route::{self, NatsRoute};
+use switchboard_core::hub::{OutboundRx, outbound_queue};
 use switchboard_core::{
     Bus, BusEvent, ConnHandle, Delivery, Entry, Hub, Message, Outbound, Route, RouteError, UserKey,
     now_ms,
 };
 use switchboard_proto::{Packet, code};
 use switchboard_testkit::services::{self, PrivateNats, nats_url, unique_prefix};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 const T: Duration = Duration::from_secs(10);
@@ -25,12 +25,8 @@ async fn client(url: &str, node: &str) -> async_nats::Client {
 }
 
 /// Registers a connection of `user` on `hub`; returns its outbound queue and kill token.
-fn register(
-    hub: &Hub,
-    user: &UserKey,
-    conn_id: u64,
-) -> (mpsc::Receiver<Outbound>, CancellationToken) {
-    let (tx, rx) = mpsc::channel(16);
+fn register(hub: &Hub, user: &UserKey, conn_id: u64) -> (OutboundRx, CancellationToken) {
+    let (tx, rx) = outbound_queue(16);
     let kill = CancellationToken::new();
     hub.register(Arc::new(ConnHandle::new(
         conn_id,
@@ -62,7 +58,7 @@ fn delivery(user: &UserKey, seq: u64, body: &str) -> Delivery {
     }
 }
 
-async fn next_push(rx: &mut mpsc::Receiver<Outbound>) -> (u64, Bytes) {
+async fn next_push(rx: &mut OutboundRx) -> (u64, Bytes) {
     match tokio::time::timeout(T, rx.recv()).await {
         Ok(Some(Outbound::Push { seq, frame })) => (seq, frame),
         other => panic!("no push within {T:?}: {other:?}"),

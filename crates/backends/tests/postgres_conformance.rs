@@ -14,9 +14,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use switchboard_backends::{PgOptions, PgStore};
 use switchboard_core::store::OutboxReceipt;
-use switchboard_core::{
-    Appended, BusEvent, Message, NewMessage, Page, Store, StoreError, UserKey, now_ms,
-};
+use switchboard_core::{Appended, BusEvent, Message, NewMessage, Page, Store, StoreError, UserKey};
 use switchboard_testkit::pg::shared_url;
 use switchboard_testkit::store_conformance::{self as conf, c2c, fresh_user, s2c};
 use tokio_postgres::NoTls;

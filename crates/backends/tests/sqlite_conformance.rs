@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchboard_backends::{SqliteOptions, SqliteStore};
-use switchboard_core::{BusEvent, Store, StoreError, UserKey, now_ms};
+use switchboard_core::{Store, StoreError, UserKey};
 use switchboard_testkit::store_conformance::{self as conf, c2c, fresh_user, s2c};
 
 fn db(dir: &tempfile::TempDir) -> PathBuf {

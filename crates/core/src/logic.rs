@@ -18,7 +18,7 @@ use crate::id::IdGenerator;
 use crate::model::{Entry, Message, NewMessage, UserKey};
 use crate::presence::{DeviceSession, Presence};
 use crate::route::{Delivery, Route};
-use crate::store::{Appended, Store};
+use crate::store::{Appended, PendingAppend, Store};
 
 /// Limits and identity of the logic on this node.
 #[derive(Debug, Clone)]
@@ -73,6 +73,37 @@ pub struct C2cResult {
     pub message: Arc<Message>,
     pub sender_seq: u64,
     pub duplicate: bool,
+}
+
+/// A c2c whose append is queued in the store ([`Logic::c2c_submit`]).
+#[derive(Debug)]
+pub struct C2cSubmitted {
+    pending: PendingAppend,
+    timelines: Vec<UserKey>,
+    from: UserKey,
+    origin_conn: Option<u64>,
+}
+
+impl C2cSubmitted {
+    /// Waits until the message and all its timeline entries are durable.
+    pub async fn durable(self) -> Result<C2cStored, LogicError> {
+        let appended = self.pending.await?;
+        Ok(C2cStored {
+            appended,
+            timelines: self.timelines,
+            from: self.from,
+            origin_conn: self.origin_conn,
+        })
+    }
+}
+
+/// A durable c2c, not pushed yet ([`Logic::c2c_deliver`] pushes it).
+#[derive(Debug)]
+pub struct C2cStored {
+    appended: Appended,
+    timelines: Vec<UserKey>,
+    from: UserKey,
+    origin_conn: Option<u64>,
 }
 
 /// A page of a timeline for `sync`.
@@ -299,6 +330,22 @@ impl Logic {
         origin_conn: Option<u64>,
         req: C2cRequest,
     ) -> Result<C2cResult, LogicError> {
+        let submitted = self.c2c_submit(from, origin_conn, req).await?;
+        let stored = submitted.durable().await?;
+        Ok(self.c2c_deliver(stored).await)
+    }
+
+    /// The first phase of [`Logic::c2c`]: checks and screens the request and
+    /// queues the append. Once this returned the message has its place in
+    /// the store's order: a c2c submitted afterwards gets higher sequences
+    /// on every timeline the two share (with a store that queues, see
+    /// [`Store::submit_append`]). Nothing is acknowledged or pushed yet.
+    pub async fn c2c_submit(
+        &self,
+        from: &UserKey,
+        origin_conn: Option<u64>,
+        req: C2cRequest,
+    ) -> Result<C2cSubmitted, LogicError> {
         let mut to = req.to;
         if to.app.is_empty() {
             to.app = from.app.clone();
@@ -360,25 +407,44 @@ impl Logic {
             message,
             timelines: timelines.clone(),
         };
-        let appended = self.store.append(new).await?;
+        let pending = self.store.submit_append(new).await?;
+        Ok(C2cSubmitted {
+            pending,
+            timelines,
+            from: from.clone(),
+            origin_conn,
+        })
+    }
+
+    /// The last phase of [`Logic::c2c`], once the message is durable: pushes
+    /// it and publishes its event. Callers that pipeline c2c of one sender
+    /// call this in submit order, one after the other, so each receiver's
+    /// devices get their pushes in sequence order.
+    pub async fn c2c_deliver(&self, stored: C2cStored) -> C2cResult {
+        let C2cStored {
+            appended,
+            timelines,
+            from,
+            origin_conn,
+        } = stored;
         // A duplicate is pushed again: if the first attempt stored but did not
         // push (a crash in between), this closes the gap; devices drop what
         // they already have by sequence. Its event is published again too,
         // with the same de-dup id, for the same reason.
         tokio::join!(
-            self.fan_out(&timelines, &appended, from, origin_conn),
+            self.fan_out(&timelines, &appended, &from, origin_conn),
             self.publish_stored(&timelines, &appended),
         );
         let sender_seq = timelines
             .iter()
-            .position(|u| u == from)
+            .position(|u| *u == from)
             .and_then(|i| appended.seqs.get(i).copied())
             .unwrap_or(0);
-        Ok(C2cResult {
+        C2cResult {
             message: appended.message,
             sender_seq,
             duplicate: appended.duplicate,
-        })
+        }
     }
 
     /// `message.stored` for the sender's app, and for the receiver's app

@@ -435,11 +435,10 @@ mod tests {
     use super::*;
     use crate::auth::{AppConfig, Apps};
     use crate::bus::OutboxBus;
-    use crate::hub::{ConnHandle, Hub};
+    use crate::hub::{ConnHandle, Hub, OutboundRx, outbound_queue};
     use crate::logic::LogicConfig;
     use crate::presence::{MemoryPresence, Presence};
     use crate::route::LocalRoute;
-    use tokio::sync::mpsc;
     use tokio_util::sync::CancellationToken;
 
     /// A store that only refuses: online-only pushes must never touch it.
@@ -520,13 +519,8 @@ mod tests {
         (logic, hub, presence)
     }
 
-    async fn online(
-        hub: &Hub,
-        presence: &MemoryPresence,
-        uid: &str,
-        conn_id: u64,
-    ) -> mpsc::Receiver<crate::hub::Outbound> {
-        let (tx, rx) = mpsc::channel(8);
+    async fn online(hub: &Hub, presence: &MemoryPresence, uid: &str, conn_id: u64) -> OutboundRx {
+        let (tx, rx) = outbound_queue(8);
         let user = UserKey::new("demo", uid);
         let handle = ConnHandle::new(
             conn_id,

@@ -11,6 +11,16 @@
 //!   `duplicate = true`.
 //! - Cursors only move forward; they may be persisted lazily (a crash may
 //!   move a cursor back a little, never forward).
+//! - [`Store::submit_append`] splits an append in two: once it returns, the
+//!   append holds its place in the store's order (an append submitted later
+//!   gets higher sequences on every timeline the two share); the returned
+//!   [`PendingAppend`] resolves when it is durable, with what `append` would
+//!   have returned. This lets one connection have many appends in flight and
+//!   still keep its order (the gate's pipeline).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use async_trait::async_trait;
 
@@ -52,6 +62,40 @@ impl Appended {
     }
 }
 
+/// An append that has its place in the store's order and resolves once it
+/// is durable (see [`Store::submit_append`]). Dropping it does not cancel
+/// the append: it may still be stored, only nobody learns the result.
+#[must_use = "an append's result is only known once this resolves"]
+pub struct PendingAppend(Pin<Box<dyn Future<Output = Result<Appended, StoreError>> + Send>>);
+
+impl PendingAppend {
+    /// Wraps a future that resolves once the append is durable.
+    pub fn new(
+        durable: impl Future<Output = Result<Appended, StoreError>> + Send + 'static,
+    ) -> PendingAppend {
+        PendingAppend(Box::pin(durable))
+    }
+
+    /// An append whose result is already known (durable, or failed).
+    pub fn ready(result: Result<Appended, StoreError>) -> PendingAppend {
+        PendingAppend::new(std::future::ready(result))
+    }
+}
+
+impl Future for PendingAppend {
+    type Output = Result<Appended, StoreError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.0.as_mut().poll(cx)
+    }
+}
+
+impl std::fmt::Debug for PendingAppend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PendingAppend")
+    }
+}
+
 /// A page of a timeline.
 #[derive(Debug, Clone, Default)]
 pub struct Page {
@@ -72,6 +116,22 @@ pub trait Store: Send + Sync + 'static {
     /// Stores a message and one entry per timeline, durably, atomically,
     /// de-duplicating on `(from, client_msg_id)`.
     async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError>;
+
+    /// [`Store::append`] in two phases: returns once the append has its
+    /// place in the store's order, and the [`PendingAppend`] resolves once
+    /// it is durable (with exactly what `append` would return). Of two
+    /// appends where the second is submitted after the first's submit
+    /// returned, the first gets the lower sequence on every shared timeline,
+    /// and a de-duplicated resend of the first answers the first's result.
+    ///
+    /// The default awaits the whole `append` before returning, which keeps
+    /// the order trivially and gains no overlap (PostgreSQL uses it: its
+    /// appends spread over several writer tasks, so queue order is not
+    /// commit order). A store with one FIFO writer queue (SQLite) overrides
+    /// it to return as soon as the append is queued.
+    async fn submit_append(&self, msg: NewMessage) -> Result<PendingAppend, StoreError> {
+        Ok(PendingAppend::ready(self.append(msg).await))
+    }
 
     /// Entries with `seq > since`, in order, at most `limit`.
     async fn entries_after(

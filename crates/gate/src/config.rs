@@ -35,6 +35,12 @@ pub struct GateConfig {
     pub compression_threshold: usize,
     /// Time allowed to write one batch of frames to a socket (default 10 s).
     pub write_timeout: Duration,
+    /// Requests (c2c, c2s, sync) of one connection processed at once
+    /// (default 64). A c2c waits about one group commit for durability, so
+    /// this is what lets one connection send more than one message per
+    /// commit; at the limit the connection's next frames stay unread
+    /// (backpressure) until an answer goes out. 1 serves requests one by one.
+    pub max_in_flight: usize,
 }
 
 impl Default for GateConfig {
@@ -53,6 +59,7 @@ impl Default for GateConfig {
             rate_burst: 100,
             compression_threshold: 1024,
             write_timeout: Duration::from_secs(10),
+            max_in_flight: 64,
         }
     }
 }

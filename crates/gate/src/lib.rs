@@ -128,44 +128,56 @@ pub async fn run_tcp(gate: Arc<Gate>, listener: TcpListener, tls: Option<TlsAcce
             gate.tracker.spawn(refuse_full(stream));
             continue;
         };
-        let gate2 = gate.clone();
-        let tls = tls.clone();
-        gate.tracker.spawn(async move {
-            let conn_id = gate2.conn_id();
-            let max = gate2.config.max_frame_bytes;
-            match tls {
-                None => {
-                    session::serve(
-                        gate2,
-                        StreamTransport::new(stream, max),
-                        conn_id,
-                        peer.to_string(),
-                        permit,
-                    )
-                    .await
-                }
-                Some(acceptor) => {
-                    let handshake =
-                        tokio::time::timeout(gate2.config.login_timeout, acceptor.accept(stream));
-                    match handshake.await {
-                        Ok(Ok(tls_stream)) => {
-                            session::serve(
-                                gate2,
-                                StreamTransport::new(tls_stream, max),
-                                conn_id,
-                                peer.to_string(),
-                                permit,
-                            )
-                            .await
-                        }
-                        Ok(Err(e)) => info!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => info!(%peer, "TLS handshake timed out"),
-                    }
-                }
-            }
-        });
+        gate.tracker
+            .spawn(serve_tcp(gate.clone(), stream, peer, permit, tls.clone()));
     }
     info!("TCP listener stopped");
+}
+
+/// One accepted TCP connection's task, optionally TLS.
+///
+/// The task's future is allocated for every connection and lives as long
+/// as it does, and an `async` block is as large as its largest state: a
+/// plain TCP connection would otherwise pay for the TLS handshake
+/// (`tokio_rustls::Accept` and the rustls connection held inline) and for
+/// a session over `TlsStream`, which it never uses. The TLS path is boxed,
+/// so each kind of connection holds only its own state.
+async fn serve_tcp(
+    gate: Arc<Gate>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    tls: Option<TlsAcceptor>,
+) {
+    let conn_id = gate.conn_id();
+    let max = gate.config.max_frame_bytes;
+    match tls {
+        None => {
+            let transport = StreamTransport::new(stream, max);
+            session::serve(gate, transport, conn_id, peer.to_string(), permit).await
+        }
+        Some(acceptor) => Box::pin(serve_tls(gate, acceptor, stream, peer, permit, conn_id)).await,
+    }
+}
+
+async fn serve_tls(
+    gate: Arc<Gate>,
+    acceptor: TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    conn_id: u64,
+) {
+    let max = gate.config.max_frame_bytes;
+    let handshake = tokio::time::timeout(gate.config.login_timeout, acceptor.accept(stream));
+    match handshake.await {
+        Ok(Ok(tls_stream)) => {
+            let transport = StreamTransport::new(tls_stream, max);
+            session::serve(gate, transport, conn_id, peer.to_string(), permit).await
+        }
+        Ok(Err(e)) => info!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => info!(%peer, "TLS handshake timed out"),
+    }
 }
 
 /// Says clearly why accepting failed; the open-file limit is the usual one.
@@ -229,4 +241,35 @@ pub async fn ws_handler(
                 tracker.track_future(task).await;
             }
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future an `async fn` returns, from its type alone.
+    fn future_size<A, B, C, D, E, F: std::future::Future>(_: fn(A, B, C, D, E) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    /// An idle connection is mostly its task: the future is allocated for
+    /// every connection and is as large as its largest state. Printed for
+    /// profiling (`cargo test --release -p switchboard-gate future_sizes --
+    /// --nocapture`); the bound catches a large state slipping back inline
+    /// (it was 7.6 KB per connection before the TLS and login paths were
+    /// boxed).
+    #[test]
+    fn future_sizes() {
+        let tcp = future_size(serve_tcp);
+        let session_tcp = future_size(session::serve::<StreamTransport<TcpStream>>);
+        let ws = future_size(session::serve::<WsTransport>);
+        println!(
+            "serve_tcp {tcp} B, session over TCP {session_tcp} B, session over WebSocket {ws} B"
+        );
+        assert!(tcp <= 2560, "the TCP connection future grew to {tcp} bytes");
+        assert!(
+            ws <= 3072,
+            "the WebSocket session future grew to {ws} bytes"
+        );
+    }
 }

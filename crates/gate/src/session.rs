@@ -1,15 +1,27 @@
 //! One connection's task: login, then a `select!` over the next request, the
-//! outbound queue, the kill and shutdown signals, and one timer that serves
-//! the keepalive deadline and the retransmit of the oldest unacked push.
+//! answers of requests in flight, the outbound queue, the kill and shutdown
+//! signals, and one timer that serves the keepalive deadline and the
+//! retransmit of the oldest unacked push.
+//!
+//! Requests are pipelined (`Pipeline`): c2c, c2s and sync of one connection
+//! run concurrently, at most `max_in_flight` at a time, and are answered in
+//! request order. A c2c's durability wait (one group commit) no longer
+//! bounds a connection to one message per commit.
 
 use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 
 use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use switchboard_core::hub::{OutboundRx, outbound_queue};
 use switchboard_core::logic::{C2cRequest, LoginState};
 use switchboard_core::{ConnHandle, DeviceSession, LogicError, Outbound, UserKey};
 use switchboard_proto::{Compression, Packet, code, pb};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info};
@@ -48,7 +60,16 @@ pub async fn serve<T: Transport>(
     let span = tracing::info_span!("conn", conn_id, %peer, user = tracing::field::Empty);
     async move {
         let _permit = permit;
-        let end = match login(&gate, &mut transport, conn_id).await {
+        // Login, request handling, the transport-error farewell and the
+        // timer are boxed where they are awaited: an async fn is as large as
+        // its largest state, and inline these sized every connection's task
+        // for its whole life (7.6 KB; an idle one needs ~1 KB), though an
+        // idle connection is never in them.
+        // The session comes back boxed so the login result, which the
+        // match keeps while the session runs, is a pointer, not a second
+        // copy of `Session`.
+        let login = Box::pin(login(&gate, &mut transport, conn_id)).await;
+        let end = match login.map(|s| s.map(Box::new)) {
             Ok(Some(session)) => session.run(&mut transport).await,
             Ok(None) => End::PeerClosed,
             Err(end) => end,
@@ -169,7 +190,7 @@ async fn accept_login<T: Transport>(
     };
     tracing::Span::current().record("user", tracing::field::display(&user));
 
-    let (tx, rx) = mpsc::channel(gate.config.outbound_queue);
+    let (tx, rx) = outbound_queue(gate.config.outbound_queue);
     let kill = CancellationToken::new();
     let handle = Arc::new(ConnHandle::new(
         conn_id,
@@ -212,7 +233,7 @@ async fn accept_login<T: Transport>(
         server_time_ms: switchboard_core::now_ms() as u64,
         node: gate.logic.config().node.clone(),
     };
-    let session = Session {
+    let mut session = Session {
         gate: gate.clone(),
         device,
         handle,
@@ -226,6 +247,7 @@ async fn accept_login<T: Transport>(
         last_seen: Instant::now(),
         rate: TokenBucket::new(gate.config.rate_per_sec, gate.config.rate_burst),
         batch: Vec::new(),
+        pipeline: Pipeline::default(),
     };
     if let Err(end) = send(t, seq, Packet::LoginAck(ack)).await {
         session.cleanup().await;
@@ -241,13 +263,180 @@ struct Session {
     gate: Arc<Gate>,
     device: DeviceSession,
     handle: Arc<ConnHandle>,
-    rx: mpsc::Receiver<Outbound>,
+    rx: OutboundRx,
     kill: CancellationToken,
     unacked: Unacked,
     last_seen: Instant,
     rate: TokenBucket,
     /// Reused buffer of frames written in one batch.
     batch: Vec<Bytes>,
+    /// Requests read and not answered yet.
+    pipeline: Pipeline,
+}
+
+/// The answer of one request: its header seq and the reply packet.
+type Answer = Pin<Box<dyn Future<Output = (u32, Packet)> + Send>>;
+
+/// Requests of one connection in flight, answered in request order.
+///
+/// Order is explicit, not left to how futures happen to be polled: every
+/// c2c waits for the previous c2c of the connection to have its place in the
+/// store's queue before it submits its own append (so c2c N gets its
+/// timeline sequences before c2c N+1), and to have been pushed before it
+/// pushes (so each receiver's devices get this sender's messages in sequence
+/// order). c2s are chained the same way among themselves. `FuturesOrdered`
+/// runs them all concurrently and yields answers in the order they were
+/// pushed, which is request order.
+#[derive(Default)]
+struct Pipeline {
+    /// Created with the first request and dropped once every answer is out:
+    /// an idle connection holds no allocation for it (`FuturesOrdered::new`
+    /// allocates).
+    answers: Option<FuturesOrdered<Answer>>,
+    /// Resolves once the previous c2c is queued in the store (or failed before).
+    c2c_queued: Option<oneshot::Receiver<()>>,
+    /// Resolves once the previous c2c was pushed (or failed).
+    c2c_pushed: Option<oneshot::Receiver<()>>,
+    /// Resolves once the previous c2s is durable on the bus (or failed).
+    c2s_done: Option<oneshot::Receiver<()>>,
+}
+
+/// Waits for the previous link of a chain; a dropped sender (the previous
+/// request failed or was dropped) releases the wait too.
+async fn after(prev: Option<oneshot::Receiver<()>>) {
+    if let Some(rx) = prev {
+        let _ = rx.await;
+    }
+}
+
+impl Pipeline {
+    fn len(&self) -> usize {
+        self.answers.as_ref().map_or(0, |a| a.len())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push(&mut self, answer: Answer) {
+        self.answers
+            .get_or_insert_with(FuturesOrdered::new)
+            .push_back(answer);
+    }
+
+    /// The next answer in request order (`None` when nothing is in flight).
+    async fn next(&mut self) -> Option<(u32, Packet)> {
+        match &mut self.answers {
+            Some(a) => a.next().await,
+            None => None,
+        }
+    }
+
+    /// Frees the queue and the chain links once nothing is in flight (every
+    /// request finished, so no link is still awaited).
+    fn release_if_idle(&mut self) {
+        if self.answers.is_some() && self.is_empty() {
+            *self = Pipeline::default();
+        }
+    }
+
+    /// An answer that is known now; it still waits for the ones before it.
+    fn ready(&mut self, seq: u32, reply: Packet) {
+        self.push(Box::pin(std::future::ready((seq, reply))));
+    }
+
+    fn c2c(&mut self, gate: Arc<Gate>, from: UserKey, conn_id: u64, seq: u32, req: pb::C2c) {
+        let (queued_tx, queued_rx) = oneshot::channel::<()>();
+        let (pushed_tx, pushed_rx) = oneshot::channel::<()>();
+        let prev_queued = self.c2c_queued.replace(queued_rx);
+        let prev_pushed = self.c2c_pushed.replace(pushed_rx);
+        self.push(Box::pin(async move {
+            let client_msg_id = req.client_msg_id.clone();
+            let to = req
+                .to
+                .map(|u| UserKey::from_pb(&u))
+                .unwrap_or_else(|| UserKey::new("", ""));
+            let request = C2cRequest {
+                client_msg_id: req.client_msg_id,
+                to,
+                kind: req.r#type,
+                body: req.body,
+            };
+            after(prev_queued).await;
+            let submitted = gate.logic.c2c_submit(&from, Some(conn_id), request).await;
+            drop(queued_tx);
+            let stored = match submitted {
+                Ok(s) => s.durable().await,
+                Err(e) => Err(e),
+            };
+            after(prev_pushed).await;
+            let reply = match stored {
+                Ok(stored) => {
+                    let r = gate.logic.c2c_deliver(stored).await;
+                    Packet::C2cAck(pb::C2cAck {
+                        client_msg_id,
+                        msg_id: r.message.id,
+                        seq: r.sender_seq,
+                        server_time_ms: r.message.server_time_ms,
+                        duplicate: r.duplicate,
+                    })
+                }
+                Err(e) => error_packet(e),
+            };
+            drop(pushed_tx);
+            (seq, reply)
+        }));
+    }
+
+    fn c2s(&mut self, gate: Arc<Gate>, from: UserKey, seq: u32, req: pb::C2s) {
+        let (done_tx, done_rx) = oneshot::channel::<()>();
+        let prev = self.c2s_done.replace(done_rx);
+        self.push(Box::pin(async move {
+            after(prev).await;
+            let r = gate
+                .logic
+                .c2s(&from, &req.client_msg_id, req.r#type, req.body)
+                .await;
+            drop(done_tx);
+            let reply = match r {
+                Ok(r) => Packet::C2sAck(pb::C2sAck {
+                    client_msg_id: req.client_msg_id,
+                    msg_id: r.id,
+                    duplicate: r.duplicate,
+                }),
+                Err(e) => error_packet(e),
+            };
+            (seq, reply)
+        }));
+    }
+
+    /// A sync reads without waiting for the c2c before it: a client that
+    /// wants its own messages in the page waits for their acks first.
+    fn sync(&mut self, gate: Arc<Gate>, user: UserKey, seq: u32, req: pb::Sync) {
+        self.push(Box::pin(async move {
+            let reply = match gate.logic.sync(&user, req.since, req.limit).await {
+                Ok(page) => Packet::SyncReply(pb::SyncReply {
+                    entries: page.entries.iter().map(|e| e.to_pb()).collect(),
+                    timeline_head: page.timeline_head,
+                    has_more: page.has_more,
+                }),
+                Err(e) => error_packet(e),
+            };
+            (seq, reply)
+        }));
+    }
+
+    /// The next answer in request order, without waiting.
+    async fn try_next(&mut self) -> Option<(u32, Packet)> {
+        let Some(answers) = &mut self.answers else {
+            return None;
+        };
+        poll_fn(|cx| match answers.poll_next_unpin(cx) {
+            Poll::Ready(Some(a)) => Poll::Ready(Some(a)),
+            _ => Poll::Ready(None),
+        })
+        .await
+    }
 }
 
 /// Time allowed for the last frame and the close handshake of a connection
@@ -262,8 +451,58 @@ impl Session {
         &self.device.user
     }
 
+    fn max_in_flight(&self) -> usize {
+        self.gate.config.max_in_flight.max(1)
+    }
+
+    /// Writes an answer and every other one that is ready, in request order,
+    /// as one batch.
+    async fn write_answers<T: Transport>(
+        &mut self,
+        t: &mut T,
+        (seq, reply): (u32, Packet),
+    ) -> Result<(), End> {
+        let mut batch = std::mem::take(&mut self.batch);
+        batch.push(reply.encode(seq));
+        while batch.len() < MAX_BATCH {
+            match self.pipeline.try_next().await {
+                Some((seq, reply)) => batch.push(reply.encode(seq)),
+                None => break,
+            }
+        }
+        self.pipeline.release_if_idle();
+        let r = self.write(t, &batch).await;
+        batch.clear();
+        self.batch = batch;
+        r
+    }
+
+    /// Waits for every request in flight and writes their answers.
+    async fn flush_answers<T: Transport>(&mut self, t: &mut T) -> Result<(), End> {
+        while let Some(answer) = self.pipeline.next().await {
+            self.write_answers(t, answer).await?;
+        }
+        Ok(())
+    }
+
     async fn run<T: Transport>(mut self, t: &mut T) -> End {
         let end = self.serve(t).await;
+        // Requests in flight finish (their messages are pushed) but are not
+        // answered: the connection is going away, and an unanswered c2c is
+        // resent by its client and de-duplicated. Bounded, like the farewell.
+        if !self.pipeline.is_empty() {
+            let pipeline = &mut self.pipeline;
+            let drained = async { while pipeline.next().await.is_some() {} };
+            if Box::pin(tokio::time::timeout(FAREWELL_TIMEOUT, drained))
+                .await
+                .is_err()
+            {
+                debug!(
+                    left = self.pipeline.len(),
+                    "requests still in flight at close are dropped unanswered"
+                );
+            }
+        }
         if let End::Kicked(code) = end {
             switchboard_core::stats::record_kick(code);
             let reason = code::name(code).to_string();
@@ -276,7 +515,7 @@ impl Session {
         end
     }
 
-    async fn cleanup(&self) {
+    async fn cleanup(&mut self) {
         self.gate.hub.unregister(self.user(), self.device.conn_id);
         self.gate.logic.logout(&self.device).await;
     }
@@ -304,25 +543,32 @@ impl Session {
                         return end;
                     }
                 }
-                r = t.recv() => {
+                Some(answer) = self.pipeline.next(), if !self.pipeline.is_empty() => {
+                    // Boxed like the other handlers: one allocation per batch
+                    // of answers keeps the idle task small.
+                    if let Err(end) = Box::pin(self.write_answers(t, answer)).await {
+                        return end;
+                    }
+                }
+                // Backpressure: with `max_in_flight` requests unanswered the
+                // session reads no more frames; TCP pushes back on the client.
+                r = t.recv(), if self.pipeline.len() < self.max_in_flight() => {
                     self.last_seen = Instant::now();
                     let (seq, packet) = match r {
                         Ok(None) => return End::PeerClosed,
-                        Err(e) => return transport_error(t, e).await,
+                        Err(e) => return Box::pin(transport_error(t, e)).await,
                         Ok(Some(Incoming::Bad(seq, code, msg))) => {
-                            if let Err(end) = send(t, seq, Packet::error(code, msg, false)).await {
-                                return end;
-                            }
+                            self.pipeline.ready(seq, Packet::error(code, msg, false));
                             continue;
                         }
                         Ok(Some(Incoming::Packet(seq, p))) => (seq, p),
                     };
-                    if let Err(end) = self.handle_request(t, seq, packet).await {
+                    if let Err(end) = Box::pin(self.handle_request(t, seq, packet)).await {
                         return end;
                     }
                 }
                 _ = sleep_until(timer) => {
-                    if let Err(end) = self.on_timer(t).await {
+                    if let Err(end) = Box::pin(self.on_timer(t)).await {
                         return end;
                     }
                 }
@@ -358,7 +604,7 @@ impl Session {
         r
     }
 
-    async fn write<T: Transport>(&self, t: &mut T, frames: &[Bytes]) -> Result<(), End> {
+    async fn write<T: Transport>(&mut self, t: &mut T, frames: &[Bytes]) -> Result<(), End> {
         match tokio::time::timeout(self.gate.config.write_timeout, t.send(frames)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(End::Io(e.to_string())),
@@ -369,6 +615,12 @@ impl Session {
     async fn on_timer<T: Transport>(&mut self, t: &mut T) -> Result<(), End> {
         let now = Instant::now();
         if now >= self.last_seen + self.gate.config.idle_timeout() {
+            if self.pipeline.len() >= self.max_in_flight() {
+                // Not reading is our doing (the pipeline is full), not the
+                // client's silence: start the idle clock again.
+                self.last_seen = now;
+                return Ok(());
+            }
             return Err(End::Kicked(code::KICK_IDLE_TIMEOUT));
         }
         let Some(deadline) = self.unacked.deadline else {
@@ -398,44 +650,67 @@ impl Session {
         Ok(())
     }
 
+    /// Serves a request: a ping and a push-ack at once, the rest through
+    /// the pipeline, whose answers go out in request order.
     async fn handle_request<T: Transport>(
         &mut self,
         t: &mut T,
         seq: u32,
         packet: Packet,
     ) -> Result<(), End> {
-        let reply = match packet {
-            Packet::Ping(_) => pong(),
-            Packet::PushAck(ack) => {
-                self.on_push_ack(ack.seq).await;
-                return Ok(());
-            }
+        let gate = &self.gate;
+        match packet {
+            // Keepalive is answered as soon as it is read, ahead of answers
+            // still in flight: it measures the connection, not the store.
+            Packet::Ping(_) => return self.write(t, &[pong().encode(seq)]).await,
+            Packet::PushAck(ack) => self.on_push_ack(ack.seq).await,
             Packet::Logout(_) => {
+                self.flush_answers(t).await?;
                 send(t, seq, Packet::LogoutAck(pb::LogoutAck {})).await?;
                 return Err(End::Logout);
             }
-            Packet::Login(_) => Packet::error(
-                code::ALREADY_LOGGED_IN,
-                "this connection is already logged in",
-                false,
+            Packet::Login(_) => self.pipeline.ready(
+                seq,
+                Packet::error(
+                    code::ALREADY_LOGGED_IN,
+                    "this connection is already logged in",
+                    false,
+                ),
             ),
             Packet::C2c(_) | Packet::C2s(_) | Packet::Sync(_) if !self.rate.try_take() => {
-                Packet::error(
-                    code::RATE_LIMITED,
-                    "request rate over the connection's limit; slow down",
-                    false,
+                self.pipeline.ready(
+                    seq,
+                    Packet::error(
+                        code::RATE_LIMITED,
+                        "request rate over the connection's limit; slow down",
+                        false,
+                    ),
                 )
             }
-            Packet::C2c(req) => self.c2c(req).await.unwrap_or_else(error_packet),
-            Packet::C2s(req) => self.c2s(req).await.unwrap_or_else(error_packet),
-            Packet::Sync(req) => self.sync(req).await.unwrap_or_else(error_packet),
-            other => Packet::error(
-                code::UNKNOWN_COMMAND,
-                format!("{} is not a client command", other.command().json_name()),
-                false,
+            Packet::C2c(req) => self.pipeline.c2c(
+                gate.clone(),
+                self.device.user.clone(),
+                self.device.conn_id,
+                seq,
+                req,
             ),
-        };
-        self.write(t, &[reply.encode(seq)]).await
+            Packet::C2s(req) => self
+                .pipeline
+                .c2s(gate.clone(), self.device.user.clone(), seq, req),
+            Packet::Sync(req) => {
+                self.pipeline
+                    .sync(gate.clone(), self.device.user.clone(), seq, req)
+            }
+            other => self.pipeline.ready(
+                seq,
+                Packet::error(
+                    code::UNKNOWN_COMMAND,
+                    format!("{} is not a client command", other.command().json_name()),
+                    false,
+                ),
+            ),
+        }
+        Ok(())
     }
 
     async fn on_push_ack(&mut self, seq: u64) {
@@ -456,60 +731,6 @@ impl Session {
         {
             tracing::warn!(error = %e, "could not move the cursor; the device may get entries again");
         }
-    }
-
-    async fn c2c(&mut self, req: pb::C2c) -> Result<Packet, LogicError> {
-        let to = req
-            .to
-            .map(|u| UserKey::from_pb(&u))
-            .unwrap_or_else(|| UserKey::new("", ""));
-        let r = self
-            .gate
-            .logic
-            .c2c(
-                &self.device.user,
-                Some(self.device.conn_id),
-                C2cRequest {
-                    client_msg_id: req.client_msg_id.clone(),
-                    to,
-                    kind: req.r#type,
-                    body: req.body,
-                },
-            )
-            .await?;
-        Ok(Packet::C2cAck(pb::C2cAck {
-            client_msg_id: req.client_msg_id,
-            msg_id: r.message.id,
-            seq: r.sender_seq,
-            server_time_ms: r.message.server_time_ms,
-            duplicate: r.duplicate,
-        }))
-    }
-
-    async fn c2s(&mut self, req: pb::C2s) -> Result<Packet, LogicError> {
-        let r = self
-            .gate
-            .logic
-            .c2s(&self.device.user, &req.client_msg_id, req.r#type, req.body)
-            .await?;
-        Ok(Packet::C2sAck(pb::C2sAck {
-            client_msg_id: req.client_msg_id,
-            msg_id: r.id,
-            duplicate: r.duplicate,
-        }))
-    }
-
-    async fn sync(&mut self, req: pb::Sync) -> Result<Packet, LogicError> {
-        let page = self
-            .gate
-            .logic
-            .sync(&self.device.user, req.since, req.limit)
-            .await?;
-        Ok(Packet::SyncReply(pb::SyncReply {
-            entries: page.entries.iter().map(|e| e.to_pb()).collect(),
-            timeline_head: page.timeline_head,
-            has_more: page.has_more,
-        }))
     }
 }
 

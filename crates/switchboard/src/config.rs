@@ -71,6 +71,7 @@ pub struct Gate {
     pub rate_burst: u32,
     pub compression_threshold: usize,
     pub write_timeout_ms: u64,
+    pub max_in_flight: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -318,6 +319,7 @@ impl Default for Gate {
             rate_burst: g.rate_burst,
             compression_threshold: g.compression_threshold,
             write_timeout_ms: g.write_timeout.as_millis() as u64,
+            max_in_flight: g.max_in_flight,
         }
     }
 }
@@ -402,6 +404,7 @@ impl Config {
             rate_burst: g.rate_burst,
             compression_threshold: g.compression_threshold,
             write_timeout: Duration::from_millis(g.write_timeout_ms),
+            max_in_flight: g.max_in_flight.max(1),
         }
     }
 

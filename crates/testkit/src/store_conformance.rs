@@ -114,6 +114,7 @@ where
     cursor_moves_forward_only(store.clone()).await;
     outbox_dedupe(store.clone()).await;
     conversation_pages_newest_first(store.clone()).await;
+    submitted_appends_keep_submit_order(store.clone()).await;
     outbox_drains_in_id_order(store.clone()).await;
     a_bad_append_fails_alone(store.clone()).await;
     store.close().await.expect("close");
@@ -804,4 +805,50 @@ where
         "an expired client_msg_id is a new message"
     );
     assert_eq!(later.seqs, vec![first.seqs[0] + 1, first.seqs[1] + 1]);
+}
+
+/// `submit_append` in a row without awaiting durability (as the gate's
+/// pipeline does): sequences follow submit order on both timelines, a
+/// resend submitted while its first is still pending answers the first's
+/// result, and every pending append resolves to what `append` would return.
+pub async fn submitted_appends_keep_submit_order(store: Arc<dyn Store>) {
+    let alice = fresh_user("pipelined-alice");
+    let bob = fresh_user("pipelined-bob");
+    let mut pending = Vec::new();
+    let mut msg_ids = Vec::new();
+    for i in 0..50 {
+        let m = c2c(&alice, &bob, &format!("p{i}"), format!("#{i}"));
+        msg_ids.push(m.message.id);
+        pending.push(store.submit_append(m).await.expect("submit"));
+        if i % 10 == 9 {
+            // A resend of an append that may still be in flight.
+            let resend = c2c(&alice, &bob, &format!("p{}", i - 1), "again");
+            pending.push(store.submit_append(resend).await.expect("submit resend"));
+        }
+    }
+    let mut results = Vec::new();
+    for p in pending {
+        results.push(p.await.expect("durable"));
+    }
+    let (firsts, resends): (Vec<_>, Vec<_>) = results.iter().partition(|a| !a.duplicate);
+    assert_eq!(firsts.len(), 50);
+    for (i, a) in firsts.iter().enumerate() {
+        let n = i as u64 + 1;
+        assert_eq!(
+            a.seqs,
+            vec![n, n],
+            "append {i} in submit order on both timelines"
+        );
+        assert_eq!(a.message.id, msg_ids[i]);
+    }
+    for r in resends {
+        let first = firsts
+            .iter()
+            .find(|a| a.message.client_msg_id == r.message.client_msg_id)
+            .expect("a resend answers its first");
+        assert_eq!((r.message.id, &r.seqs), (first.message.id, &first.seqs));
+    }
+    let page = store.entries_after(&bob, 0, 100).await.expect("read");
+    let stored: Vec<u64> = page.entries.iter().map(|e| e.message.id).collect();
+    assert_eq!(stored, msg_ids, "stored once each, in submit order");
 }

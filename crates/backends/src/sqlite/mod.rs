@@ -20,6 +20,7 @@ mod schema;
 mod writer;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
@@ -29,7 +30,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags};
-use switchboard_core::store::OutboxReceipt;
+use switchboard_core::store::{OutboxReceipt, PendingAppend};
 use switchboard_core::{Appended, BusEvent, Message, NewMessage, Page, Store, StoreError, UserKey};
 use tokio::sync::{Semaphore, oneshot};
 
@@ -205,7 +206,7 @@ impl SqliteStore {
     }
 
     /// Sends a command to the writer and waits for its answer.
-    async fn write<T>(
+    async fn write<T: Send + 'static>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
     ) -> Result<T, StoreError> {
@@ -219,11 +220,26 @@ impl SqliteStore {
         self.send(make, Some(permit)).await
     }
 
-    async fn send<T>(
+    async fn send<T: Send + 'static>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
         permit: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Result<T, StoreError> {
+        self.enqueue(make, permit)?.await
+    }
+
+    /// Queues a command for the writer without waiting for its answer: the
+    /// queue is FIFO and the writer runs commands in queue order, so once
+    /// this returned the command's place is fixed. The future answers once
+    /// the group holding it committed.
+    fn enqueue<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
+        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    ) -> Result<impl Future<Output = Result<T, StoreError>> + Send + 'static, StoreError>
+    where
+        T: Send + 'static,
+    {
         let (tx, rx) = oneshot::channel();
         self.queue
             .try_send(Queued {
@@ -236,8 +252,10 @@ impl SqliteStore {
                     StoreError::Unavailable("writer thread stopped".into())
                 }
             })?;
-        rx.await
-            .map_err(|_| StoreError::Unavailable("writer thread stopped".into()))?
+        Ok(async move {
+            rx.await
+                .map_err(|_| StoreError::Unavailable("writer thread stopped".into()))?
+        })
     }
 
     /// Runs a read on the pool in a blocking thread.
@@ -261,6 +279,24 @@ impl SqliteStore {
 impl Store for SqliteStore {
     async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError> {
         self.write(|r| Command::Append(msg, r)).await
+    }
+
+    /// Returns once the append is in the writer's FIFO queue: appends
+    /// submitted one after another commit in that order (in one group or
+    /// in consecutive ones), and a resend of a queued append finds the
+    /// first in the transaction or on disk and answers its result.
+    async fn submit_append(&self, msg: NewMessage) -> Result<PendingAppend, StoreError> {
+        self.check_open()?;
+        // The admission semaphore is fair (FIFO), and this caller awaits its
+        // permit before the next submit starts, so queue order is submit order.
+        let permit = self
+            .admission
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| StoreError::Unavailable("store is closed".into()))?;
+        let durable = self.enqueue(|r| Command::Append(msg, r), Some(permit))?;
+        Ok(PendingAppend::new(durable))
     }
 
     async fn entries_after(
