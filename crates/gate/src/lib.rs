@@ -218,8 +218,11 @@ pub async fn ws_handler(
             .into_response();
     };
     let max = gate.config.max_frame_bytes;
-    // 4 KiB read buffer: tungstenite's default 128 KiB costs ~137 KB per idle connection.
-    ws.read_buffer_size(4096)
+    // A 1 KiB read buffer, grown by tungstenite while a larger frame arrives:
+    // the default 128 KiB cost ~137 KB per idle connection, 4 KiB ~3.2 KB
+    // more than 1 KiB (`switchboard bench connections --ws`: 14.9 -> 11.7 KB
+    // per connection at 5,000).
+    ws.read_buffer_size(1024)
         .write_buffer_size(0)
         .max_message_size(max)
         .max_frame_size(max)

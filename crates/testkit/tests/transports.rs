@@ -133,6 +133,25 @@ async fn large_bodies_round_trip_through_sdk_compression() {
     s.stop().await;
 }
 
+/// A WebSocket frame far larger than the server's 1 KiB initial read buffer
+/// (close to the 64 KiB frame limit, uncompressed) arrives whole.
+#[tokio::test]
+async fn frames_larger_than_the_websocket_read_buffer_arrive_whole() {
+    let s = TestServer::start().await;
+    let (bob, _be) = Client::connect(config(&s.ws_url(), &token("demo", "bob"), "b"))
+        .await
+        .unwrap();
+    let (_alice, mut alice_events) =
+        Client::connect(config(&s.tcp_url(), &token("demo", "alice"), "a"))
+            .await
+            .unwrap();
+    let body = "courier-position;".repeat(3500);
+    assert!(body.len() > 50_000);
+    bob.send(demo("alice"), "text", body.clone()).await.unwrap();
+    assert_eq!(bodies(&messages(&mut alice_events, 1, T).await), [body]);
+    s.stop().await;
+}
+
 async fn ws_json(
     s: &TestServer,
 ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
