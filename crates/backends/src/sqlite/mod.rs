@@ -210,14 +210,19 @@ impl SqliteStore {
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
     ) -> Result<T, StoreError> {
+        let permit = self.admit().await?;
+        self.send(make, Some(permit)).await
+    }
+
+    /// A place in the writer's queue: the admission semaphore is fair
+    /// (FIFO), so callers are admitted in the order they asked.
+    async fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, StoreError> {
         self.check_open()?;
-        let permit = self
-            .admission
+        self.admission
             .clone()
             .acquire_owned()
             .await
-            .map_err(|_| StoreError::Unavailable("store is closed".into()))?;
-        self.send(make, Some(permit)).await
+            .map_err(|_| StoreError::Unavailable("store is closed".into()))
     }
 
     async fn send<T: Send + 'static>(
@@ -286,15 +291,9 @@ impl Store for SqliteStore {
     /// in consecutive ones), and a resend of a queued append finds the
     /// first in the transaction or on disk and answers its result.
     async fn submit_append(&self, msg: NewMessage) -> Result<PendingAppend, StoreError> {
-        self.check_open()?;
-        // The admission semaphore is fair (FIFO), and this caller awaits its
-        // permit before the next submit starts, so queue order is submit order.
-        let permit = self
-            .admission
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| StoreError::Unavailable("store is closed".into()))?;
+        // This caller awaits its permit before the next submit starts, so
+        // queue order is submit order.
+        let permit = self.admit().await?;
         let durable = self.enqueue(|r| Command::Append(msg, r), Some(permit))?;
         Ok(PendingAppend::new(durable))
     }
