@@ -8,7 +8,6 @@
 //! the part of the production load balancer, so clients of a killed node
 //! reconnect to the others with the single URL they were given.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,7 +16,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{Value, json};
-use switchboard_testkit::sdk::{bodies, connect, demo, messages, no_more_messages};
+use switchboard_testkit::sdk::{
+    assert_numbered, bodies, connect, demo, messages, no_more_messages, spawn_numbered_sender,
+};
 use switchboard_testkit::server::SECRET;
 use switchboard_testkit::services::{self, nats_url, redis_url, unique_prefix};
 use tokio::net::{TcpListener, TcpStream};
@@ -430,44 +431,26 @@ async fn kill_9_of_a_node_under_traffic_loses_and_duplicates_nothing() {
     );
 
     const N: usize = 60;
-    let sender = {
-        let lb3 = lb3.clone();
-        tokio::spawn(async move {
-            let (alice, _ae) = connect(&lb3, "alice", "a1").await;
-            let mut acked = Vec::new();
-            for i in 0..N {
-                // Across the crash the SDK resends with the same client_msg_id.
-                let r = alice
-                    .send_with_id(format!("m{i}"), demo("bob"), "text", format!("{i}"))
-                    .await;
-                acked.push(r.expect("every message is eventually acknowledged"));
-                tokio::time::sleep(Duration::from_millis(15)).await;
-            }
-            alice.close().await;
-            acked
-        })
-    };
+    // Across the crash the SDK resends with the same client_msg_id.
+    let sender = spawn_numbered_sender(
+        lb3.clone(),
+        "alice",
+        "a1",
+        "bob",
+        N,
+        Duration::from_millis(15),
+    );
     // Let traffic flow, then kill n3 mid-stream.
     let first = messages(&mut bob2_ev, 10, T).await;
     nodes[2].kill9();
     let killed_at = tokio::time::Instant::now();
 
     let acked = sender.await.expect("sender");
-    let want: Vec<String> = (0..N).map(|i| i.to_string()).collect();
     let mut got2 = first;
     got2.extend(messages(&mut bob2_ev, N - 10, T).await);
     let got3 = messages(&mut bob3_ev, N, T).await;
-    for (device, got) in [("b2", &got2), ("b3", &got3)] {
-        assert_eq!(bodies(got), want, "{device}: every message once, in order");
-        let seqs: Vec<u64> = got.iter().map(|(s, _)| *s).collect();
-        assert_eq!(
-            seqs,
-            (1..=N as u64).collect::<Vec<_>>(),
-            "{device}: no gap, no duplicate"
-        );
-    }
-    let ids: HashSet<u64> = acked.iter().map(|r| r.msg_id).collect();
-    assert_eq!(ids.len(), N, "one stored message per client_msg_id");
+    assert_numbered(&got2, &acked, N, "b2");
+    assert_numbered(&got3, &acked, N, "b3");
     no_more_messages(&mut bob2_ev, Duration::from_millis(300)).await;
     no_more_messages(&mut bob3_ev, Duration::from_millis(300)).await;
 

@@ -2,13 +2,14 @@
 //! runs as a child process (the real binary), is killed with SIGKILL right
 //! after acknowledging, and is restarted on the same data directory.
 
-use std::collections::HashSet;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use switchboard_testkit::sdk::{bodies, connect, demo, messages, no_more_messages};
+use switchboard_testkit::sdk::{
+    assert_numbered, bodies, connect, demo, messages, no_more_messages, spawn_numbered_sender,
+};
 use switchboard_testkit::server::SECRET;
 
 const T: Duration = Duration::from_secs(30);
@@ -105,23 +106,14 @@ async fn kill_9_under_traffic_loses_and_duplicates_nothing() {
     let url = node.url();
     let (_bob, mut bob_events) = connect(&url, "bob", "b1").await;
     const N: usize = 60;
-    let sender = {
-        let url = url.clone();
-        tokio::spawn(async move {
-            let (alice, _ae) = connect(&url, "alice", "a1").await;
-            let mut acked = Vec::new();
-            for i in 0..N {
-                // The SDK resends across the crash with the same client_msg_id.
-                let r = alice
-                    .send_with_id(format!("m{i}"), demo("bob"), "text", format!("{i}"))
-                    .await;
-                acked.push(r.expect("every message is eventually acknowledged"));
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            alice.close().await;
-            acked
-        })
-    };
+    let sender = spawn_numbered_sender(
+        url.clone(),
+        "alice",
+        "a1",
+        "bob",
+        N,
+        Duration::from_millis(10),
+    );
     // Let some traffic flow, then kill the node mid-stream and bring it back.
     tokio::time::sleep(Duration::from_millis(200)).await;
     node.kill9();
@@ -130,11 +122,6 @@ async fn kill_9_under_traffic_loses_and_duplicates_nothing() {
 
     let acked = sender.await.unwrap();
     let got = messages(&mut bob_events, N, T).await;
-    let want: Vec<String> = (0..N).map(|i| i.to_string()).collect();
-    assert_eq!(bodies(&got), want, "every message once, in order");
-    let seqs: Vec<u64> = got.iter().map(|(s, _)| *s).collect();
-    assert_eq!(seqs, (1..=N as u64).collect::<Vec<_>>());
-    let ids: HashSet<u64> = acked.iter().map(|r| r.msg_id).collect();
-    assert_eq!(ids.len(), N, "one stored message per client_msg_id");
+    assert_numbered(&got, &acked, N, "bob");
     no_more_messages(&mut bob_events, Duration::from_millis(300)).await;
 }

@@ -70,3 +70,52 @@ pub fn bodies(msgs: &[(u64, Message)]) -> Vec<String> {
         .map(|(_, m)| String::from_utf8_lossy(&m.body).into_owned())
         .collect()
 }
+
+/// Spawns demo user `from` (device `device`) sending the bodies "0", "1", …
+/// up to `n - 1` to `to`, with client_msg_ids "m0", "m1", …, pausing `pause`
+/// between sends. The SDK resends each until it is acknowledged (across
+/// crashes and reconnects), so the task returns every receipt, in order.
+pub fn spawn_numbered_sender(
+    url: String,
+    from: &str,
+    device: &str,
+    to: &str,
+    n: usize,
+    pause: Duration,
+) -> tokio::task::JoinHandle<Vec<switchboard_sdk::SendReceipt>> {
+    let (from, device, to) = (from.to_owned(), device.to_owned(), demo(to));
+    tokio::spawn(async move {
+        let (client, _events) = connect(&url, &from, &device).await;
+        let mut acked = Vec::with_capacity(n);
+        for i in 0..n {
+            let r = client
+                .send_with_id(format!("m{i}"), to.clone(), "text", format!("{i}"))
+                .await;
+            acked.push(r.expect("every message is eventually acknowledged"));
+            tokio::time::sleep(pause).await;
+        }
+        client.close().await;
+        acked
+    })
+}
+
+/// Asserts what [`spawn_numbered_sender`] promises: the receiver `got` the
+/// bodies "0".."n-1" once each, in order, at timeline seqs 1..=n, and the
+/// sender's `acked` receipts name `n` distinct stored messages.
+pub fn assert_numbered(
+    got: &[(u64, Message)],
+    acked: &[switchboard_sdk::SendReceipt],
+    n: usize,
+    who: &str,
+) {
+    let want: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    assert_eq!(bodies(got), want, "{who}: every message once, in order");
+    let seqs: Vec<u64> = got.iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        seqs,
+        (1..=n as u64).collect::<Vec<_>>(),
+        "{who}: no gap, no duplicate"
+    );
+    let ids: std::collections::HashSet<u64> = acked.iter().map(|r| r.msg_id).collect();
+    assert_eq!(ids.len(), n, "one stored message per client_msg_id");
+}
