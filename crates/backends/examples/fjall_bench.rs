@@ -18,12 +18,16 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, sync_channel};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-const USERS: u64 = 1_000;
+// fjall has no `Store`: it shares the users and the report, not `run`.
+#[allow(dead_code)]
+mod common;
+use common::{USERS, report};
+
 const MAX_BATCH: usize = 512;
 const QUEUE: usize = 1024;
 
@@ -277,20 +281,4 @@ fn main() {
     });
     handle.join().expect("writer thread");
     report("fjall", n, c, elapsed, &mut lat);
-}
-
-fn report(name: &str, n: u64, c: u64, elapsed: Duration, lat: &mut [Duration]) {
-    lat.sort_unstable();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-    };
-    let ms = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1e3);
-    println!(
-        "{name:6} N={n} C={c}: {:>8.0} appends/s  p50 {:>7.2} ms  p99 {:>7.2} ms  ({:.2} s)",
-        n as f64 / elapsed.as_secs_f64(),
-        ms(pct(0.50)),
-        ms(pct(0.99)),
-        elapsed.as_secs_f64()
-    );
 }

@@ -14,16 +14,11 @@
 //! append in its own transaction (no group commit by the store; PostgreSQL
 //! still shares WAL flushes between concurrent commits).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
-
-use bytes::Bytes;
 use switchboard_backends::{PgOptions, PgStore};
-use switchboard_core::{Message, NewMessage, Store, UserKey};
+use switchboard_core::Store;
 
-/// Users the messages go between (pairs chosen round-robin per task).
-const USERS: u64 = 1_000;
+mod common;
+use common::{report, run};
 
 fn main() {
     let mut positional = Vec::new();
@@ -92,60 +87,4 @@ async fn drop_schema(url: &str, schema: &str) {
     {
         eprintln!("could not drop schema {schema}: {e}");
     }
-}
-
-async fn run(store: Arc<PgStore>, n: u64, c: u64) -> (Duration, Vec<Duration>) {
-    let ids = Arc::new(AtomicU64::new(1));
-    let body = Bytes::from(vec![b'x'; 200]);
-    let start = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for t in 0..c {
-        let count = n / c + u64::from(t < n % c);
-        let (store, ids, body) = (store.clone(), ids.clone(), body.clone());
-        tasks.spawn(async move {
-            let mut lat = Vec::with_capacity(count as usize);
-            for i in 0..count {
-                let from = UserKey::new("bench", format!("u{}", (t * 7 + i) % USERS));
-                let to = UserKey::new("bench", format!("u{}", (t * 7 + i + 1 + t % 13) % USERS));
-                let msg = NewMessage {
-                    message: Message {
-                        id: ids.fetch_add(1, Ordering::Relaxed),
-                        from: from.clone(),
-                        to: to.clone(),
-                        kind: "text".into(),
-                        body: body.clone(),
-                        client_msg_id: format!("t{t}-{i}"),
-                        server_time_ms: switchboard_core::now_ms(),
-                    },
-                    timelines: vec![to, from],
-                };
-                let t0 = Instant::now();
-                let a = store.append(msg).await.expect("append");
-                lat.push(t0.elapsed());
-                assert!(!a.duplicate);
-            }
-            lat
-        });
-    }
-    let mut all = Vec::with_capacity(n as usize);
-    while let Some(r) = tasks.join_next().await {
-        all.extend(r.expect("task"));
-    }
-    (start.elapsed(), all)
-}
-
-fn report(name: &str, n: u64, c: u64, elapsed: Duration, lat: &mut [Duration]) {
-    lat.sort_unstable();
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-    };
-    let ms = |d: Option<Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1e3);
-    println!(
-        "{name} N={n} C={c}: {:>8.0} appends/s  p50 {:>7.2} ms  p99 {:>7.2} ms  ({:.2} s)",
-        n as f64 / elapsed.as_secs_f64(),
-        ms(pct(0.50)),
-        ms(pct(0.99)),
-        elapsed.as_secs_f64()
-    );
 }
