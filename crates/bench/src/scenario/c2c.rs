@@ -55,6 +55,18 @@ impl Args {
     }
 }
 
+impl Args {
+    /// Messages the run will send when paced (0, unknown, when flat out):
+    /// the progress bar's length.
+    pub fn planned_sends(&self) -> u64 {
+        if self.rate > 0 {
+            (self.rate as f64 * self.pairs as f64 * self.duration) as u64
+        } else {
+            0
+        }
+    }
+}
+
 pub async fn run(a: &Args) -> Result<Vec<RunResult>, BenchError> {
     if a.pairs == 0 || a.window == 0 {
         return Err(BenchError::Usage(
@@ -133,15 +145,7 @@ async fn switchboard(a: &Args, target: &Target) -> Result<RunResult, BenchError>
 
     let attempted = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
-    let progress = bar(
-        a.common.quiet,
-        if a.rate > 0 {
-            (a.rate as f64 * a.pairs as f64 * a.duration) as u64
-        } else {
-            0
-        },
-        "c2c sent",
-    );
+    let progress = bar(a.common.quiet, a.planned_sends(), "c2c sent");
     let t0 = Instant::now();
     let end = t0 + Duration::from_secs_f64(a.duration);
     let mut send_tasks = Vec::new();

@@ -94,15 +94,7 @@ pub async fn c2c(a: &super::c2c::Args, m: &Mqtt, q: u8) -> Result<RunResult, Ben
     }
     setup.finish_and_clear();
 
-    let progress = bar(
-        a.common.quiet,
-        if a.rate > 0 {
-            (a.rate as f64 * a.pairs as f64 * a.duration) as u64
-        } else {
-            0
-        },
-        "mqtt published",
-    );
+    let progress = bar(a.common.quiet, a.planned_sends(), "mqtt published");
     let t0 = Instant::now();
     let end = t0 + Duration::from_secs_f64(a.duration);
     let mut send_tasks = Vec::new();
