@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::connection::State;
-use async_nats::{Client, ConnectOptions};
+use async_nats::{Client, ConnectOptions, RequestErrorKind};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -23,6 +23,9 @@ use prost::Message as _;
 use switchboard_core::{Delivery, Hub, Route, RouteError, UserKey};
 use switchboard_proto::Packet;
 use tokio::task::JoinHandle;
+
+/// How long a ping waits for the server's answer.
+const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Errors building the NATS client or the route.
 #[derive(Debug, thiserror::Error)]
@@ -149,6 +152,12 @@ impl NatsRoute {
                 tracing::warn!(%subject, "route subscription ended");
             })
         };
+        // When NATS is reachable, return with the subscription live on the
+        // server, so a delivery published right after start is not missed;
+        // otherwise the client subscribes when it connects.
+        if let Err(e) = ping(&client).await {
+            tracing::warn!(error = %e, node, "route subscription not confirmed yet");
+        }
         Ok(NatsRoute {
             client,
             node: node.to_string(),
@@ -240,13 +249,23 @@ impl Route for NatsRoute {
     }
 }
 
-/// A round trip to the NATS server.
+/// A round trip to the NATS server: a request to a subject nobody serves,
+/// answered by the server itself with "no responders". Unlike
+/// `Client::flush`, which only writes the client's buffer to the socket, the
+/// answer proves the server has processed everything this client sent
+/// before it, subscriptions included.
 pub(crate) async fn ping(client: &Client) -> Result<(), String> {
     if client.connection_state() != State::Connected {
         return Err("NATS is not connected".into());
     }
-    client
-        .flush()
-        .await
-        .map_err(|e| format!("NATS flush failed: {e}"))
+    // A fresh inbox subject: nobody subscribes to it.
+    let subject = client.new_inbox();
+    let request = async_nats::Request::new()
+        .payload(Bytes::new())
+        .timeout(Some(PING_TIMEOUT));
+    match client.send_request(subject, request).await {
+        Err(e) if e.kind() == RequestErrorKind::NoResponders => Ok(()),
+        Ok(_) => Ok(()),
+        Err(e) => Err(format!("NATS ping failed: {e}")),
+    }
 }
