@@ -9,14 +9,13 @@ use bytes::Bytes;
 use futures::StreamExt;
 use switchboard_backends::jetstream_bus::{JetStreamBus, JetStreamConfig};
 use switchboard_backends::nats_route::{self, NatsRoute};
-use switchboard_core::hub::{OutboundRx, outbound_queue};
+use switchboard_core::hub::{Closed, OutboundRx, outbound_queue};
 use switchboard_core::{
     Bus, BusEvent, ConnHandle, Delivery, Entry, Hub, Message, Outbound, Route, RouteError, UserKey,
     now_ms,
 };
 use switchboard_proto::{Packet, code};
 use switchboard_testkit::services::{self, PrivateNats, nats_url, unique_prefix};
-use tokio_util::sync::CancellationToken;
 
 const T: Duration = Duration::from_secs(10);
 
@@ -24,19 +23,18 @@ async fn client(url: &str, node: &str) -> async_nats::Client {
     nats_route::connect(url, node).await.expect("nats client")
 }
 
-/// Registers a connection of `user` on `hub`; returns its outbound queue and kill token.
-fn register(hub: &Hub, user: &UserKey, conn_id: u64) -> (OutboundRx, CancellationToken) {
+/// Registers a connection of `user` on `hub`; returns its outbound queue
+/// (which also carries a kick).
+fn register(hub: &Hub, user: &UserKey, conn_id: u64) -> OutboundRx {
     let (tx, rx) = outbound_queue(16);
-    let kill = CancellationToken::new();
     hub.register(Arc::new(ConnHandle::new(
         conn_id,
         user.clone(),
         format!("dev{conn_id}"),
         "test".into(),
         tx,
-        kill.clone(),
     )));
-    (rx, kill)
+    rx
 }
 
 fn delivery(user: &UserKey, seq: u64, body: &str) -> Delivery {
@@ -60,7 +58,7 @@ fn delivery(user: &UserKey, seq: u64, body: &str) -> Delivery {
 
 async fn next_push(rx: &mut OutboundRx) -> (u64, Bytes) {
     match tokio::time::timeout(T, rx.recv()).await {
-        Ok(Some(Outbound::Push { seq, frame })) => (seq, frame),
+        Ok(Ok(Outbound::Push { seq, frame })) => (seq, frame),
         other => panic!("no push within {T:?}: {other:?}"),
     }
 }
@@ -78,9 +76,9 @@ async fn route_delivers_and_kicks_across_nodes() {
         .expect("route b");
     b.ping().await.expect("ping");
     let bob = UserKey::new("demo", "bob");
-    let (mut rx1, _k1) = register(&hub_b, &bob, 1);
-    let (mut rx2, k2) = register(&hub_b, &bob, 2);
-    let (mut local_rx, _kl) = register(&hub_a, &bob, 9);
+    let mut rx1 = register(&hub_b, &bob, 1);
+    let mut rx2 = register(&hub_b, &bob, 2);
+    let mut local_rx = register(&hub_a, &bob, 9);
 
     // To another node: published; both of bob's connections there get the
     // very frame the hub would have built.
@@ -115,9 +113,10 @@ async fn route_delivers_and_kicks_across_nodes() {
             .await
             .expect("kick")
     );
-    tokio::time::timeout(T, k2.cancelled())
-        .await
-        .expect("kicked");
+    match tokio::time::timeout(T, rx2.recv()).await.expect("kicked") {
+        Err(Closed::Kicked(c)) => assert_eq!(c, code::KICK_REPLACED),
+        other => panic!("expected a kick, got {other:?}"),
+    }
     assert!(rx1.try_recv().is_err(), "connection 1 was skipped");
 }
 
@@ -256,7 +255,7 @@ async fn route_and_bus_fail_clearly_while_nats_is_down_and_resume() {
     )
     .expect("bus");
     let bob = UserKey::new("demo", "bob");
-    let (mut rx, _k) = register(&hub_b, &bob, 1);
+    let mut rx = register(&hub_b, &bob, 1);
     a.deliver("b", delivery(&bob, 1, "before"))
         .await
         .expect("deliver");
@@ -298,7 +297,7 @@ async fn route_and_bus_fail_clearly_while_nats_is_down_and_resume() {
     for i in 0..150u64 {
         if a.ping().await.is_ok() {
             let _ = a.deliver("b", delivery(&bob, 10 + i, "after")).await;
-            if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
                 resumed = true;
                 break;
             }

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use switchboard_proto::{Packet, code};
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
 use crate::model::{Entry, UserKey};
 
@@ -32,9 +31,9 @@ pub struct ConnHandle {
     pub device_id: String,
     pub platform: String,
     pub since_ms: i64,
+    /// The outbound queue, which also carries the kick: one wake-up source
+    /// for the connection task instead of a queue and a cancellation token.
     tx: OutboundTx,
-    kill: CancellationToken,
-    kick_code: AtomicU32,
 }
 
 impl ConnHandle {
@@ -44,7 +43,6 @@ impl ConnHandle {
         device_id: String,
         platform: String,
         tx: OutboundTx,
-        kill: CancellationToken,
     ) -> ConnHandle {
         ConnHandle {
             conn_id,
@@ -53,26 +51,18 @@ impl ConnHandle {
             platform,
             since_ms: crate::now_ms(),
             tx,
-            kill,
-            kick_code: AtomicU32::new(0),
         }
     }
 
-    /// Asks the connection task to send `Kick{code}` and close. The first
-    /// reason wins.
+    /// Asks the connection task to send `Kick{code}` and close, ahead of
+    /// any push still queued. The first reason wins.
     pub fn kick(&self, code: u32) {
-        let _ = self
-            .kick_code
-            .compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire);
-        self.kill.cancel();
+        self.tx.kick(code);
     }
 
     /// The kick code, once [`ConnHandle::kick`] was called.
     pub fn kick_code(&self) -> Option<u32> {
-        match self.kick_code.load(Ordering::Acquire) {
-            0 => None,
-            c => Some(c),
-        }
+        self.tx.kick_code()
     }
 }
 
@@ -86,11 +76,17 @@ impl ConnHandle {
 /// let go again when a burst has drained. Only one receiver (the connection
 /// task) and one sender (its [`ConnHandle`]) exist, and every operation is
 /// a short critical section that never awaits, so a std `Mutex` serves.
+///
+/// The queue also carries the kick (`OutboundTx::kick`), which the receiver
+/// sees before any queued push: a connection task waits on this one queue
+/// rather than on a queue and a `CancellationToken` (whose tree node and
+/// wait future cost ~250 B per idle connection).
 pub fn outbound_queue(capacity: usize) -> (OutboundTx, OutboundRx) {
     let q = Arc::new(Queue {
         items: Mutex::new(VecDeque::new()),
         capacity: capacity.max(1),
         ready: Notify::new(),
+        kicked: AtomicU32::new(0),
         tx_gone: AtomicBool::new(false),
         rx_gone: AtomicBool::new(false),
     });
@@ -102,6 +98,8 @@ struct Queue {
     capacity: usize,
     /// Wakes the receiver; `notify_one` keeps a permit when it is not waiting.
     ready: Notify,
+    /// The kick code; 0 while not kicked.
+    kicked: AtomicU32,
     tx_gone: AtomicBool,
     rx_gone: AtomicBool,
 }
@@ -141,6 +139,17 @@ pub enum TryRecvError {
     Empty,
     /// Empty, and the sender is gone.
     Disconnected,
+    /// The connection was kicked with this code (queued pushes are not handed out).
+    Kicked(u32),
+}
+
+/// Why the queue will hand out nothing more.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    /// Kicked with this code.
+    Kicked(u32),
+    /// The sender is gone and the queue is empty.
+    Disconnected,
 }
 
 /// The hub's end of a connection's outbound queue.
@@ -167,6 +176,23 @@ impl OutboundTx {
         self.q.ready.notify_one();
         Ok(())
     }
+
+    /// Tells the receiver to stop with `code`; the first code wins.
+    pub fn kick(&self, code: u32) {
+        let _ = self
+            .q
+            .kicked
+            .compare_exchange(0, code.max(1), Ordering::AcqRel, Ordering::Acquire);
+        self.q.ready.notify_one();
+    }
+
+    /// The kick code, once kicked.
+    pub fn kick_code(&self) -> Option<u32> {
+        match self.q.kicked.load(Ordering::Acquire) {
+            0 => None,
+            c => Some(c),
+        }
+    }
 }
 
 impl Drop for OutboundTx {
@@ -183,22 +209,27 @@ pub struct OutboundRx {
 }
 
 impl OutboundRx {
-    /// The next push; `None` once the sender is gone and the queue is empty.
-    /// Cancel-safe: an item is only taken in the poll that returns it.
-    pub async fn recv(&mut self) -> Option<Outbound> {
+    /// The next push, or why there is none to come: a kick (seen before
+    /// any queued push) or a gone sender. Cancel-safe: an item is only taken
+    /// in the poll that returns it.
+    pub async fn recv(&mut self) -> Result<Outbound, Closed> {
         loop {
             match self.try_recv() {
-                Ok(out) => return Some(out),
-                Err(TryRecvError::Disconnected) => return None,
-                // A push between the check and the wait leaves a permit,
-                // so this wait then returns at once.
+                Ok(out) => return Ok(out),
+                Err(TryRecvError::Disconnected) => return Err(Closed::Disconnected),
+                Err(TryRecvError::Kicked(code)) => return Err(Closed::Kicked(code)),
+                // A push or kick between the check and the wait leaves a
+                // permit, so this wait then returns at once.
                 Err(TryRecvError::Empty) => self.q.ready.notified().await,
             }
         }
     }
 
-    /// The next push if one is queued.
+    /// The next push if one is queued (and the connection is not kicked).
     pub fn try_recv(&mut self) -> Result<Outbound, TryRecvError> {
+        if let Some(code) = self.kick_code() {
+            return Err(TryRecvError::Kicked(code));
+        }
         let mut items = self.q.lock();
         match items.pop_front() {
             Some(out) => {
@@ -209,6 +240,14 @@ impl OutboundRx {
             }
             None if self.q.tx_gone.load(Ordering::Acquire) => Err(TryRecvError::Disconnected),
             None => Err(TryRecvError::Empty),
+        }
+    }
+
+    /// The kick code, once kicked.
+    pub fn kick_code(&self) -> Option<u32> {
+        match self.q.kicked.load(Ordering::Acquire) {
+            0 => None,
+            c => Some(c),
         }
     }
 
@@ -284,10 +323,11 @@ impl Hub {
 
     /// Adds a logged-in connection.
     pub fn register(&self, conn: Arc<ConnHandle>) {
-        self.shard(&conn.user)
-            .entry(conn.user.clone())
-            .or_default()
-            .push(conn);
+        let mut shard = self.shard(&conn.user);
+        let conns = shard.entry(conn.user.clone()).or_default();
+        // One slot per device, not a Vec's default four.
+        conns.reserve_exact(1);
+        conns.push(conn);
         self.connections.fetch_add(1, Ordering::Relaxed);
     }
 
@@ -473,7 +513,7 @@ mod tests {
         let (tx, mut rx) = outbound_queue(3);
         assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Empty);
         let waiter = tokio::spawn(async move {
-            let first = rx.recv().await.map(seq_of);
+            let first = rx.recv().await.ok().map(seq_of);
             (first, rx)
         });
         tokio::task::yield_now().await;
@@ -486,11 +526,37 @@ mod tests {
         assert_eq!(tx.try_send(push(5)), Err(TrySendError::Full));
         assert_eq!(rx.len(), 3);
         assert_eq!(seq_of(rx.try_recv().unwrap()), 2);
-        assert_eq!(rx.recv().await.map(seq_of), Some(3));
-        assert_eq!(rx.recv().await.map(seq_of), Some(4));
+        assert_eq!(rx.recv().await.map(seq_of), Ok(3));
+        assert_eq!(rx.recv().await.map(seq_of), Ok(4));
         drop(tx);
-        assert_eq!(rx.recv().await.map(seq_of), None);
+        assert_eq!(rx.recv().await.map(seq_of), Err(Closed::Disconnected));
         assert_eq!(rx.try_recv().unwrap_err(), TryRecvError::Disconnected);
+    }
+
+    #[tokio::test]
+    async fn a_kick_wakes_the_receiver_ahead_of_queued_pushes() {
+        let (tx, mut rx) = outbound_queue(10);
+        tx.try_send(push(1)).unwrap();
+        tx.kick(code::KICK_SLOW_CONSUMER);
+        tx.kick(code::KICK_ADMIN);
+        assert_eq!(
+            rx.recv().await.map(seq_of),
+            Err(Closed::Kicked(code::KICK_SLOW_CONSUMER))
+        );
+        assert_eq!(
+            rx.try_recv().unwrap_err(),
+            TryRecvError::Kicked(code::KICK_SLOW_CONSUMER)
+        );
+        // A waiting receiver is woken by the kick.
+        let (tx, mut rx) = outbound_queue(10);
+        let waiter = tokio::spawn(async move { rx.recv().await.map(seq_of) });
+        tokio::task::yield_now().await;
+        tx.kick(code::KICK_SHUTDOWN);
+        assert_eq!(
+            waiter.await.unwrap(),
+            Err(Closed::Kicked(code::KICK_SHUTDOWN))
+        );
+        assert_eq!(tx.kick_code(), Some(code::KICK_SHUTDOWN));
     }
 
     #[tokio::test]
@@ -512,7 +578,7 @@ mod tests {
             _ = tokio::task::yield_now() => {}
         }
         tx.try_send(push(7)).unwrap();
-        assert_eq!(rx.recv().await.map(seq_of), Some(7));
+        assert_eq!(rx.recv().await.map(seq_of), Ok(7));
         drop(rx);
         assert_eq!(tx.try_send(push(8)), Err(TrySendError::Closed));
     }

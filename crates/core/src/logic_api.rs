@@ -439,7 +439,6 @@ mod tests {
     use crate::logic::LogicConfig;
     use crate::presence::{MemoryPresence, Presence};
     use crate::route::LocalRoute;
-    use tokio_util::sync::CancellationToken;
 
     /// A store that only refuses: online-only pushes must never touch it.
     struct NoStore;
@@ -528,7 +527,6 @@ mod tests {
             format!("d{conn_id}"),
             "test".into(),
             tx,
-            CancellationToken::new(),
         );
         hub.register(Arc::new(handle));
         presence

@@ -10,6 +10,7 @@
 
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -17,13 +18,12 @@ use std::task::Poll;
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
-use switchboard_core::hub::{OutboundRx, outbound_queue};
+use switchboard_core::hub::{Closed, OutboundRx, outbound_queue};
 use switchboard_core::logic::{C2cRequest, LoginState};
 use switchboard_core::{ConnHandle, DeviceSession, LogicError, Outbound, UserKey};
 use switchboard_proto::{Compression, Packet, code, pb};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::{Instant, sleep_until};
-use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info};
 
 use crate::Gate;
@@ -40,6 +40,16 @@ enum End {
     Io(String),
 }
 
+/// What woke a logged-in connection. Small on purpose: it sits in the
+/// task's future beside the wait, so a frame read (a `Packet` is ~200 B)
+/// travels boxed and an answer already encoded.
+enum Event {
+    Out(Result<Outbound, Closed>),
+    Answer(Bytes),
+    Read(Box<Result<Option<Incoming>, TransportError>>),
+    Timer,
+}
+
 /// Pushes sent and waiting for their ack, oldest first.
 struct Unacked {
     frames: VecDeque<(u64, Bytes)>,
@@ -50,26 +60,27 @@ struct Unacked {
 
 /// Serves one accepted connection until it ends. `permit` is the
 /// connection's admission slot, released when this returns.
-pub async fn serve<T: Transport>(
+///
+/// Not an `async fn`: the arguments are captured once by the `async move`
+/// block and used in place. (An `async fn` moves a `mut` argument from its
+/// capture into a local, and both stay in the future: the transport, or a
+/// `mut self` session, would be held twice by every connection's task.)
+pub fn serve<T: Transport>(
     gate: Arc<Gate>,
-    mut transport: T,
+    transport: T,
     conn_id: u64,
-    peer: String,
+    peer: SocketAddr,
     permit: OwnedSemaphorePermit,
-) {
+) -> impl Future<Output = ()> + Send {
     let span = tracing::info_span!("conn", conn_id, %peer, user = tracing::field::Empty);
+    let mut transport = transport;
     async move {
-        let _permit = permit;
-        // Login, request handling, the transport-error farewell and the
-        // timer are boxed where they are awaited: an async fn is as large as
-        // its largest state, and inline these sized every connection's task
-        // for its whole life (7.6 KB; an idle one needs ~1 KB), though an
-        // idle connection is never in them.
-        // The session comes back boxed so the login result, which the
-        // match keeps while the session runs, is a pointer, not a second
-        // copy of `Session`.
-        let login = Box::pin(login(&gate, &mut transport, conn_id)).await;
-        let end = match login.map(|s| s.map(Box::new)) {
+        // Login, request handling, closing and every handler are boxed
+        // where they are awaited: an async fn is as large as its largest
+        // state, and inline these sized every connection's task for its
+        // whole life (7.6 KB at first), though an idle connection is never
+        // in them. `future_sizes` in lib.rs keeps an eye on it.
+        let end = match Box::pin(login(&gate, &mut transport, conn_id)).await {
             Ok(Some(session)) => session.run(&mut transport).await,
             Ok(None) => End::PeerClosed,
             Err(end) => end,
@@ -83,10 +94,10 @@ pub async fn serve<T: Transport>(
             End::Io(e) => debug!(error = %e, "connection closed on an i/o error"),
             End::PeerClosed | End::Logout => debug!(?end, "connection closed"),
         }
-        let _ = tokio::time::timeout(FAREWELL_TIMEOUT, transport.close()).await;
+        let _ = Box::pin(tokio::time::timeout(FAREWELL_TIMEOUT, transport.close())).await;
+        drop(permit);
     }
     .instrument(span)
-    .await
 }
 
 /// Sends one packet; errors end the session anyway, so they are only logged.
@@ -117,7 +128,7 @@ async fn login<T: Transport>(
     gate: &Arc<Gate>,
     t: &mut T,
     conn_id: u64,
-) -> Result<Option<Session>, End> {
+) -> Result<Option<Box<Session>>, End> {
     let deadline = Instant::now() + gate.config.login_timeout;
     loop {
         let incoming = tokio::select! {
@@ -164,7 +175,7 @@ async fn accept_login<T: Transport>(
     conn_id: u64,
     seq: u32,
     login: pb::Login,
-) -> Result<Session, End> {
+) -> Result<Box<Session>, End> {
     let user = match gate.logic.authenticate(&login.token) {
         Ok(u) => u,
         Err(e) => return Err(fatal(t, seq, e.code(), e.to_string()).await),
@@ -191,14 +202,12 @@ async fn accept_login<T: Transport>(
     tracing::Span::current().record("user", tracing::field::display(&user));
 
     let (tx, rx) = outbound_queue(gate.config.outbound_queue);
-    let kill = CancellationToken::new();
     let handle = Arc::new(ConnHandle::new(
         conn_id,
         user.clone(),
         device_id.clone(),
         platform.clone(),
         tx,
-        kill.clone(),
     ));
     let device = DeviceSession {
         user: user.clone(),
@@ -210,6 +219,11 @@ async fn accept_login<T: Transport>(
     };
     // Registered before presence says "online", so no push routed here is missed.
     gate.hub.register(handle.clone());
+    // A shutdown kicks the connections in the hub; one registered just
+    // after that sweep sees the flag here (the sweep runs after it is set).
+    if gate.shutdown.is_cancelled() {
+        handle.kick(code::KICK_SHUTDOWN);
+    }
     let state = match gate.logic.login(&device).await {
         Ok(s) => s,
         Err(e) => {
@@ -233,12 +247,10 @@ async fn accept_login<T: Transport>(
         server_time_ms: switchboard_core::now_ms() as u64,
         node: gate.logic.config().node.clone(),
     };
-    let mut session = Session {
+    let mut session = Box::new(Session {
         gate: gate.clone(),
-        device,
         handle,
         rx,
-        kill,
         unacked: Unacked {
             frames: VecDeque::new(),
             deadline: None,
@@ -248,23 +260,24 @@ async fn accept_login<T: Transport>(
         rate: TokenBucket::new(gate.config.rate_per_sec, gate.config.rate_burst),
         batch: Vec::new(),
         pipeline: Pipeline::default(),
-    };
+    });
     if let Err(end) = send(t, seq, Packet::LoginAck(ack)).await {
         session.cleanup().await;
         return Err(end);
     }
     t.set_compression(compression);
-    info!(device = %session.device.device_id, platform = %session.device.platform, "logged in");
+    info!(device = %session.handle.device_id, platform = %session.handle.platform, "logged in");
     Ok(session)
 }
 
 /// A logged-in connection.
 struct Session {
     gate: Arc<Gate>,
-    device: DeviceSession,
+    /// Who is connected (shared with the hub; the session keeps no copy of
+    /// the user and device strings).
     handle: Arc<ConnHandle>,
+    /// Pushes, and the kick (which comes first), from the hub.
     rx: OutboundRx,
-    kill: CancellationToken,
     unacked: Unacked,
     last_seen: Instant,
     rate: TokenBucket,
@@ -448,7 +461,20 @@ const MAX_BATCH: usize = 64;
 
 impl Session {
     fn user(&self) -> &UserKey {
-        &self.device.user
+        &self.handle.user
+    }
+
+    /// This connection as presence knows it.
+    fn device(&self) -> DeviceSession {
+        let h = &self.handle;
+        DeviceSession {
+            user: h.user.clone(),
+            device_id: h.device_id.clone(),
+            platform: h.platform.clone(),
+            node: self.gate.logic.config().node.clone(),
+            conn_id: h.conn_id,
+            since_ms: h.since_ms,
+        }
     }
 
     fn max_in_flight(&self) -> usize {
@@ -457,13 +483,9 @@ impl Session {
 
     /// Writes an answer and every other one that is ready, in request order,
     /// as one batch.
-    async fn write_answers<T: Transport>(
-        &mut self,
-        t: &mut T,
-        (seq, reply): (u32, Packet),
-    ) -> Result<(), End> {
+    async fn write_answers<T: Transport>(&mut self, t: &mut T, first: Bytes) -> Result<(), End> {
         let mut batch = std::mem::take(&mut self.batch);
-        batch.push(reply.encode(seq));
+        batch.push(first);
         while batch.len() < MAX_BATCH {
             match self.pipeline.try_next().await {
                 Some((seq, reply)) => batch.push(reply.encode(seq)),
@@ -479,21 +501,30 @@ impl Session {
 
     /// Waits for every request in flight and writes their answers.
     async fn flush_answers<T: Transport>(&mut self, t: &mut T) -> Result<(), End> {
-        while let Some(answer) = self.pipeline.next().await {
-            self.write_answers(t, answer).await?;
+        while let Some((seq, reply)) = self.pipeline.next().await {
+            self.write_answers(t, reply.encode(seq)).await?;
         }
         Ok(())
     }
 
-    async fn run<T: Transport>(mut self, t: &mut T) -> End {
-        let end = self.serve(t).await;
+    /// Boxed, not by value: an `async fn` taking `mut self` holds the
+    /// session twice (see [`serve`](fn@serve)).
+    async fn run<T: Transport>(self: Box<Self>, t: &mut T) -> End {
+        let mut this = self;
+        let end = this.serve(t).await;
+        Box::pin(this.close(t, end)).await
+    }
+
+    /// Ends the session: lets requests in flight finish, says why it was
+    /// kicked, and leaves the hub and presence.
+    async fn close<T: Transport>(&mut self, t: &mut T, end: End) -> End {
         // Requests in flight finish (their messages are pushed) but are not
         // answered: the connection is going away, and an unanswered c2c is
         // resent by its client and de-duplicated. Bounded, like the farewell.
         if !self.pipeline.is_empty() {
             let pipeline = &mut self.pipeline;
             let drained = async { while pipeline.next().await.is_some() {} };
-            if Box::pin(tokio::time::timeout(FAREWELL_TIMEOUT, drained))
+            if tokio::time::timeout(FAREWELL_TIMEOUT, drained)
                 .await
                 .is_err()
             {
@@ -516,8 +547,8 @@ impl Session {
     }
 
     async fn cleanup(&mut self) {
-        self.gate.hub.unregister(self.user(), self.device.conn_id);
-        self.gate.logic.logout(&self.device).await;
+        self.gate.hub.unregister(self.user(), self.handle.conn_id);
+        self.gate.logic.logout(&self.device()).await;
     }
 
     fn next_timer(&self) -> Instant {
@@ -530,49 +561,58 @@ impl Session {
 
     async fn serve<T: Transport>(&mut self, t: &mut T) -> End {
         loop {
-            let timer = self.next_timer();
-            tokio::select! {
-                biased;
-                _ = self.kill.cancelled() => {
-                    return End::Kicked(self.handle.kick_code().unwrap_or(code::KICK_ADMIN));
-                }
-                _ = self.gate.shutdown.cancelled() => return End::Kicked(code::KICK_SHUTDOWN),
-                out = self.rx.recv() => {
-                    let Some(out) = out else { return End::Kicked(code::KICK_ADMIN) };
-                    if let Err(end) = self.write_pushes(t, out).await {
-                        return end;
-                    }
-                }
-                Some(answer) = self.pipeline.next(), if !self.pipeline.is_empty() => {
-                    // Boxed like the other handlers: one allocation per batch
-                    // of answers keeps the idle task small.
-                    if let Err(end) = Box::pin(self.write_answers(t, answer)).await {
-                        return end;
-                    }
-                }
-                // Backpressure: with `max_in_flight` requests unanswered the
-                // session reads no more frames; TCP pushes back on the client.
-                r = t.recv(), if self.pipeline.len() < self.max_in_flight() => {
-                    self.last_seen = Instant::now();
-                    let (seq, packet) = match r {
-                        Ok(None) => return End::PeerClosed,
-                        Err(e) => return Box::pin(transport_error(t, e)).await,
-                        Ok(Some(Incoming::Bad(seq, code, msg))) => {
-                            self.pipeline.ready(seq, Packet::error(code, msg, false));
-                            continue;
-                        }
-                        Ok(Some(Incoming::Packet(seq, p))) => (seq, p),
-                    };
-                    if let Err(end) = Box::pin(self.handle_request(t, seq, packet)).await {
-                        return end;
-                    }
-                }
-                _ = sleep_until(timer) => {
-                    if let Err(end) = Box::pin(self.on_timer(t)).await {
-                        return end;
-                    }
-                }
+            // The wait and the handling are apart: the select's futures are
+            // gone once it returns, and every handler is boxed, so an idle
+            // connection's task holds only the wait (see `future_sizes`).
+            let event = self.next_event(t).await;
+            let handled = match event {
+                Event::Out(Ok(out)) => Box::pin(self.write_pushes(t, out)).await,
+                // A kick (admin, replaced device, slow consumer, shutdown)
+                // comes through the outbound queue, ahead of queued pushes.
+                Event::Out(Err(Closed::Kicked(code))) => Err(End::Kicked(code)),
+                Event::Out(Err(Closed::Disconnected)) => Err(End::Kicked(code::KICK_ADMIN)),
+                Event::Answer(answer) => Box::pin(self.write_answers(t, answer)).await,
+                Event::Read(r) => Box::pin(self.on_read(t, *r)).await,
+                Event::Timer => Box::pin(self.on_timer(t)).await,
+            };
+            if let Err(end) = handled {
+                return end;
             }
+        }
+    }
+
+    /// Waits for the next thing to do.
+    async fn next_event<T: Transport>(&mut self, t: &mut T) -> Event {
+        let timer = self.next_timer();
+        let reading = self.pipeline.len() < self.max_in_flight();
+        tokio::select! {
+            biased;
+            out = self.rx.recv() => Event::Out(out),
+            Some((seq, reply)) = self.pipeline.next(), if !self.pipeline.is_empty() => {
+                Event::Answer(reply.encode(seq))
+            }
+            // Backpressure: with `max_in_flight` requests unanswered the
+            // session reads no more frames; TCP pushes back on the client.
+            r = t.recv(), if reading => Event::Read(Box::new(r)),
+            _ = sleep_until(timer) => Event::Timer,
+        }
+    }
+
+    /// A frame read (or the stream's end).
+    async fn on_read<T: Transport>(
+        &mut self,
+        t: &mut T,
+        r: Result<Option<Incoming>, TransportError>,
+    ) -> Result<(), End> {
+        self.last_seen = Instant::now();
+        match r {
+            Ok(None) => Err(End::PeerClosed),
+            Err(e) => Err(transport_error(t, e).await),
+            Ok(Some(Incoming::Bad(seq, code, msg))) => {
+                self.pipeline.ready(seq, Packet::error(code, msg, false));
+                Ok(())
+            }
+            Ok(Some(Incoming::Packet(seq, packet))) => self.handle_request(t, seq, packet).await,
         }
     }
 
@@ -689,17 +729,17 @@ impl Session {
             }
             Packet::C2c(req) => self.pipeline.c2c(
                 gate.clone(),
-                self.device.user.clone(),
-                self.device.conn_id,
+                self.handle.user.clone(),
+                self.handle.conn_id,
                 seq,
                 req,
             ),
             Packet::C2s(req) => self
                 .pipeline
-                .c2s(gate.clone(), self.device.user.clone(), seq, req),
+                .c2s(gate.clone(), self.handle.user.clone(), seq, req),
             Packet::Sync(req) => {
                 self.pipeline
-                    .sync(gate.clone(), self.device.user.clone(), seq, req)
+                    .sync(gate.clone(), self.handle.user.clone(), seq, req)
             }
             other => self.pipeline.ready(
                 seq,
@@ -726,7 +766,7 @@ impl Session {
         if let Err(e) = self
             .gate
             .logic
-            .ack(&self.device.user, &self.device.device_id, seq)
+            .ack(&self.handle.user, &self.handle.device_id, seq)
             .await
         {
             tracing::warn!(error = %e, "could not move the cursor; the device may get entries again");

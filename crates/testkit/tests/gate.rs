@@ -510,3 +510,28 @@ async fn a_client_that_stops_reading_is_closed_as_a_slow_consumer() {
     still_chatting(&s, "slow").await;
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_stopping_node_kicks_logged_in_clients_and_closes_the_others() {
+    let s = TestServer::start().await;
+    let tcp = s.tcp;
+    let (mut alice, _) = RawClient::login(tcp, &s.token("alice"), "a").await;
+    let mut anonymous = RawClient::connect(tcp).await;
+    // The connection is accepted and waiting for its login.
+    anonymous.send(Packet::Ping(pb::Ping {})).await;
+    assert!(matches!(
+        anonymous.recv_within(T).await,
+        Some((_, Packet::Pong(_)))
+    ));
+    let stopping = tokio::spawn(s.stop());
+    match alice.recv_within(T).await {
+        Some((0, Packet::Kick(k))) => assert_eq!(k.code, code::KICK_SHUTDOWN),
+        other => panic!("alice got {other:?}"),
+    }
+    expect_closed(&mut alice).await;
+    expect_closed(&mut anonymous).await;
+    tokio::time::timeout(T, stopping)
+        .await
+        .expect("the node stops")
+        .expect("stop");
+}
