@@ -60,6 +60,16 @@ impl ReadPool {
     }
 }
 
+const ENTRIES_AFTER_SQL: &str =
+    "SELECT t.seq, m.msg_id, m.app, m.from_uid, m.to_app, m.to_uid, m.kind, m.body,
+            m.client_msg_id, m.server_time_ms
+     FROM timeline t JOIN message m ON m.msg_id = t.msg_id
+     WHERE t.app = ?1 AND t.uid = ?2 AND t.seq > ?3
+     ORDER BY t.seq LIMIT ?4";
+const HEAD_SQL: &str =
+    "SELECT seq FROM timeline WHERE app = ?1 AND uid = ?2 ORDER BY seq DESC LIMIT 1";
+const CURSOR_SQL: &str = "SELECT seq FROM cursor WHERE app = ?1 AND uid = ?2 AND device_id = ?3";
+
 /// A page of `user`'s timeline after `since`, with the head read in the same
 /// snapshot so `head >= every entry's seq`.
 pub fn entries_after(
@@ -72,15 +82,7 @@ pub fn entries_after(
     let head = head(&tx, user)?;
     let mut entries = Vec::new();
     if limit > 0 && since < head {
-        let mut stmt = tx
-            .prepare_cached(
-                "SELECT t.seq, m.msg_id, m.app, m.from_uid, m.to_app, m.to_uid, m.kind, m.body,
-                        m.client_msg_id, m.server_time_ms
-                 FROM timeline t JOIN message m ON m.msg_id = t.msg_id
-                 WHERE t.app = ?1 AND t.uid = ?2 AND t.seq > ?3
-                 ORDER BY t.seq LIMIT ?4",
-            )
-            .map_err(unavailable)?;
+        let mut stmt = tx.prepare_cached(ENTRIES_AFTER_SQL).map_err(unavailable)?;
         let since = i64::try_from(since).unwrap_or(i64::MAX);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut rows = stmt
@@ -145,11 +147,7 @@ pub fn conversation(
 
 /// The highest seq on `user`'s timeline, 0 when empty.
 pub fn head(conn: &Connection, user: &UserKey) -> Result<u64, StoreError> {
-    let mut stmt = conn
-        .prepare_cached(
-            "SELECT seq FROM timeline WHERE app = ?1 AND uid = ?2 ORDER BY seq DESC LIMIT 1",
-        )
-        .map_err(unavailable)?;
+    let mut stmt = conn.prepare_cached(HEAD_SQL).map_err(unavailable)?;
     let seq: Option<i64> = stmt
         .query_row(params![user.app, user.uid], |r| r.get(0))
         .optional()
@@ -159,9 +157,7 @@ pub fn head(conn: &Connection, user: &UserKey) -> Result<u64, StoreError> {
 
 /// The persisted cursor of a device, 0 when none.
 pub fn cursor(conn: &Connection, user: &UserKey, device_id: &str) -> Result<u64, StoreError> {
-    let mut stmt = conn
-        .prepare_cached("SELECT seq FROM cursor WHERE app = ?1 AND uid = ?2 AND device_id = ?3")
-        .map_err(unavailable)?;
+    let mut stmt = conn.prepare_cached(CURSOR_SQL).map_err(unavailable)?;
     let seq: Option<i64> = stmt
         .query_row(params![user.app, user.uid, device_id], |r| r.get(0))
         .optional()
@@ -283,5 +279,74 @@ mod tests {
         assert_eq!(decode_seqs(&encode_seqs(&seqs)).ok(), Some(seqs.to_vec()));
         assert!(matches!(decode_seqs(&[0; 7]), Err(StoreError::Corrupt(_))));
         assert_eq!(decode_seqs(&[]).ok(), Some(vec![]));
+    }
+}
+
+#[cfg(test)]
+mod reprepare_tests {
+    use rusqlite::StatementStatus;
+
+    use super::*;
+
+    /// The read statements run thousands of times a second with new
+    /// bindings; they must not be compiled again on each (SQLite re-plans a
+    /// statement whose plan used a bound value, e.g. `LIMIT ?`, unless the
+    /// connection has the query planner stability guarantee).
+    #[test]
+    fn read_statements_are_not_reprepared() {
+        let dir = std::env::temp_dir().join(format!(
+            "sb-reprepare-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("db.sqlite");
+        {
+            let mut w = Connection::open(&path).unwrap();
+            schema::configure_writer(&w).unwrap();
+            schema::migrate(&mut w).unwrap();
+            for i in 0..5i64 {
+                w.execute(
+                    "INSERT INTO message VALUES (?1, 'a', 'x', 'a', ?2, 'k', x'00', ?3, 0)",
+                    params![i, format!("u{i}"), format!("c{i}")],
+                )
+                .unwrap();
+                for seq in 1..=3i64 {
+                    w.execute(
+                        "INSERT INTO timeline VALUES ('a', ?1, ?2, ?3)",
+                        params![format!("u{i}"), seq, i],
+                    )
+                    .unwrap();
+                }
+            }
+        }
+        let pool = ReadPool::open(&path, 1).unwrap();
+        pool.with(|c| {
+            for i in 0..5u64 {
+                let user = UserKey {
+                    app: "a".into(),
+                    uid: format!("u{i}"),
+                };
+                let page = entries_after(c, &user, i % 2, 10 + i as usize)?;
+                assert_eq!(page.head, 3);
+                assert!(!page.entries.is_empty());
+                head(c, &user)?;
+                cursor(c, &user, "d")?;
+            }
+            for sql in [ENTRIES_AFTER_SQL, HEAD_SQL, CURSOR_SQL] {
+                let s = c.prepare_cached(sql).unwrap();
+                assert_eq!(s.get_status(StatementStatus::RePrepare), 0, "{sql}");
+            }
+            Ok(())
+        })
+        .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn rand_suffix() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64
     }
 }
