@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +64,11 @@ pub struct ClientConfig {
     pub event_capacity: usize,
     /// Sent in the login as the client software version.
     pub client_version: String,
+    /// The local address to connect from (the port is picked by the OS);
+    /// `None` lets the OS choose. For hosts with several interfaces, and
+    /// for load generators that spread many clients over loopback source
+    /// addresses (one source address has only ~28,000 ephemeral ports).
+    pub local_addr: Option<IpAddr>,
 }
 
 impl ClientConfig {
@@ -136,6 +142,12 @@ impl ClientConfig {
         self
     }
 
+    /// Connects from `addr` (the OS picks the port).
+    pub fn with_local_addr(mut self, addr: IpAddr) -> Self {
+        self.local_addr = Some(addr);
+        self
+    }
+
     /// Sets the events channel capacity.
     pub fn with_event_capacity(mut self, capacity: usize) -> Self {
         self.event_capacity = capacity;
@@ -175,6 +187,7 @@ impl Default for ClientConfig {
             outbound_capacity: 256,
             event_capacity: 1024,
             client_version: concat!("switchboard-sdk-rust/", env!("CARGO_PKG_VERSION")).into(),
+            local_addr: None,
         }
     }
 }
@@ -199,6 +212,7 @@ impl fmt::Debug for ClientConfig {
             .field("tls_server_name", &self.tls_server_name)
             .field("outbound_capacity", &self.outbound_capacity)
             .field("event_capacity", &self.event_capacity)
+            .field("local_addr", &self.local_addr)
             .finish_non_exhaustive()
     }
 }

@@ -7,6 +7,7 @@
 //! and yields decoded ones, and its `recv` is cancel-safe so the task can
 //! `select!` on it.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use switchboard_proto::{Frame, decode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -36,6 +37,8 @@ pub(crate) struct Endpoint {
     /// `Some(url)` for WebSocket: the request URL of the handshake.
     ws_url: Option<String>,
     tls: Option<(TlsConnector, ServerName<'static>)>,
+    /// Bind to this address before connecting.
+    local_addr: Option<IpAddr>,
 }
 
 impl std::fmt::Debug for Endpoint {
@@ -45,6 +48,7 @@ impl std::fmt::Debug for Endpoint {
             .field("port", &self.port)
             .field("ws_url", &self.ws_url)
             .field("tls", &self.tls.is_some())
+            .field("local_addr", &self.local_addr)
             .finish()
     }
 }
@@ -150,12 +154,16 @@ impl Endpoint {
             port: url.port,
             ws_url,
             tls,
+            local_addr: cfg.local_addr,
         })
     }
 
     /// Opens the transport (TCP, then TLS, then the WebSocket handshake).
     pub(crate) async fn open(&self, max_frame: usize) -> Result<Conn, SdkError> {
-        let tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
+        let tcp = match self.local_addr {
+            None => TcpStream::connect((self.host.as_str(), self.port)).await?,
+            Some(local) => self.connect_from(local).await?,
+        };
         // Frames are small and latency matters more than packet count.
         tcp.set_nodelay(true)?;
         let io: Box<dyn Io> = match &self.tls {
@@ -188,6 +196,61 @@ impl Endpoint {
             }
         }
     }
+}
+
+impl Endpoint {
+    /// Connects from `local` (port 0: the OS picks it) to the first
+    /// resolved address of the same family.
+    async fn connect_from(&self, local: IpAddr) -> Result<TcpStream, SdkError> {
+        let remote = tokio::net::lookup_host((self.host.as_str(), self.port))
+            .await?
+            .find(|a| a.is_ipv4() == local.is_ipv4())
+            .ok_or_else(|| {
+                SdkError::Io(std::io::Error::new(
+                    std::io::ErrorKind::AddrNotAvailable,
+                    format!("{} has no address of the family of {local}", self.host),
+                ))
+            })?;
+        let socket = if local.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        bind_address_no_port(&socket)?;
+        socket.bind(SocketAddr::new(local, 0))?;
+        Ok(socket.connect(remote).await?)
+    }
+}
+
+/// Linux: the port of a socket bound to an address with port 0 is picked
+/// by `connect`, for the whole 4-tuple, instead of by `bind`, which would
+/// reserve it against every later autobound connect for as long as the
+/// socket (and its TIME_WAIT) lives. Best effort elsewhere.
+#[cfg(target_os = "linux")]
+fn bind_address_no_port(socket: &TcpSocket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor (borrowed for the call) and a
+    // pointer to a c_int that outlives it, with its length.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn bind_address_no_port(_socket: &TcpSocket) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// A rustls connector trusting exactly the configured roots (ring provider:

@@ -522,3 +522,24 @@ async fn websocket_carries_one_frame_per_message() {
     timeout(WAIT, server).await.unwrap().unwrap();
     assert_eq!(client.last_seq(), 1);
 }
+
+#[tokio::test]
+async fn a_local_addr_is_the_source_of_every_connection() {
+    let (l, url) = listener().await;
+    let local: std::net::IpAddr = "127.0.0.7".parse().unwrap();
+    let server = tokio::spawn(async move {
+        let mut sources = Vec::new();
+        for _ in 0..2 {
+            let peer = Peer::login(&l, 0, vec![]).await;
+            sources.push(peer.io.peer_addr().unwrap().ip());
+            // Dropped: the client reconnects from the same address.
+        }
+        sources
+    });
+    let (client, _events) = Client::connect(config(&url).with_local_addr(local))
+        .await
+        .unwrap();
+    let sources = timeout(WAIT, server).await.unwrap().unwrap();
+    assert_eq!(sources, vec![local, local]);
+    client.close().await;
+}
