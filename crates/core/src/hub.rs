@@ -119,11 +119,6 @@ impl std::fmt::Debug for Queue {
     }
 }
 
-/// A queue emptied by a burst keeps its buffer up to this many slots; a
-/// larger one is freed, so a connection that once had a backlog goes back
-/// to costing nothing while idle.
-const KEEP_SLOTS: usize = 8;
-
 /// Why a push could not be queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrySendError {
@@ -233,7 +228,10 @@ impl OutboundRx {
         let mut items = self.q.lock();
         match items.pop_front() {
             Some(out) => {
-                if items.is_empty() && items.capacity() > KEEP_SLOTS {
+                // A drained queue lets go of its buffer: an idle connection
+                // that once received pushes costs no more than one that
+                // never did (one allocation per burst of pushes instead).
+                if items.is_empty() {
                     *items = VecDeque::new();
                 }
                 Ok(out)
@@ -566,11 +564,10 @@ mod tests {
             tx.try_send(push(s)).unwrap();
         }
         while rx.try_recv().is_ok() {}
-        assert_eq!(
-            rx.q.lock().capacity(),
-            0,
-            "an emptied large buffer is freed"
-        );
+        assert_eq!(rx.q.lock().capacity(), 0, "an emptied buffer is freed");
+        tx.try_send(push(1)).unwrap();
+        assert_eq!(rx.try_recv().map(seq_of), Ok(1));
+        assert_eq!(rx.q.lock().capacity(), 0, "a small one too");
         // A recv cancelled by select! loses nothing: the item stays queued.
         tokio::select! {
             biased;

@@ -258,7 +258,6 @@ async fn accept_login<T: Transport>(
         },
         last_seen: Instant::now(),
         rate: TokenBucket::new(gate.config.rate_per_sec, gate.config.rate_burst),
-        batch: Vec::new(),
         pipeline: Pipeline::default(),
     });
     if let Err(end) = send(t, seq, Packet::LoginAck(ack)).await {
@@ -281,8 +280,6 @@ struct Session {
     unacked: Unacked,
     last_seen: Instant,
     rate: TokenBucket,
-    /// Reused buffer of frames written in one batch.
-    batch: Vec<Bytes>,
     /// Requests read and not answered yet.
     pipeline: Pipeline,
 }
@@ -484,8 +481,9 @@ impl Session {
     /// Writes an answer and every other one that is ready, in request order,
     /// as one batch.
     async fn write_answers<T: Transport>(&mut self, t: &mut T, first: Bytes) -> Result<(), End> {
-        let mut batch = std::mem::take(&mut self.batch);
-        batch.push(first);
+        // A fresh Vec per batch, not one kept in the session: a connection
+        // that once wrote 64 frames at once would hold 2 KB while idle.
+        let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match self.pipeline.try_next().await {
                 Some((seq, reply)) => batch.push(reply.encode(seq)),
@@ -493,10 +491,7 @@ impl Session {
             }
         }
         self.pipeline.release_if_idle();
-        let r = self.write(t, &batch).await;
-        batch.clear();
-        self.batch = batch;
-        r
+        self.write(t, &batch).await
     }
 
     /// Waits for every request in flight and writes their answers.
@@ -618,7 +613,7 @@ impl Session {
 
     /// Writes a push and whatever else is already queued, as one batch.
     async fn write_pushes<T: Transport>(&mut self, t: &mut T, first: Outbound) -> Result<(), End> {
-        let mut batch = std::mem::take(&mut self.batch);
+        let mut batch = Vec::new();
         let mut next = Some(first);
         while let Some(Outbound::Push { seq, frame }) = next {
             if seq > 0 {
@@ -638,10 +633,7 @@ impl Session {
                 None
             };
         }
-        let r = self.write(t, &batch).await;
-        batch.clear();
-        self.batch = batch;
-        r
+        self.write(t, &batch).await
     }
 
     async fn write<T: Transport>(&mut self, t: &mut T, frames: &[Bytes]) -> Result<(), End> {
@@ -756,6 +748,10 @@ impl Session {
     async fn on_push_ack(&mut self, seq: u64) {
         let before = self.unacked.frames.len();
         self.unacked.frames.retain(|(s, _)| *s > seq);
+        if self.unacked.frames.is_empty() {
+            // Idle again: let go of the buffer, not only of the frames.
+            self.unacked.frames = VecDeque::new();
+        }
         if self.unacked.frames.len() < before {
             self.unacked.resends = 0;
             self.unacked.deadline = (!self.unacked.frames.is_empty())
