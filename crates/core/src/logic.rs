@@ -50,12 +50,7 @@ impl Default for LogicConfig {
 const MAX_ID_LEN: usize = 128;
 const MAX_TYPE_LEN: usize = 64;
 
-/// What a device learns at login.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LoginState {
-    pub timeline_head: u64,
-    pub cursor: u64,
-}
+pub use crate::store::LoginState;
 
 /// A c2c request, as the sender made it.
 #[derive(Debug, Clone)]
@@ -276,12 +271,10 @@ impl Logic {
         let online = presence_data(session, others.len() + 1 - excess.min(others.len()), "");
         self.publish_event(events::USER_ONLINE, &session.user, "", &online, "")
             .await;
-        let timeline_head = self.store.timeline_head(&session.user).await?;
-        let cursor = self.store.cursor(&session.user, &session.device_id).await?;
-        Ok(LoginState {
-            timeline_head,
-            cursor,
-        })
+        Ok(self
+            .store
+            .login_state(&session.user, &session.device_id)
+            .await?)
     }
 
     /// Forgets a device that disconnected; `user.offline` is published only

@@ -104,6 +104,13 @@ pub struct Page {
     pub head: u64,
 }
 
+/// What a device learns at login: its user's timeline head and its cursor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoginState {
+    pub timeline_head: u64,
+    pub cursor: u64,
+}
+
 /// An event accepted into the outbox (for the bus to deliver).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxReceipt {
@@ -159,6 +166,15 @@ pub trait Store: Send + Sync + 'static {
 
     /// The device's cursor (0 when the device is new).
     async fn cursor(&self, user: &UserKey, device_id: &str) -> Result<u64, StoreError>;
+
+    /// [`Store::timeline_head`] and [`Store::cursor`] together, for a login:
+    /// a store may answer both with one read (the default makes two).
+    async fn login_state(&self, user: &UserKey, device_id: &str) -> Result<LoginState, StoreError> {
+        Ok(LoginState {
+            timeline_head: self.timeline_head(user).await?,
+            cursor: self.cursor(user, device_id).await?,
+        })
+    }
 
     /// Moves the device's cursor forward to `seq` (never back). May be lazy.
     async fn advance_cursor(

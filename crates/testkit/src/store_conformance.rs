@@ -112,6 +112,7 @@ where
     dedupe_of_concurrent_resends(store.clone()).await;
     entries_after_pages_and_limits(store.clone()).await;
     cursor_moves_forward_only(store.clone()).await;
+    login_state_is_head_and_cursor(store.clone()).await;
     outbox_dedupe(store.clone()).await;
     conversation_pages_newest_first(store.clone()).await;
     submitted_appends_keep_submit_order(store.clone()).await;
@@ -550,6 +551,77 @@ pub async fn cursor_moves_forward_only(store: Arc<dyn Store>) {
     assert_eq!(store.cursor(&user, "phone").await.expect("cursor"), 60);
 }
 
+/// `login_state` answers what `timeline_head` and `cursor` answer, and
+/// under concurrent appends and acks never less than what was acknowledged
+/// (appended, or advanced) before it was asked.
+pub async fn login_state_is_head_and_cursor(store: Arc<dyn Store>) {
+    use switchboard_core::store::LoginState;
+    let alice = fresh_user("alice");
+    let bob = fresh_user("bob");
+    let fresh = store.login_state(&bob, "phone").await.expect("login state");
+    assert_eq!(
+        fresh,
+        LoginState {
+            timeline_head: 0,
+            cursor: 0
+        }
+    );
+    const N: u64 = 200;
+    let writer = {
+        let (store, alice, bob) = (store.clone(), alice.clone(), bob.clone());
+        tokio::spawn(async move {
+            for i in 0..N {
+                let a = store
+                    .append(c2c(&alice, &bob, &format!("ls{i}"), "x"))
+                    .await
+                    .expect("append");
+                store
+                    .advance_cursor(&bob, "phone", a.seqs[0])
+                    .await
+                    .expect("advance");
+            }
+        })
+    };
+    let mut last = fresh;
+    while !writer.is_finished() {
+        // What was acknowledged before asking...
+        let head = store.timeline_head(&bob).await.expect("head");
+        let cursor = store.cursor(&bob, "phone").await.expect("cursor");
+        let got = store.login_state(&bob, "phone").await.expect("login state");
+        // ...is seen, and nothing goes back.
+        assert!(
+            got.timeline_head >= head && got.cursor >= cursor,
+            "{got:?} < ({head}, {cursor})"
+        );
+        assert!(
+            got.timeline_head >= last.timeline_head && got.cursor >= last.cursor,
+            "{got:?} went back from {last:?}"
+        );
+        last = got;
+        tokio::task::yield_now().await;
+    }
+    writer.await.expect("writer");
+    let end = store.login_state(&bob, "phone").await.expect("login state");
+    assert_eq!(
+        end,
+        LoginState {
+            timeline_head: N,
+            cursor: N
+        }
+    );
+    assert_eq!(
+        store
+            .login_state(&bob, "laptop")
+            .await
+            .expect("login state"),
+        LoginState {
+            timeline_head: N,
+            cursor: 0
+        },
+        "cursors are per device"
+    );
+}
+
 /// The outbox de-duplicates on `(user, dedupe_id)` when it is not empty.
 pub async fn outbox_dedupe(store: Arc<dyn Store>) {
     let courier = fresh_user("courier");
@@ -628,6 +700,14 @@ where
         store.cursor(&bob, "phone").await.expect("cursor"),
         42,
         "close must flush cursors"
+    );
+    assert_eq!(
+        store.login_state(&bob, "phone").await.expect("login state"),
+        switchboard_core::store::LoginState {
+            timeline_head: 50,
+            cursor: 42
+        },
+        "login state after reopen"
     );
 
     let dup = store

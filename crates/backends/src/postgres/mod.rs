@@ -32,7 +32,7 @@ use async_trait::async_trait;
 use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
 };
-use switchboard_core::store::OutboxReceipt;
+use switchboard_core::store::{LoginState, OutboxReceipt};
 use switchboard_core::{
     Appended, BusEvent, Message, NewMessage, Page, Store, StoreError, UserKey, now_ms,
 };
@@ -401,6 +401,25 @@ impl Store for PgStore {
             })
             .await?;
         Ok(in_memory.max(stored))
+    }
+
+    /// Both in one statement: one round trip instead of two.
+    async fn login_state(&self, user: &UserKey, device_id: &str) -> Result<LoginState, StoreError> {
+        self.check_open()?;
+        // As `cursor`: memory before the table.
+        let key = Self::cursor_key(user, device_id);
+        let in_memory = self.inner.cursors().get(&key).copied().unwrap_or(0);
+        let (timeline_head, stored) = self
+            .inner
+            .bounded(async {
+                let conn = self.inner.conn().await?;
+                read::head_and_cursor(&conn, user, device_id).await
+            })
+            .await?;
+        Ok(LoginState {
+            timeline_head,
+            cursor: in_memory.max(stored),
+        })
     }
 
     async fn advance_cursor(

@@ -120,6 +120,32 @@ pub async fn head(conn: &Object, user: &UserKey) -> Result<u64, StoreError> {
     }
 }
 
+/// The timeline head and the persisted cursor of a device (each 0 when
+/// absent) in one statement: one round trip for a login.
+pub async fn head_and_cursor(
+    conn: &Object,
+    user: &UserKey,
+    device_id: &str,
+) -> Result<(u64, u64), StoreError> {
+    let stmt = conn
+        .prepare_cached(
+            "SELECT (SELECT head FROM timeline_heads WHERE app = $1 AND uid = $2),
+                    (SELECT seq FROM cursor WHERE app = $1 AND uid = $2 AND device_id = $3)",
+        )
+        .await
+        .map_err(unavailable)?;
+    let row = conn
+        .query_one(&stmt, &[&user.app, &user.uid, &device_id])
+        .await
+        .map_err(unavailable)?;
+    let head: Option<i64> = row.try_get(0).map_err(corrupt)?;
+    let cursor: Option<i64> = row.try_get(1).map_err(corrupt)?;
+    Ok((
+        head.map_or(Ok(0), |h| to_u64(h, "timeline_heads.head"))?,
+        cursor.map_or(Ok(0), |c| to_u64(c, "cursor.seq"))?,
+    ))
+}
+
 /// The persisted cursor of a device, 0 when none.
 pub async fn cursor(conn: &Object, user: &UserKey, device_id: &str) -> Result<u64, StoreError> {
     let stmt = conn

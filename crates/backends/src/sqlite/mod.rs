@@ -5,8 +5,9 @@
 //!   thread (`writer`) through a bounded queue; it group-commits up to
 //!   `max_batch` of them per transaction and answers nobody before COMMIT
 //!   returned. WAL with `synchronous=FULL` makes that COMMIT an fsync.
-//! - Reads (`entries_after`, `timeline_head`, `cursor`, `outbox_pending`) run
-//!   on a small pool of read connections (`read`) in `spawn_blocking`.
+//! - Reads (`entries_after`, `timeline_head`, `cursor`, `outbox_pending`) go
+//!   to a few reader threads, each with its own read connection (`read`),
+//!   which run whatever is queued in one read transaction per batch.
 //! - Device cursors move in memory and reach the disk with the next group or
 //!   within `cursor_flush_interval`, as the contract allows.
 //! - The schema and its migrations: `schema`.
@@ -30,7 +31,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags};
-use switchboard_core::store::{OutboxReceipt, PendingAppend};
+use switchboard_core::store::{LoginState, OutboxReceipt, PendingAppend};
 use switchboard_core::{Appended, BusEvent, Message, NewMessage, Page, Store, StoreError, UserKey};
 use tokio::sync::{Semaphore, oneshot};
 
@@ -52,7 +53,8 @@ pub struct SqliteOptions {
     /// Writes that may wait for the writer; past that callers wait for a slot.
     /// Default 1024: room for the next group to gather while one commits.
     pub queue_capacity: usize,
-    /// Read connections. Default 4: reads are short and this machine has 2 cores.
+    /// Reader threads, each with its own read connection. Default 4: reads
+    /// are short and this machine has 2 cores.
     pub read_connections: usize,
     /// How often expired de-dup rows are purged. Default 60 s.
     pub purge_interval: Duration,
@@ -119,7 +121,7 @@ pub struct SqliteStore {
     /// One permit per queue slot, so a full queue makes async callers wait
     /// instead of blocking a runtime thread in `SyncSender::send`.
     admission: Arc<Semaphore>,
-    reads: Arc<ReadPool>,
+    reads: ReadPool,
     shared: Arc<Shared>,
     closed: AtomicBool,
     // A std Mutex: taken once, at close or drop.
@@ -150,7 +152,7 @@ impl SqliteStore {
         let mut conn = Connection::open_with_flags(path, flags).map_err(unavailable)?;
         schema::configure_writer(&conn)?;
         schema::migrate(&mut conn)?;
-        let reads = Arc::new(ReadPool::open(path, options.read_connections)?);
+        let reads = ReadPool::open(path, options.read_connections)?;
 
         let capacity = options.queue_capacity.max(1);
         // One slot more than there are permits: Drop's final Close never
@@ -263,16 +265,13 @@ impl SqliteStore {
         })
     }
 
-    /// Runs a read on the pool in a blocking thread.
+    /// Runs a read on one of the reader threads.
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         self.check_open()?;
-        let pool = self.reads.clone();
-        tokio::task::spawn_blocking(move || pool.with(f))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("read task failed: {e}")))?
+        self.reads.run(f).await
     }
 
     fn cursor_key(user: &UserKey, device_id: &str) -> CursorKey {
@@ -335,6 +334,22 @@ impl Store for SqliteStore {
         let device = key.2;
         let on_disk = self.read(move |c| read::cursor(c, &user, &device)).await?;
         Ok(in_memory.max(on_disk))
+    }
+
+    /// Both in one read: one trip to a reader instead of two.
+    async fn login_state(&self, user: &UserKey, device_id: &str) -> Result<LoginState, StoreError> {
+        // As `cursor`: memory before the table.
+        let key = Self::cursor_key(user, device_id);
+        let in_memory = self.shared.lock().get(&key).copied().unwrap_or(0);
+        let user = user.clone();
+        let device = key.2;
+        let (timeline_head, on_disk) = self
+            .read(move |c| Ok((read::head(c, &user)?, read::cursor(c, &user, &device)?)))
+            .await?;
+        Ok(LoginState {
+            timeline_head,
+            cursor: in_memory.max(on_disk),
+        })
     }
 
     async fn advance_cursor(

@@ -1,27 +1,63 @@
-//! The read side of [`SqliteStore`](super::SqliteStore): a small pool of
-//! read-only connections and the queries they run (timeline pages, heads,
-//! cursors, pending outbox events), plus the row decoding shared with the
-//! writer. WAL lets these reads proceed while the writer commits.
+//! The read side of [`SqliteStore`](super::SqliteStore): a few reader
+//! threads, each with its own read-only connection, and the queries they run
+//! (timeline pages, heads, cursors, pending outbox events), plus the row
+//! decoding shared with the writer. WAL lets these reads proceed while the
+//! writer commits.
+//!
+//! Reads are queued to the threads rather than run in `spawn_blocking`: at
+//! thousands of reads a second (a reconnect storm: every login and its sync)
+//! the blocking pool's hand-offs, thread wake-ups and connection mutexes
+//! cost the node more CPU than the queries. A reader takes every read
+//! waiting (up to [`MAX_BATCH`]) and runs them in one read transaction: one
+//! snapshot, one BEGIN/COMMIT, no sleep between them.
 
+use std::collections::VecDeque;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use switchboard_core::{BusEvent, Entry, Message, Page, StoreError, UserKey};
+use tokio::sync::oneshot;
 
 use super::{corrupt_or_unavailable, schema, unavailable};
 
-/// A fixed set of read connections.
+/// Most reads one reader runs in one transaction.
+const MAX_BATCH: usize = 64;
+
+/// One queued read: runs on a reader's connection and answers its caller.
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<Job>,
+    /// Readers waiting on the condvar (a push wakes one only if there is one).
+    idle: usize,
+    closed: bool,
+}
+
+struct Shared {
+    // A std Mutex: held to push or pop jobs, never across a query.
+    queue: Mutex<Queue>,
+    ready: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // Pushes and pops leave the queue consistent; poison is harmless.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The reader threads and their queue. Dropping it lets the threads finish
+/// what is queued and exit.
 pub struct ReadPool {
-    // A std Mutex per connection: each is held for one query inside a
-    // `spawn_blocking` thread, never across an `.await`.
-    conns: Vec<Mutex<Connection>>,
-    next: AtomicUsize,
+    shared: Arc<Shared>,
 }
 
 impl ReadPool {
+    /// Opens `size` read connections, each served by its own thread.
     pub fn open(path: &Path, size: usize) -> Result<ReadPool, StoreError> {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
@@ -30,33 +66,89 @@ impl ReadPool {
         for _ in 0..size.max(1) {
             let conn = Connection::open_with_flags(path, flags).map_err(unavailable)?;
             schema::configure_reader(&conn)?;
-            conns.push(Mutex::new(conn));
+            conns.push(conn);
         }
-        Ok(ReadPool {
-            conns,
-            next: AtomicUsize::new(0),
-        })
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            ready: Condvar::new(),
+        });
+        let pool = ReadPool {
+            shared: shared.clone(),
+        };
+        for (i, conn) in conns.into_iter().enumerate() {
+            let shared = shared.clone();
+            std::thread::Builder::new()
+                .name(format!("sqlite-reader-{i}"))
+                .spawn(move || reader(conn, &shared))
+                .map_err(|e| StoreError::Unavailable(format!("starting a reader thread: {e}")))?;
+        }
+        Ok(pool)
     }
 
-    /// Runs `f` on a free connection (or waits for the next in turn). Blocking:
-    /// call from `spawn_blocking`.
-    pub fn with<T>(
+    /// Runs `f` on a reader's connection (inside that reader's current read
+    /// transaction, with the other reads of its batch) and returns its result.
+    pub async fn run<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let n = self.conns.len();
-        for i in 0..n {
-            if let Ok(mut conn) = self.conns[(start + i) % n].try_lock() {
-                return f(&mut conn);
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn| {
+            // A caller that gave up is not an error.
+            let _ = tx.send(f(conn));
+        });
+        {
+            let mut q = self.shared.lock();
+            if q.closed {
+                return Err(StoreError::Unavailable("store is closed".into()));
+            }
+            q.jobs.push_back(job);
+            if q.idle > 0 {
+                self.shared.ready.notify_one();
             }
         }
-        // All busy: queue on the one in turn. A poisoned lock only means a
-        // query panicked; the connection itself is still usable.
-        let mut conn = self.conns[start % n]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        f(&mut conn)
+        rx.await
+            .map_err(|_| StoreError::Unavailable("read failed (the reader panicked)".into()))?
+    }
+}
+
+impl Drop for ReadPool {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.ready.notify_all();
+    }
+}
+
+/// A reader thread's body: take what is queued, run it in one read
+/// transaction, repeat; exit once the pool is dropped and the queue empty.
+fn reader(mut conn: Connection, shared: &Shared) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    loop {
+        {
+            let mut q = shared.lock();
+            while q.jobs.is_empty() {
+                if q.closed {
+                    return;
+                }
+                q.idle += 1;
+                q = shared.ready.wait(q).unwrap_or_else(PoisonError::into_inner);
+                q.idle -= 1;
+            }
+            let n = q.jobs.len().min(MAX_BATCH);
+            batch.extend(q.jobs.drain(..n));
+        }
+        // One snapshot for the batch: every read in it was queued before the
+        // snapshot is taken, so each sees at least what was committed (and
+        // acknowledged) when it was asked. If BEGIN fails, each read runs in
+        // its own implicit transaction, which is as correct, only slower.
+        let in_tx = batch.len() > 1 && conn.execute_batch("BEGIN").is_ok();
+        for job in batch.drain(..) {
+            // A panicking read drops its answer (its caller gets an error);
+            // the thread and its connection stay.
+            let _ = catch_unwind(AssertUnwindSafe(|| job(&mut conn)));
+        }
+        if in_tx && conn.execute_batch("COMMIT").is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
     }
 }
 
@@ -70,19 +162,20 @@ const HEAD_SQL: &str =
     "SELECT seq FROM timeline WHERE app = ?1 AND uid = ?2 ORDER BY seq DESC LIMIT 1";
 const CURSOR_SQL: &str = "SELECT seq FROM cursor WHERE app = ?1 AND uid = ?2 AND device_id = ?3";
 
-/// A page of `user`'s timeline after `since`, with the head read in the same
-/// snapshot so `head >= every entry's seq`.
+/// A page of `user`'s timeline after `since`. The head is read after the
+/// entries (heads only grow), so `head >= every entry's seq` whether or not
+/// the two reads share a snapshot.
 pub fn entries_after(
     conn: &mut Connection,
     user: &UserKey,
     since: u64,
     limit: usize,
 ) -> Result<Page, StoreError> {
-    let tx = conn.transaction().map_err(unavailable)?;
-    let head = head(&tx, user)?;
     let mut entries = Vec::new();
-    if limit > 0 && since < head {
-        let mut stmt = tx.prepare_cached(ENTRIES_AFTER_SQL).map_err(unavailable)?;
+    if limit > 0 {
+        let mut stmt = conn
+            .prepare_cached(ENTRIES_AFTER_SQL)
+            .map_err(unavailable)?;
         let since = i64::try_from(since).unwrap_or(i64::MAX);
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut rows = stmt
@@ -97,7 +190,7 @@ pub fn entries_after(
             });
         }
     }
-    drop(tx);
+    let head = head(conn, user)?;
     Ok(Page { entries, head })
 }
 
@@ -321,7 +414,10 @@ mod reprepare_tests {
             }
         }
         let pool = ReadPool::open(&path, 1).unwrap();
-        pool.with(|c| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let counts = rt.block_on(pool.run(|c| {
             for i in 0..5u64 {
                 let user = UserKey {
                     app: "a".into(),
@@ -333,13 +429,16 @@ mod reprepare_tests {
                 head(c, &user)?;
                 cursor(c, &user, "d")?;
             }
-            for sql in [ENTRIES_AFTER_SQL, HEAD_SQL, CURSOR_SQL] {
-                let s = c.prepare_cached(sql).unwrap();
-                assert_eq!(s.get_status(StatementStatus::RePrepare), 0, "{sql}");
-            }
-            Ok(())
-        })
-        .unwrap();
+            Ok([ENTRIES_AFTER_SQL, HEAD_SQL, CURSOR_SQL]
+                .map(|sql| {
+                    let s = c.prepare_cached(sql).unwrap();
+                    (sql, s.get_status(StatementStatus::RePrepare))
+                })
+                .to_vec())
+        }));
+        for (sql, reprepared) in counts.unwrap() {
+            assert_eq!(reprepared, 0, "{sql}");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 
