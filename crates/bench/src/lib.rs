@@ -69,6 +69,9 @@ pub enum Scenario {
     Fanout(scenario::fanout::Args),
     /// N clients with an offline backlog reconnect at once and sync.
     Reconnect(scenario::reconnect::Args),
+    /// Latency of one durable append (write + fdatasync) on a directory's
+    /// disk: the floor under every acknowledged message's latency.
+    Disk(scenario::disk::Args),
     /// Writes the table of docs/benchmarks.md and the PNG charts from result files.
     Report(report::Args),
     /// A connections load-generator process (started by `connections`).
@@ -125,11 +128,12 @@ pub struct Common {
 
 /// Runs one `switchboard bench` command; returns the results it measured.
 pub async fn run(args: BenchArgs) -> Result<Vec<RunResult>, BenchError> {
-    let (results, common) = match args.scenario {
-        Scenario::Connections(a) => (scenario::connections::run(&a).await?, a.common),
-        Scenario::C2c(a) => (scenario::c2c::run(&a).await?, a.common),
-        Scenario::Fanout(a) => (scenario::fanout::run(&a).await?, a.common),
-        Scenario::Reconnect(a) => (scenario::reconnect::run(&a).await?, a.common),
+    let (results, out) = match args.scenario {
+        Scenario::Connections(a) => (scenario::connections::run(&a).await?, a.common.out),
+        Scenario::C2c(a) => (scenario::c2c::run(&a).await?, a.common.out),
+        Scenario::Fanout(a) => (scenario::fanout::run(&a).await?, a.common.out),
+        Scenario::Reconnect(a) => (scenario::reconnect::run(&a).await?, a.common.out),
+        Scenario::Disk(a) => (scenario::disk::run(&a).await?, a.out),
         Scenario::Report(a) => {
             report::run(&a)?;
             return Ok(Vec::new());
@@ -143,7 +147,7 @@ pub async fn run(args: BenchArgs) -> Result<Vec<RunResult>, BenchError> {
         r.print();
     }
     print_ratios(&results);
-    if let Some(out) = &common.out {
+    if let Some(out) = &out {
         write_results(out, &results)?;
         eprintln!("results appended to {}", out.display());
     }
@@ -180,6 +184,9 @@ pub fn headline(r: &RunResult) -> Option<(&'static str, f64, bool)> {
         "reconnect" => m
             .get("all_current_s")
             .map(|v| ("s until all current", *v, false)),
+        "disk" => m
+            .get("fsyncs_per_sec")
+            .map(|v| ("durable appends/s", *v, true)),
         _ => None,
     }
 }

@@ -112,6 +112,17 @@ async fn scenarios_run_against_a_real_node() {
     .await;
     assert_eq!(r[0].loss.received, 15);
 
+    // The disk scenario needs no node.
+    let d = dir.path().display().to_string();
+    let disk_out = out.display().to_string();
+    let r = bench(
+        &["disk", "--dir", &d, "--count", "5", "--out", &disk_out],
+        &[],
+    )
+    .await;
+    assert_eq!(r[0].loss.received, 5);
+    assert!(r[0].metrics["fsyncs_per_sec"] > 0.0);
+
     // The report turns the results into a table and charts.
     let md = dir.path().join("benchmarks.md");
     std::fs::write(

@@ -3,6 +3,7 @@
 
 pub mod c2c;
 pub mod connections;
+pub mod disk;
 pub mod fanout;
 pub mod mqtt;
 pub mod reconnect;
