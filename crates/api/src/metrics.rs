@@ -101,6 +101,18 @@ fn describe() {
     );
     describe_counter!(stats::KICKS, "Connections closed by the server, by code");
     describe_gauge!(stats::CONNECTIONS, "Logged-in connections on this node");
+    describe_counter!(
+        stats::WEBHOOK_REQUESTS,
+        "Webhook requests, by outcome (delivered: 2xx; failed: retried with backoff)"
+    );
+    describe_counter!(
+        stats::WEBHOOK_EVENTS,
+        "Outbox events the webhook dispatcher finished, by outcome (completed, dropped)"
+    );
+    describe_gauge!(
+        stats::WEBHOOK_IN_FLIGHT,
+        "Outbox events not yet accepted by every webhook destination"
+    );
 }
 
 /// Records every request's latency under its route pattern (never the raw

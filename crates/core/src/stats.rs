@@ -22,6 +22,15 @@ pub const PUSHES: &str = "switchboard_pushes_total";
 pub const KICKS: &str = "switchboard_kicks_total";
 /// Gauge: logged-in connections on this node.
 pub const CONNECTIONS: &str = "switchboard_connections";
+/// Counter: webhook requests, label `outcome` = `delivered` (2xx) | `failed`
+/// (connection error, timeout or non-2xx; retried with backoff).
+pub const WEBHOOK_REQUESTS: &str = "switchboard_webhook_requests_total";
+/// Counter: outbox events the webhook dispatcher finished, label `outcome` =
+/// `completed` (every destination accepted it) | `dropped` (no webhook wants it).
+pub const WEBHOOK_EVENTS: &str = "switchboard_webhook_events_total";
+/// Gauge: outbox events the webhook dispatcher holds, not yet accepted by
+/// every destination (grows while a receiver is down).
+pub const WEBHOOK_IN_FLIGHT: &str = "switchboard_webhook_events_in_flight";
 
 /// Totals of one node's logic, since start.
 #[derive(Debug, Default)]

@@ -26,7 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Serialize;
 use switchboard_core::hooks::WebhookConfig;
-use switchboard_core::{AppConfig, BusEvent, Store, UserKey, events};
+use switchboard_core::{AppConfig, BusEvent, Store, UserKey, events, stats};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -86,6 +86,33 @@ pub struct DispatcherStats {
     pub completed: AtomicU64,
     /// Events held in memory right now.
     pub in_flight: AtomicU64,
+}
+
+impl DispatcherStats {
+    fn delivered(&self) {
+        self.delivered.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(stats::WEBHOOK_REQUESTS, "outcome" => "delivered").increment(1);
+    }
+
+    fn failed_attempt(&self) {
+        self.failed_attempts.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(stats::WEBHOOK_REQUESTS, "outcome" => "failed").increment(1);
+    }
+
+    fn dropped(&self) {
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!(stats::WEBHOOK_EVENTS, "outcome" => "dropped").increment(1);
+    }
+
+    fn completed(&self, n: u64) {
+        self.completed.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!(stats::WEBHOOK_EVENTS, "outcome" => "completed").increment(n);
+    }
+
+    fn set_in_flight(&self, n: usize) {
+        self.in_flight.store(n as u64, Ordering::Relaxed);
+        metrics::gauge!(stats::WEBHOOK_IN_FLIGHT).set(n as f64);
+    }
 }
 
 /// One webhook of one app.
@@ -361,12 +388,10 @@ impl Run {
             })
             .unwrap_or_default();
         self.in_flight.insert(event.id, wanted.len());
-        self.stats
-            .in_flight
-            .store(self.in_flight.len() as u64, Ordering::Relaxed);
+        self.stats.set_in_flight(self.in_flight.len());
         if wanted.is_empty() {
             tracing::debug!(id = event.id, topic = %event.topic, app = %event.user.app, "no webhook wants this event; dropped");
-            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            self.stats.dropped();
             self.to_mark.push(event.id);
             return;
         }
@@ -443,15 +468,11 @@ impl Run {
         }
         match self.outbox.outbox_mark_delivered(&self.to_mark).await {
             Ok(_) => {
-                self.stats
-                    .completed
-                    .fetch_add(self.to_mark.len() as u64, Ordering::Relaxed);
+                self.stats.completed(self.to_mark.len() as u64);
                 for id in self.to_mark.drain(..) {
                     self.in_flight.remove(&id);
                 }
-                self.stats
-                    .in_flight
-                    .store(self.in_flight.len() as u64, Ordering::Relaxed);
+                self.stats.set_in_flight(self.in_flight.len());
             }
             Err(e) => tracing::warn!(error = %e, "cannot mark events delivered; retrying"),
         }
@@ -494,11 +515,11 @@ impl Send {
             };
             match result {
                 Some(Ok(())) => {
-                    self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                    self.stats.delivered();
                     return true;
                 }
                 Some(Err(reason)) => {
-                    self.stats.failed_attempts.fetch_add(1, Ordering::Relaxed);
+                    self.stats.failed_attempt();
                     failures = failures.saturating_add(1);
                     let delay = backoff(self.retry_initial, self.retry_max, failures);
                     tracing::warn!(id = event.id, app = %d.app, url = %d.url, %reason, retry_in = ?delay, "webhook not accepted");

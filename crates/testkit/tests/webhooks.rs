@@ -294,6 +294,25 @@ async fn every_event_arrives_after_the_receiver_and_the_node_come_back() {
         }
     }
 
+    // Operators see the outage and the recovery on /metrics.
+    let metrics = reqwest::get(format!("http://{}/metrics", s.http))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    for needle in [
+        "switchboard_webhook_requests_total{outcome=\"failed\"}",
+        "switchboard_webhook_requests_total{outcome=\"delivered\"}",
+        "switchboard_webhook_events_total{outcome=\"completed\"}",
+        "switchboard_webhook_events_in_flight",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "/metrics lacks {needle}:\n{metrics}"
+        );
+    }
+
     c1.close().await;
     s.stop().await;
     serving.abort();
