@@ -15,6 +15,7 @@ use switchboard_proto::{Packet, code};
 use tokio::sync::Notify;
 
 use crate::model::{Entry, UserKey};
+use crate::presence::DeviceSession;
 
 /// What the hub sends to a connection task.
 #[derive(Debug, Clone)]
@@ -60,9 +61,16 @@ impl ConnHandle {
         self.tx.kick(code);
     }
 
-    /// The kick code, once [`ConnHandle::kick`] was called.
-    pub fn kick_code(&self) -> Option<u32> {
-        self.tx.kick_code()
+    /// This connection as presence records it, on node `node`.
+    pub fn device_session(&self, node: &str) -> DeviceSession {
+        DeviceSession {
+            user: self.user.clone(),
+            device_id: self.device_id.clone(),
+            platform: self.platform.clone(),
+            node: node.to_string(),
+            conn_id: self.conn_id,
+            since_ms: self.since_ms,
+        }
     }
 }
 
@@ -107,6 +115,13 @@ struct Queue {
 impl Queue {
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Outbound>> {
         self.items.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn kick_code(&self) -> Option<u32> {
+        match self.kicked.load(Ordering::Acquire) {
+            0 => None,
+            c => Some(c),
+        }
     }
 }
 
@@ -180,14 +195,6 @@ impl OutboundTx {
             .compare_exchange(0, code.max(1), Ordering::AcqRel, Ordering::Acquire);
         self.q.ready.notify_one();
     }
-
-    /// The kick code, once kicked.
-    pub fn kick_code(&self) -> Option<u32> {
-        match self.q.kicked.load(Ordering::Acquire) {
-            0 => None,
-            c => Some(c),
-        }
-    }
 }
 
 impl Drop for OutboundTx {
@@ -222,7 +229,7 @@ impl OutboundRx {
 
     /// The next push if one is queued (and the connection is not kicked).
     pub fn try_recv(&mut self) -> Result<Outbound, TryRecvError> {
-        if let Some(code) = self.kick_code() {
+        if let Some(code) = self.q.kick_code() {
             return Err(TryRecvError::Kicked(code));
         }
         let mut items = self.q.lock();
@@ -238,14 +245,6 @@ impl OutboundRx {
             }
             None if self.q.tx_gone.load(Ordering::Acquire) => Err(TryRecvError::Disconnected),
             None => Err(TryRecvError::Empty),
-        }
-    }
-
-    /// The kick code, once kicked.
-    pub fn kick_code(&self) -> Option<u32> {
-        match self.q.kicked.load(Ordering::Acquire) {
-            0 => None,
-            c => Some(c),
         }
     }
 
@@ -547,14 +546,18 @@ mod tests {
         );
         // A waiting receiver is woken by the kick.
         let (tx, mut rx) = outbound_queue(10);
-        let waiter = tokio::spawn(async move { rx.recv().await.map(seq_of) });
+        let waiter = tokio::spawn(async move {
+            let first = rx.recv().await.map(seq_of);
+            (first, rx)
+        });
         tokio::task::yield_now().await;
         tx.kick(code::KICK_SHUTDOWN);
+        let (first, mut rx) = waiter.await.unwrap();
+        assert_eq!(first, Err(Closed::Kicked(code::KICK_SHUTDOWN)));
         assert_eq!(
-            waiter.await.unwrap(),
-            Err(Closed::Kicked(code::KICK_SHUTDOWN))
+            rx.try_recv().unwrap_err(),
+            TryRecvError::Kicked(code::KICK_SHUTDOWN)
         );
-        assert_eq!(tx.kick_code(), Some(code::KICK_SHUTDOWN));
     }
 
     #[tokio::test]

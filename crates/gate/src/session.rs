@@ -20,7 +20,7 @@ use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use switchboard_core::hub::{Closed, OutboundRx, outbound_queue};
 use switchboard_core::logic::{C2cRequest, LoginState};
-use switchboard_core::{ConnHandle, DeviceSession, LogicError, Outbound, UserKey};
+use switchboard_core::{ConnHandle, LogicError, Outbound, UserKey};
 use switchboard_proto::{Compression, Packet, code, pb};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::{Instant, sleep_until};
@@ -205,18 +205,11 @@ async fn accept_login<T: Transport>(
     let handle = Arc::new(ConnHandle::new(
         conn_id,
         user.clone(),
-        device_id.clone(),
-        platform.clone(),
-        tx,
-    ));
-    let device = DeviceSession {
-        user: user.clone(),
         device_id,
         platform,
-        node: gate.logic.config().node.clone(),
-        conn_id,
-        since_ms: handle.since_ms,
-    };
+        tx,
+    ));
+    let device = handle.device_session(&gate.logic.config().node);
     // Registered before presence says "online", so no push routed here is missed.
     gate.hub.register(handle.clone());
     // A shutdown kicks the connections in the hub; one registered just
@@ -461,19 +454,6 @@ impl Session {
         &self.handle.user
     }
 
-    /// This connection as presence knows it.
-    fn device(&self) -> DeviceSession {
-        let h = &self.handle;
-        DeviceSession {
-            user: h.user.clone(),
-            device_id: h.device_id.clone(),
-            platform: h.platform.clone(),
-            node: self.gate.logic.config().node.clone(),
-            conn_id: h.conn_id,
-            since_ms: h.since_ms,
-        }
-    }
-
     fn max_in_flight(&self) -> usize {
         self.gate.config.max_in_flight.max(1)
     }
@@ -543,7 +523,8 @@ impl Session {
 
     async fn cleanup(&mut self) {
         self.gate.hub.unregister(self.user(), self.handle.conn_id);
-        self.gate.logic.logout(&self.device()).await;
+        let device = self.handle.device_session(&self.gate.logic.config().node);
+        self.gate.logic.logout(&device).await;
     }
 
     fn next_timer(&self) -> Instant {

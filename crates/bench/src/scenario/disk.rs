@@ -64,7 +64,6 @@ fn measure(a: &Args) -> Result<RunResult, BenchError> {
     r.param("count", a.count);
     r.param("dir", a.dir.display().to_string());
     r.metric("fsyncs_per_sec", done as f64 / secs.max(1e-9));
-    r.metric("p50_us", hist.value_at_quantile(0.5) as f64);
     r.set_latency(&hist);
     r.loss = LossCheck {
         rule: "every append written and synced".into(),
