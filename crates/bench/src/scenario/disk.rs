@@ -45,7 +45,8 @@ fn measure(a: &Args) -> Result<RunResult, BenchError> {
     }
     let file = tempfile::Builder::new()
         .prefix(".sb-disk-bench-")
-        .tempfile_in(&a.dir)?;
+        .tempfile_in(&a.dir)
+        .map_err(|e| BenchError::Usage(format!("--dir {}: {e}", a.dir.display())))?;
     let mut f = file.as_file();
     let block = vec![0x5a_u8; a.bytes];
     let mut hist = stats::histogram();
