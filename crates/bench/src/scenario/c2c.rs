@@ -120,7 +120,7 @@ async fn switchboard(a: &Args, target: &Target) -> Result<RunResult, BenchError>
         let total = received_total.clone();
         let mut stop = stop_rx.clone();
         recv_tasks.push(tokio::spawn(async move {
-            let mut rec = Received::new(start_ns);
+            let mut rec = Received::new();
             loop {
                 tokio::select! {
                     ev = events.recv() => match ev {
@@ -248,8 +248,7 @@ async fn switchboard(a: &Args, target: &Target) -> Result<RunResult, BenchError>
     let mut delivered = 0u64;
     for (i, t) in recv_tasks.into_iter().enumerate() {
         let Ok(rec) = t.await else { continue };
-        let _ = hist.add(&rec.hist);
-        timeline.merge(&rec.timeline);
+        rec.merge_into(&mut hist, &mut timeline);
         last_ns = last_ns.max(rec.last_ns);
         delivered += rec.ns.len() as u64;
         // In order = in the order of the sender's timeline seqs.

@@ -88,7 +88,7 @@ async fn switchboard(a: &Args, target: &Target) -> Result<RunResult, BenchError>
         let received = received.clone();
         let mut stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
-            let mut rec = Received::new(start_ns);
+            let mut rec = Received::new();
             loop {
                 tokio::select! {
                     p = c.next_push() => match p {
@@ -191,8 +191,7 @@ async fn collect(
     let mut last_ns = 0;
     for t in tasks {
         let Ok(rec) = t.await else { continue };
-        let _ = hist.add(&rec.hist);
-        timeline.merge(&rec.timeline);
+        rec.merge_into(&mut hist, &mut timeline);
         delivered += rec.ns.len() as u64;
         last_ns = last_ns.max(rec.last_ns);
         let (got, lost, dup, ooo) = check_stream(&rec.ns, 0..a.messages);
@@ -248,7 +247,7 @@ async fn mqtt(a: &Args, m: &Mqtt, q: u8) -> Result<RunResult, BenchError> {
         let received = received.clone();
         let mut stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
-            let mut rec = Received::new(start_ns);
+            let mut rec = Received::new();
             loop {
                 tokio::select! {
                     p = s.next_publish() => match p {

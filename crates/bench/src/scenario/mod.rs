@@ -75,23 +75,29 @@ pub fn parse_body(b: &[u8]) -> Option<(u32, u64, u64)> {
     Some((stream, n, t))
 }
 
-/// What one receiver saw: message numbers in arrival order, latencies, rate.
+/// What one receiver saw: message numbers in arrival order, with their
+/// send and arrival times.
+///
+/// Only raw numbers are kept while the run is on; the histogram and the
+/// timeline are built once at the end ([`Received::merge_into`]). A
+/// histogram per receiver is ~190 KB of zeroed memory: 19,000 fan-out
+/// receivers faulted in 3.6 GB inside the timed window, and the generator
+/// spent most of its CPU clearing pages instead of reading pushes.
 pub struct Received {
     pub ns: Vec<u64>,
+    /// Send time of each entry of `ns` (from its body).
+    sent: Vec<u64>,
     /// Arrival time of each entry of `ns`.
-    pub at: Vec<u64>,
-    pub hist: Histogram<u64>,
-    pub timeline: Timeline,
+    at: Vec<u64>,
     pub last_ns: u64,
 }
 
 impl Received {
-    pub fn new(start_ns: u64) -> Received {
+    pub fn new() -> Received {
         Received {
             ns: Vec::new(),
+            sent: Vec::new(),
             at: Vec::new(),
-            hist: stats::histogram(),
-            timeline: Timeline::new(start_ns),
             last_ns: 0,
         }
     }
@@ -100,12 +106,25 @@ impl Received {
     pub fn record(&mut self, body: &[u8]) {
         if let Some((_, n, sent)) = parse_body(body) {
             let now = stats::now_ns();
-            stats::record_us(&mut self.hist, now.saturating_sub(sent) / 1000);
-            self.timeline.add(now, 1);
             self.last_ns = now;
             self.ns.push(n);
+            self.sent.push(sent);
             self.at.push(now);
         }
+    }
+
+    /// Adds this receiver's latencies and arrivals to a run's figures.
+    pub fn merge_into(&self, hist: &mut Histogram<u64>, timeline: &mut Timeline) {
+        for (&sent, &at) in self.sent.iter().zip(&self.at) {
+            stats::record_us(hist, at.saturating_sub(sent) / 1000);
+            timeline.add(at, 1);
+        }
+    }
+}
+
+impl Default for Received {
+    fn default() -> Self {
+        Received::new()
     }
 }
 
