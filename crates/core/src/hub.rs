@@ -269,13 +269,21 @@ impl Drop for OutboundRx {
 const SHARDS: usize = 64;
 
 /// One shard of the hub: users to their connections on this node.
-type Shard = Mutex<HashMap<UserKey, Vec<Arc<ConnHandle>>>>;
+///
+/// foldhash rather than std's SipHash: a fan-out hashes every target twice
+/// (shard, then map), and a key comes from a signed token or the business's
+/// own API call, not from an anonymous peer. The seed is still random per
+/// process.
+type Shard = Mutex<HashMap<UserKey, Vec<Arc<ConnHandle>>, foldhash::fast::RandomState>>;
 
 /// This node's logged-in connections, by user.
 pub struct Hub {
     // Sharded std Mutexes: lookups and updates are short, never await, and
     // spreading users over 64 locks keeps fan-out threads from contending.
     shards: Box<[Shard]>,
+    /// Picks a user's shard; one seed for the hub's life, so a user always
+    /// lands on the same shard.
+    shard_of: foldhash::fast::RandomState,
     connections: AtomicU64,
     slow_consumers: AtomicU64,
     /// Push frames handed to connection queues, since start.
@@ -299,7 +307,10 @@ impl Default for Hub {
 impl Hub {
     pub fn new() -> Hub {
         Hub {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
+            shard_of: foldhash::fast::RandomState::default(),
             connections: AtomicU64::new(0),
             slow_consumers: AtomicU64::new(0),
             pushes: AtomicU64::new(0),
@@ -309,12 +320,12 @@ impl Hub {
     fn shard(
         &self,
         user: &UserKey,
-    ) -> std::sync::MutexGuard<'_, HashMap<UserKey, Vec<Arc<ConnHandle>>>> {
-        use std::hash::{Hash, Hasher};
-        // The same user must land on the same shard every time: a fixed-key hasher.
-        let mut h = std::hash::DefaultHasher::new();
-        user.hash(&mut h);
-        let i = (h.finish() as usize) % self.shards.len();
+    ) -> std::sync::MutexGuard<
+        '_,
+        HashMap<UserKey, Vec<Arc<ConnHandle>>, foldhash::fast::RandomState>,
+    > {
+        use std::hash::BuildHasher;
+        let i = (self.shard_of.hash_one(user) as usize) % self.shards.len();
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -279,6 +279,30 @@ impl Logic {
         });
         let msg_id = message.id;
         let entry = Entry { seq: 0, message };
+        if self.presence().single_node() {
+            // One node: its hub is the whole of presence.
+            self.stats.record_online_message();
+            let here = &self.config().node;
+            let users: Vec<&UserKey> = targets.iter().collect();
+            let (reached, error) = match self.route().deliver_many(here, &users, &entry).await {
+                Ok(got) => (got, None),
+                Err(e) => (vec![0; targets.len()], Some(e)),
+            };
+            return Ok(targets
+                .iter()
+                .zip(reached)
+                .map(|(user, devices_reached)| S2cOutcome {
+                    user: user.clone(),
+                    seq: None,
+                    msg_id,
+                    devices_reached,
+                    duplicate: false,
+                    error: error
+                        .as_ref()
+                        .map(|e| LogicError::Route(RouteError::Unavailable(e.to_string()))),
+                })
+                .collect());
+        }
         // Nothing was pushed yet: a presence failure fails the whole request.
         let placement = self.presence().placement(targets).await?;
         self.stats.record_online_message();
@@ -437,7 +461,7 @@ mod tests {
     use crate::bus::OutboxBus;
     use crate::hub::{ConnHandle, Hub, OutboundRx, outbound_queue};
     use crate::logic::LogicConfig;
-    use crate::presence::{MemoryPresence, Presence};
+    use crate::presence::{MemoryPresence, Presence, PresenceError};
     use crate::route::LocalRoute;
 
     /// A store that only refuses: online-only pushes must never touch it.
@@ -498,6 +522,29 @@ mod tests {
     }
 
     fn logic() -> (Logic, Arc<Hub>, Arc<MemoryPresence>) {
+        logic_with(false)
+    }
+
+    /// The in-process presence as a cluster's would be used: `single_node`
+    /// is false, so an online-only fan-out looks every target up.
+    struct LookedUp(Arc<MemoryPresence>);
+
+    #[async_trait::async_trait]
+    impl Presence for LookedUp {
+        async fn online(&self, s: &DeviceSession) -> Result<(), PresenceError> {
+            self.0.online(s).await
+        }
+        async fn offline(&self, u: &UserKey, d: &str, c: u64) -> Result<(), PresenceError> {
+            self.0.offline(u, d, c).await
+        }
+        async fn devices(&self, u: &UserKey) -> Result<Vec<DeviceSession>, PresenceError> {
+            self.0.devices(u).await
+        }
+    }
+
+    /// A logic over the in-process presence, or (`looked_up`) over the
+    /// same presence used as a cluster's.
+    fn logic_with(looked_up: bool) -> (Logic, Arc<Hub>, Arc<MemoryPresence>) {
         let apps = Apps::new([AppConfig {
             name: "demo".into(),
             jwt_secret: Some("0123456789abcdef0123".into()),
@@ -511,7 +558,11 @@ mod tests {
             LogicConfig::default(),
             apps,
             store.clone(),
-            presence.clone(),
+            if looked_up {
+                Arc::new(LookedUp(presence.clone()))
+            } else {
+                presence.clone()
+            },
             Arc::new(LocalRoute::new(hub.clone())),
             Arc::new(OutboxBus::new(store)),
         );
@@ -545,7 +596,15 @@ mod tests {
 
     #[tokio::test]
     async fn online_only_shares_one_frame_and_counts_devices() {
-        let (logic, hub, presence) = logic();
+        // Handed straight to the hub (one node), and looked up per user (as
+        // in a cluster): the same outcome.
+        for looked_up in [false, true] {
+            online_only_fan_out(looked_up).await;
+        }
+    }
+
+    async fn online_only_fan_out(looked_up: bool) {
+        let (logic, hub, presence) = logic_with(looked_up);
         let mut a1 = online(&hub, &presence, "a", 1).await;
         let mut a2 = online(&hub, &presence, "a", 2).await;
         let mut b = online(&hub, &presence, "b", 3).await;

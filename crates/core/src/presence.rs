@@ -106,13 +106,21 @@ pub trait Presence: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), PresenceError> {
         Ok(())
     }
+    /// Every device this presence knows is on this node (the in-process
+    /// presence). Then this node's hub holds the same connections, and a
+    /// fan-out hands every target straight to it instead of looking each
+    /// user up twice (a cache miss or more per user, ~1 µs, measured).
+    fn single_node(&self) -> bool {
+        false
+    }
 }
 
 /// In-process presence for a single node.
 #[derive(Default)]
 pub struct MemoryPresence {
     // A std Mutex: every operation is a short map update that never awaits.
-    users: Mutex<HashMap<UserKey, Vec<DeviceSession>>>,
+    // foldhash: see the hub's shards.
+    users: Mutex<HashMap<UserKey, Vec<DeviceSession>, foldhash::fast::RandomState>>,
 }
 
 impl MemoryPresence {
@@ -165,6 +173,10 @@ impl Presence for MemoryPresence {
             .iter()
             .map(|u| map.get(u).cloned().unwrap_or_default())
             .collect())
+    }
+
+    fn single_node(&self) -> bool {
+        true
     }
 
     async fn placement(&self, users: &[UserKey]) -> Result<Placement, PresenceError> {
