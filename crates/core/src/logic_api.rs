@@ -14,7 +14,7 @@ use futures::StreamExt;
 use crate::error::LogicError;
 use crate::logic::Logic;
 use crate::model::{Entry, Message, NewMessage, UserKey};
-use crate::presence::DeviceSession;
+use crate::presence::{DeviceSession, Placement};
 use crate::route::{Delivery, RouteError};
 use crate::stats::NodeStats;
 
@@ -279,41 +279,63 @@ impl Logic {
         });
         let msg_id = message.id;
         let entry = Entry { seq: 0, message };
+        let mut reached = vec![0usize; targets.len()];
+        let mut errors: Vec<Option<String>> = vec![None; targets.len()];
         if self.presence().single_node() {
             // One node: its hub is the whole of presence.
             self.stats.record_online_message();
-            let here = &self.config().node;
             let users: Vec<&UserKey> = targets.iter().collect();
-            let (reached, error) = match self.route().deliver_many(here, &users, &entry).await {
-                Ok(got) => (got, None),
-                Err(e) => (vec![0; targets.len()], Some(e)),
-            };
-            return Ok(targets
-                .iter()
-                .zip(reached)
-                .map(|(user, devices_reached)| S2cOutcome {
-                    user: user.clone(),
-                    seq: None,
-                    msg_id,
-                    devices_reached,
-                    duplicate: false,
-                    error: error
-                        .as_ref()
-                        .map(|e| LogicError::Route(RouteError::Unavailable(e.to_string()))),
-                })
-                .collect());
+            match self
+                .route()
+                .deliver_many(&self.config().node, &users, &entry)
+                .await
+            {
+                Ok(got) => reached = got,
+                Err(e) => {
+                    tracing::warn!(error = %e, "route failed for an online-only push");
+                    errors.fill(Some(e.to_string()));
+                }
+            }
+        } else {
+            // Nothing was pushed yet: a presence failure fails the whole request.
+            let placement = self.presence().placement(targets).await?;
+            self.stats.record_online_message();
+            self.deliver_placed(targets, &placement, &entry, &mut reached, &mut errors)
+                .await;
         }
-        // Nothing was pushed yet: a presence failure fails the whole request.
-        let placement = self.presence().placement(targets).await?;
-        self.stats.record_online_message();
+        Ok(targets
+            .iter()
+            .zip(reached.into_iter().zip(errors))
+            .map(|(user, (devices_reached, error))| S2cOutcome {
+                user: user.clone(),
+                seq: None,
+                msg_id,
+                devices_reached,
+                duplicate: false,
+                // A user reached on one node but not on another still got it.
+                error: error
+                    .filter(|_| devices_reached == 0)
+                    .map(|e| LogicError::Route(RouteError::Unavailable(e))),
+            })
+            .collect())
+    }
 
-        let mut reached = vec![0usize; targets.len()];
-        let mut errors: Vec<Option<String>> = vec![None; targets.len()];
+    /// Hands an online-only entry to each node holding devices of the
+    /// targets (one `deliver_many` per node, the frame encoded once), adding
+    /// to `reached` and noting a failed node's error for its users.
+    async fn deliver_placed(
+        &self,
+        targets: &[UserKey],
+        placement: &Placement,
+        entry: &Entry,
+        reached: &mut [usize],
+        errors: &mut [Option<String>],
+    ) {
         for (n, node) in placement.nodes.iter().enumerate() {
             let here = || placement.entries.iter().filter(move |e| e.1 == n);
             // References, not copies: a fan-out may name many thousands.
             let users: Vec<&UserKey> = here().map(|e| &targets[e.0]).collect();
-            match self.route().deliver_many(node, &users, &entry).await {
+            match self.route().deliver_many(node, &users, entry).await {
                 Ok(got) if *node == self.config().node => {
                     for (e, got) in here().zip(got) {
                         reached[e.0] += got;
@@ -332,21 +354,6 @@ impl Logic {
                 }
             }
         }
-        Ok(targets
-            .iter()
-            .zip(reached.into_iter().zip(errors))
-            .map(|(user, (devices_reached, error))| S2cOutcome {
-                user: user.clone(),
-                seq: None,
-                msg_id,
-                devices_reached,
-                duplicate: false,
-                // A user reached on one node but not on another still got it.
-                error: error
-                    .filter(|_| devices_reached == 0)
-                    .map(|e| LogicError::Route(RouteError::Unavailable(e))),
-            })
-            .collect())
     }
 
     /// The online devices of each user, aligned with `users`. A user the
