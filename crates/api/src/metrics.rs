@@ -25,6 +25,13 @@ const REQUEST_BUCKETS: &[f64] = &[
     0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Store group-commit buckets: from 100 µs (an fsync on a fast disk) to 1 s.
+const STORE_BUCKETS: &[f64] = &[
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+/// Commands per group commit.
+const GROUP_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
+
 /// How often histogram samples are folded into buckets when nobody scrapes.
 const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -44,6 +51,24 @@ fn install() -> Option<PrometheusHandle> {
         )
         .and_then(|b| {
             b.set_buckets_for_metric(Matcher::Full(HTTP_REQUEST_SECONDS.into()), REQUEST_BUCKETS)
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(stats::STORE_GROUP_SECONDS.into()),
+                STORE_BUCKETS,
+            )
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(stats::STORE_COMMIT_SECONDS.into()),
+                STORE_BUCKETS,
+            )
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(stats::STORE_GROUP_COMMANDS.into()),
+                GROUP_BUCKETS,
+            )
         });
     let recorder = match builder {
         Ok(b) => b.build_recorder(),
@@ -86,6 +111,20 @@ fn describe() {
         HTTP_REQUEST_SECONDS,
         Unit::Seconds,
         "HTTP API request latency"
+    );
+    describe_histogram!(
+        stats::STORE_GROUP_SECONDS,
+        Unit::Seconds,
+        "Embedded store: one group commit, first statement to fsync'd COMMIT"
+    );
+    describe_histogram!(
+        stats::STORE_COMMIT_SECONDS,
+        Unit::Seconds,
+        "Embedded store: the COMMIT alone (WAL write, fsync, checkpoint when due)"
+    );
+    describe_histogram!(
+        stats::STORE_GROUP_COMMANDS,
+        "Embedded store: commands in one group commit"
     );
     describe_counter!(
         stats::MESSAGES_STORED,

@@ -14,6 +14,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use switchboard_core::stats;
 use switchboard_core::store::OutboxReceipt;
 use switchboard_core::{Appended, BusEvent, NewMessage, StoreError, UserKey, now_ms};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
@@ -168,6 +169,8 @@ impl Writer {
 
     /// Runs one group: every command, dirty cursors, maybe the purge, one COMMIT.
     fn run_batch(&mut self, batch: Vec<Queued>, purge: bool) {
+        let started = Instant::now();
+        let commands = batch.len();
         let mut pending = Vec::with_capacity(batch.len());
         let mut touched: Vec<UserKey> = Vec::new();
         let cursors = self.shared.dirty_cursors();
@@ -242,8 +245,13 @@ impl Writer {
                     tracing::debug!(rows = n, "purged expired de-dup and outbox rows");
                 }
             }
-            tx.commit().map_err(unavailable)
+            let commit = Instant::now();
+            let committed = tx.commit().map_err(unavailable);
+            metrics::histogram!(stats::STORE_COMMIT_SECONDS).record(commit.elapsed().as_secs_f64());
+            committed
         })();
+        metrics::histogram!(stats::STORE_GROUP_SECONDS).record(started.elapsed().as_secs_f64());
+        metrics::histogram!(stats::STORE_GROUP_COMMANDS).record(commands as f64);
         match outcome {
             Ok(()) => {
                 self.shared.cursors_flushed(&cursors);
