@@ -137,9 +137,57 @@ pub async fn users_are_independent_under_concurrency(p: Arc<dyn Presence>, node:
     }
 }
 
+/// A fan-out's lookups: `devices_many` and `placement` of many users at
+/// once (online with one or two devices, offline, never seen) answer user by
+/// user in the order asked, the same as `devices` one at a time.
+pub async fn many_users_at_once(p: &dyn Presence, node: &str) {
+    const USERS: usize = 300;
+    let users: Vec<UserKey> = (0..USERS).map(|_| fresh_user("fan")).collect();
+    // Every third user offline; the others with one or two devices.
+    let devices_of = |i: usize| if i % 3 == 0 { 0 } else { 1 + i % 2 };
+    for (i, u) in users.iter().enumerate() {
+        for d in 0..devices_of(i) {
+            p.online(&session(u, &format!("d{d}"), node, (i * 10 + d) as u64))
+                .await
+                .expect("online");
+        }
+    }
+    let many = p.devices_many(&users).await.expect("devices_many");
+    assert_eq!(many.len(), USERS, "one answer per user");
+    for (i, (u, got)) in users.iter().zip(&many).enumerate() {
+        assert_eq!(got.len(), devices_of(i), "user {i} ({u}): {got:?}");
+        assert!(
+            got.iter().all(|d| &d.user == u && d.node == node),
+            "{got:?}"
+        );
+        let mut one = p.devices(u).await.expect("devices");
+        let mut got = got.clone();
+        one.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+        got.sort_by(|a, b| a.device_id.cmp(&b.device_id));
+        assert_eq!(got, one, "devices_many agrees with devices for user {i}");
+    }
+    let placement = p.placement(&users).await.expect("placement");
+    assert_eq!(placement.nodes, vec![node.to_string()]);
+    let want: Vec<(usize, usize, usize)> = (0..USERS)
+        .filter(|&i| devices_of(i) > 0)
+        .map(|i| (i, 0, devices_of(i)))
+        .collect();
+    assert_eq!(placement.entries, want, "placement of {USERS} users");
+    for (i, u) in users.iter().enumerate() {
+        for d in 0..devices_of(i) {
+            p.offline(u, &format!("d{d}"), (i * 10 + d) as u64)
+                .await
+                .expect("offline");
+        }
+    }
+    let gone = p.devices_many(&users).await.expect("devices_many");
+    assert!(gone.iter().all(Vec::is_empty), "all offline again");
+}
+
 /// Every single-node property.
 pub async fn run_all(p: Arc<dyn Presence>, node: &str) {
     online_devices_offline(p.as_ref(), node).await;
+    many_users_at_once(p.as_ref(), node).await;
     same_device_replaces(p.as_ref(), node).await;
     offline_only_removes_its_own_connection(p.as_ref(), node).await;
     users_are_independent_under_concurrency(p.clone(), node).await;
