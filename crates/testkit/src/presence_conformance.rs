@@ -144,7 +144,7 @@ pub async fn many_users_at_once(p: &dyn Presence, node: &str) {
     const USERS: usize = 300;
     let users: Vec<UserKey> = (0..USERS).map(|_| fresh_user("fan")).collect();
     // Every third user offline; the others with one or two devices.
-    let devices_of = |i: usize| if i % 3 == 0 { 0 } else { 1 + i % 2 };
+    let devices_of = |i: usize| if i.is_multiple_of(3) { 0 } else { 1 + i % 2 };
     for (i, u) in users.iter().enumerate() {
         for d in 0..devices_of(i) {
             p.online(&session(u, &format!("d{d}"), node, (i * 10 + d) as u64))
