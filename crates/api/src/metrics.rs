@@ -115,16 +115,16 @@ fn describe() {
     describe_histogram!(
         stats::STORE_GROUP_SECONDS,
         Unit::Seconds,
-        "Embedded store: one group commit, first statement to fsync'd COMMIT"
+        "Store: one group commit (label store: sqlite, postgres), first statement to durable COMMIT"
     );
     describe_histogram!(
         stats::STORE_COMMIT_SECONDS,
         Unit::Seconds,
-        "Embedded store: the COMMIT alone (WAL write, fsync, checkpoint when due)"
+        "Store: the COMMIT alone (SQLite: WAL write, fsync, checkpoint when due)"
     );
     describe_histogram!(
         stats::STORE_GROUP_COMMANDS,
-        "Embedded store: commands in one group commit"
+        "Store: commands in one group commit"
     );
     describe_counter!(
         stats::MESSAGES_STORED,

@@ -32,14 +32,16 @@ pub const WEBHOOK_EVENTS: &str = "switchboard_webhook_events_total";
 /// every destination (grows while a receiver is down).
 pub const WEBHOOK_IN_FLIGHT: &str = "switchboard_webhook_events_in_flight";
 
-/// Histogram: seconds one group commit of the embedded store took, from its
-/// first statement to the fsync'd COMMIT (what every sender in the group waited
-/// for after it was dequeued).
+/// Histogram: seconds one group commit of the store took, label `store` =
+/// `sqlite` (the writer thread's group: first statement to the fsync'd
+/// COMMIT) | `postgres` (one batch transaction, retries included): what every
+/// append in the group waited for once it was taken from the queue.
 pub const STORE_GROUP_SECONDS: &str = "switchboard_store_group_seconds";
-/// Histogram: seconds of the COMMIT alone (the WAL write and fsync, and a
-/// checkpoint when the WAL crossed its limit).
+/// Histogram: seconds of the COMMIT alone, label `store` (SQLite: the WAL
+/// write and fsync, and a checkpoint when the WAL crossed its limit).
 pub const STORE_COMMIT_SECONDS: &str = "switchboard_store_commit_seconds";
-/// Histogram: commands (appends, outbox events, ...) in one group commit.
+/// Histogram: commands (appends; in SQLite also outbox events, ...) in one
+/// group commit, label `store`.
 pub const STORE_GROUP_COMMANDS: &str = "switchboard_store_group_commands";
 
 /// Totals of one node's logic, since start.

@@ -224,6 +224,21 @@ async fn postgres_down_means_no_c2c_ack_and_nothing_acked_is_lost() {
         .request(switchboard_testkit::raw::c2c("before", "bob", "one"))
         .await;
     assert!(matches!(ack, Packet::C2cAck(_)), "{ack:?}");
+    // Operators see PostgreSQL's group commits on /metrics.
+    let (status, metrics) = http(server.http, "GET", "/metrics", None, None)
+        .await
+        .expect("metrics answer");
+    assert_eq!(status, 200);
+    for needle in [
+        "switchboard_store_group_seconds_count{store=\"postgres\"}",
+        "switchboard_store_commit_seconds_count{store=\"postgres\"}",
+        "switchboard_store_group_commands_count{store=\"postgres\"}",
+    ] {
+        assert!(
+            metrics.contains(needle),
+            "/metrics lacks {needle}:\n{metrics}"
+        );
+    }
 
     tokio::task::block_in_place(|| pg.stop());
     // No ack without durability: the c2c is refused with UNAVAILABLE (after

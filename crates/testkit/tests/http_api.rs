@@ -541,9 +541,9 @@ async fn metrics_and_openapi_are_served() {
         "switchboard_pushes_total",
         "switchboard_connections",
         // The stored push went through one group commit of the store.
-        "switchboard_store_group_seconds_bucket{le=\"0.001\"}",
-        "switchboard_store_commit_seconds_count",
-        "switchboard_store_group_commands_bucket{le=\"1\"}",
+        "switchboard_store_group_seconds_bucket{store=\"sqlite\",le=\"0.001\"}",
+        "switchboard_store_commit_seconds_count{store=\"sqlite\"}",
+        "switchboard_store_group_commands_bucket{store=\"sqlite\",le=\"1\"}",
     ] {
         assert!(text.contains(needle), "/metrics lacks {needle}:\n{text}");
     }

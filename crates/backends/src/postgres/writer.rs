@@ -28,6 +28,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use switchboard_core::stats;
 use switchboard_core::{Appended, NewMessage, StoreError, UserKey, now_ms};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::error::SqlState;
@@ -142,6 +143,9 @@ impl BatchError {
 }
 
 async fn run_batch(inner: &Inner, jobs: Vec<Job>) {
+    let started = std::time::Instant::now();
+    metrics::histogram!(stats::STORE_GROUP_COMMANDS, "store" => "postgres")
+        .record(jobs.len() as f64);
     let (msgs, replies): (Vec<NewMessage>, Vec<_>) =
         jobs.into_iter().map(|j| (j.msg, j.reply)).unzip();
     let plan = plan(&msgs);
@@ -163,6 +167,8 @@ async fn run_batch(inner: &Inner, jobs: Vec<Job>) {
             r => break r.map_err(BatchError::into_store_error),
         }
     };
+    metrics::histogram!(stats::STORE_GROUP_SECONDS, "store" => "postgres")
+        .record(started.elapsed().as_secs_f64());
     match outcome {
         Ok(results) => {
             for (reply, r) in replies.into_iter().zip(results) {
@@ -461,7 +467,10 @@ async fn store_batch(
     }
 
     // 6. Durable, then answer.
+    let commit = std::time::Instant::now();
     tx.commit().await?;
+    metrics::histogram!(stats::STORE_COMMIT_SECONDS, "store" => "postgres")
+        .record(commit.elapsed().as_secs_f64());
 
     let mut out: Vec<Result<Appended, StoreError>> = Vec::with_capacity(msgs.len());
     for (i, p) in plan.iter().enumerate() {

@@ -247,11 +247,14 @@ impl Writer {
             }
             let commit = Instant::now();
             let committed = tx.commit().map_err(unavailable);
-            metrics::histogram!(stats::STORE_COMMIT_SECONDS).record(commit.elapsed().as_secs_f64());
+            metrics::histogram!(stats::STORE_COMMIT_SECONDS, "store" => "sqlite")
+                .record(commit.elapsed().as_secs_f64());
             committed
         })();
-        metrics::histogram!(stats::STORE_GROUP_SECONDS).record(started.elapsed().as_secs_f64());
-        metrics::histogram!(stats::STORE_GROUP_COMMANDS).record(commands as f64);
+        metrics::histogram!(stats::STORE_GROUP_SECONDS, "store" => "sqlite")
+            .record(started.elapsed().as_secs_f64());
+        metrics::histogram!(stats::STORE_GROUP_COMMANDS, "store" => "sqlite")
+            .record(commands as f64);
         match outcome {
             Ok(()) => {
                 self.shared.cursors_flushed(&cursors);
