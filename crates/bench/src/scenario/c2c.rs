@@ -120,7 +120,7 @@ async fn switchboard(a: &Args, target: &Target) -> Result<RunResult, BenchError>
         let total = received_total.clone();
         let mut stop = stop_rx.clone();
         recv_tasks.push(tokio::spawn(async move {
-            let mut rec = Received::new();
+            let mut rec = Received::default();
             loop {
                 tokio::select! {
                     ev = events.recv() => match ev {
@@ -249,7 +249,7 @@ async fn switchboard(a: &Args, target: &Target) -> Result<RunResult, BenchError>
     for (i, t) in recv_tasks.into_iter().enumerate() {
         let Ok(rec) = t.await else { continue };
         rec.merge_into(&mut hist, &mut timeline);
-        last_ns = last_ns.max(rec.last_ns);
+        last_ns = last_ns.max(rec.last_ns());
         delivered += rec.ns.len() as u64;
         // In order = in the order of the sender's timeline seqs.
         let mut by_n: Vec<(u64, u64)> = acks[i].clone();

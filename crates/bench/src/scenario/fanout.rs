@@ -88,7 +88,7 @@ async fn switchboard(a: &Args, target: &Target) -> Result<RunResult, BenchError>
         let received = received.clone();
         let mut stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
-            let mut rec = Received::new();
+            let mut rec = Received::default();
             loop {
                 tokio::select! {
                     p = c.next_push() => match p {
@@ -193,7 +193,7 @@ async fn collect(
         let Ok(rec) = t.await else { continue };
         rec.merge_into(&mut hist, &mut timeline);
         delivered += rec.ns.len() as u64;
-        last_ns = last_ns.max(rec.last_ns);
+        last_ns = last_ns.max(rec.last_ns());
         let (got, lost, dup, ooo) = check_stream(&rec.ns, 0..a.messages);
         loss.received += got;
         loss.lost += lost;
@@ -247,7 +247,7 @@ async fn mqtt(a: &Args, m: &Mqtt, q: u8) -> Result<RunResult, BenchError> {
         let received = received.clone();
         let mut stop = stop_rx.clone();
         tasks.push(tokio::spawn(async move {
-            let mut rec = Received::new();
+            let mut rec = Received::default();
             loop {
                 tokio::select! {
                     p = s.next_publish() => match p {

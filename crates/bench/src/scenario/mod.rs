@@ -83,34 +83,28 @@ pub fn parse_body(b: &[u8]) -> Option<(u32, u64, u64)> {
 /// histogram per receiver is ~190 KB of zeroed memory: 19,000 fan-out
 /// receivers faulted in 3.6 GB inside the timed window, and the generator
 /// spent most of its CPU clearing pages instead of reading pushes.
+#[derive(Default)]
 pub struct Received {
     pub ns: Vec<u64>,
     /// Send time of each entry of `ns` (from its body).
     sent: Vec<u64>,
     /// Arrival time of each entry of `ns`.
     at: Vec<u64>,
-    pub last_ns: u64,
 }
 
 impl Received {
-    pub fn new() -> Received {
-        Received {
-            ns: Vec::new(),
-            sent: Vec::new(),
-            at: Vec::new(),
-            last_ns: 0,
-        }
-    }
-
     /// Records one arrival of a bench body.
     pub fn record(&mut self, body: &[u8]) {
         if let Some((_, n, sent)) = parse_body(body) {
-            let now = stats::now_ns();
-            self.last_ns = now;
             self.ns.push(n);
             self.sent.push(sent);
-            self.at.push(now);
+            self.at.push(stats::now_ns());
         }
+    }
+
+    /// When the last bench body arrived (0: none did).
+    pub fn last_ns(&self) -> u64 {
+        self.at.last().copied().unwrap_or(0)
     }
 
     /// Adds this receiver's latencies and arrivals to a run's figures.
@@ -119,12 +113,6 @@ impl Received {
             stats::record_us(hist, at.saturating_sub(sent) / 1000);
             timeline.add(at, 1);
         }
-    }
-}
-
-impl Default for Received {
-    fn default() -> Self {
-        Received::new()
     }
 }
 
@@ -168,6 +156,23 @@ mod tests {
         let t = format!("\"{}\"", text_body(3, 9));
         let (s, n, _) = parse_body(t.as_bytes()).unwrap();
         assert_eq!((s, n), (3, 9));
+    }
+
+    #[test]
+    fn arrivals_become_one_histogram_and_timeline() {
+        let mut rec = Received::default();
+        for n in 0..3 {
+            rec.record(&body(1, n, 64));
+        }
+        rec.record(b"not a bench body");
+        assert_eq!(rec.ns, [0, 1, 2]);
+        assert!(rec.last_ns() > 0);
+        let mut hist = stats::histogram();
+        let mut timeline = Timeline::new(0);
+        rec.merge_into(&mut hist, &mut timeline);
+        assert_eq!(hist.len(), 3);
+        let total: f64 = timeline.rates().iter().map(|(_, r)| r).sum();
+        assert!((total * stats::BUCKET.as_secs_f64() - 3.0).abs() < 1e-9);
     }
 
     #[test]

@@ -72,7 +72,7 @@ pub async fn c2c(a: &super::c2c::Args, m: &Mqtt, q: u8) -> Result<RunResult, Ben
         let mut stop = stop_rx.clone();
         recv_tasks.push(tokio::spawn(async move {
             let _client = client;
-            let mut rec = Received::new();
+            let mut rec = Received::default();
             loop {
                 tokio::select! {
                     ev = el.poll() => match ev {
@@ -201,7 +201,7 @@ pub async fn c2c(a: &super::c2c::Args, m: &Mqtt, q: u8) -> Result<RunResult, Ben
     for (i, t) in recv_tasks.into_iter().enumerate() {
         let Ok(rec) = t.await else { continue };
         rec.merge_into(&mut hist, &mut timeline);
-        last_ns = last_ns.max(rec.last_ns);
+        last_ns = last_ns.max(rec.last_ns());
         delivered += rec.ns.len() as u64;
         let must = if q >= 1 { sent[i].1 } else { sent[i].0 };
         let (got, lost, dup, ooo) = check_stream(&rec.ns, 0..must);
