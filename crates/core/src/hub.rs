@@ -274,7 +274,10 @@ const SHARDS: usize = 64;
 /// (shard, then map), and a key comes from a signed token or the business's
 /// own API call, not from an anonymous peer. The seed is still random per
 /// process.
-type Shard = Mutex<HashMap<UserKey, Vec<Arc<ConnHandle>>, foldhash::fast::RandomState>>;
+type Shard = Mutex<Users>;
+
+/// Users to their connections on this node (one shard's share).
+type Users = HashMap<UserKey, Vec<Arc<ConnHandle>>, foldhash::fast::RandomState>;
 
 /// This node's logged-in connections, by user.
 pub struct Hub {
@@ -317,13 +320,7 @@ impl Hub {
         }
     }
 
-    fn shard(
-        &self,
-        user: &UserKey,
-    ) -> std::sync::MutexGuard<
-        '_,
-        HashMap<UserKey, Vec<Arc<ConnHandle>>, foldhash::fast::RandomState>,
-    > {
+    fn shard(&self, user: &UserKey) -> std::sync::MutexGuard<'_, Users> {
         use std::hash::BuildHasher;
         let i = (self.shard_of.hash_one(user) as usize) % self.shards.len();
         self.shards[i].lock().unwrap_or_else(|e| e.into_inner())
