@@ -66,6 +66,12 @@ fn install() -> Option<PrometheusHandle> {
         })
         .and_then(|b| {
             b.set_buckets_for_metric(
+                Matcher::Full(stats::STORE_CHECKPOINT_SECONDS.into()),
+                STORE_BUCKETS,
+            )
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
                 Matcher::Full(stats::STORE_GROUP_COMMANDS.into()),
                 GROUP_BUCKETS,
             )
@@ -120,7 +126,12 @@ fn describe() {
     describe_histogram!(
         stats::STORE_COMMIT_SECONDS,
         Unit::Seconds,
-        "Store: the COMMIT alone (SQLite: WAL write, fsync, checkpoint when due)"
+        "Store: the COMMIT alone (SQLite: WAL write and fsync)"
+    );
+    describe_histogram!(
+        stats::STORE_CHECKPOINT_SECONDS,
+        Unit::Seconds,
+        "SQLite: one checkpoint of WAL frames into the database file (label by: thread, writer)"
     );
     describe_histogram!(
         stats::STORE_GROUP_COMMANDS,

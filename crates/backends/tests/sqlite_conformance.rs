@@ -1,7 +1,8 @@
 //! `SqliteStore` against the store conformance suite, plus what only SQLite
-//! has: a `kill -9` in the middle of a write stream, drop without close,
-//! lazy cursor flushes, the de-dup purge, the outbox drain, and data on disk
-//! that is not what we wrote.
+//! has: a `kill -9` in the middle of a write stream (and of checkpoints),
+//! drop without close, lazy cursor flushes, the WAL starting over under
+//! load, the de-dup purge, the outbox drain, and data on disk that is not
+//! what we wrote.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -107,6 +108,8 @@ const CRASH_RECEIVER: &str = "crash-receiver";
 
 /// The writer side of `kill_9_keeps_every_acknowledged_message`: appends from
 /// 8 tasks and prints a line per acknowledged message until it is killed.
+/// A short WAL limit and checkpoint interval, so the kill also lands among
+/// checkpoints and restarts of the WAL.
 #[test]
 #[ignore = "child process of kill_9_keeps_every_acknowledged_message"]
 fn crash_child() {
@@ -115,7 +118,7 @@ fn crash_child() {
     };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async move {
-        let store = open(Path::new(&path));
+        let store = open_with(Path::new(&path), busy_wal()) as Arc<dyn Store>;
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut tasks = tokio::task::JoinSet::new();
         for t in 0..8 {
@@ -240,6 +243,65 @@ fn kill_9_keeps_every_acknowledged_message() {
         assert_eq!(a.seqs[0], page.head + 1);
         store.close().await.expect("close");
     });
+}
+
+/// Options that make the store checkpoint and start its WAL over often.
+fn busy_wal() -> SqliteOptions {
+    SqliteOptions {
+        checkpoint_interval: Duration::from_millis(5),
+        max_wal_frames: 200,
+        ..SqliteOptions::default()
+    }
+}
+
+/// Under a steady stream of appends the WAL never has a moment with every
+/// frame copied, so only the writer's own checkpoint between groups lets it
+/// start over: without it the WAL file grows with everything ever written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wal_starts_over_under_a_steady_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = db(&dir);
+    let store = open_with(&path, busy_wal());
+    let receiver = fresh_user("wal-receiver");
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..8 {
+        let (store, receiver) = (store.clone(), receiver.clone());
+        tasks.spawn(async move {
+            let sender = fresh_user(&format!("wal-sender-{t}"));
+            for i in 0..400 {
+                store
+                    .append(c2c(&sender, &receiver, &format!("w{i}"), vec![1u8; 200]))
+                    .await
+                    .expect("append");
+            }
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.expect("append task");
+    }
+    // 3,200 messages are at least 3,200 page writes: 12.5 MiB of frames.
+    // A WAL that starts over stays near the limit (200 frames, 0.8 MiB)
+    // plus the retries' slack.
+    let wal = std::fs::metadata(format!("{}-wal", path.display()))
+        .expect("the WAL file")
+        .len();
+    assert!(
+        wal < 8 << 20,
+        "the WAL grew to {wal} bytes: it never started over"
+    );
+    let page = store
+        .entries_after(&receiver, 0, 10_000)
+        .await
+        .expect("page");
+    assert_eq!(page.entries.len(), 3_200);
+    for (i, e) in page.entries.iter().enumerate() {
+        assert_eq!(e.seq, i as u64 + 1, "gap in the receiver's timeline");
+    }
+    store.close().await.expect("close");
+    // Everything is in the database file after the last close.
+    let store = open(&path);
+    assert_eq!(store.timeline_head(&receiver).await.expect("head"), 3_200);
+    store.close().await.expect("close");
 }
 
 fn parse_ack(line: &str) -> Option<(u64, u64, u64, u64)> {

@@ -38,8 +38,12 @@ pub const WEBHOOK_IN_FLIGHT: &str = "switchboard_webhook_events_in_flight";
 /// append in the group waited for once it was taken from the queue.
 pub const STORE_GROUP_SECONDS: &str = "switchboard_store_group_seconds";
 /// Histogram: seconds of the COMMIT alone, label `store` (SQLite: the WAL
-/// write and fsync, and a checkpoint when the WAL crossed its limit).
+/// write and fsync).
 pub const STORE_COMMIT_SECONDS: &str = "switchboard_store_commit_seconds";
+/// Histogram: seconds of one SQLite checkpoint (WAL frames copied into the
+/// database file), label `by` = `thread` (the checkpointer, beside the
+/// writer) | `writer` (between two groups, so the WAL can start over).
+pub const STORE_CHECKPOINT_SECONDS: &str = "switchboard_store_checkpoint_seconds";
 /// Histogram: commands (appends; in SQLite also outbox events, ...) in one
 /// group commit, label `store`.
 pub const STORE_GROUP_COMMANDS: &str = "switchboard_store_group_commands";

@@ -8,14 +8,18 @@
 //! - Reads (`entries_after`, `timeline_head`, `cursor`, `outbox_pending`) go
 //!   to a few reader threads, each with its own read connection (`read`),
 //!   which run whatever is queued in one read transaction per batch.
-//! - Device cursors move in memory and reach the disk with the next group or
-//!   within `cursor_flush_interval`, as the contract allows.
+//! - Device cursors move in memory and reach the disk within
+//!   `cursor_flush_interval` (or at a flush or close), as the contract allows.
+//! - WAL frames are copied into the database file by a checkpointer thread
+//!   and, when the WAL is long, by the writer between groups (`checkpoint`),
+//!   never inside a group's COMMIT.
 //! - The schema and its migrations: `schema`.
 //!
 //! Open one `SqliteStore` per file. A second writer on the same file (another
 //! process) is not unsafe, only slow: its cached timeline heads go stale, the
 //! clashing group aborts, its waiters get `Unavailable`, and the heads reload.
 
+mod checkpoint;
 mod read;
 mod schema;
 mod writer;
@@ -37,6 +41,7 @@ use tokio::sync::{Semaphore, oneshot};
 
 pub use schema::SCHEMA_VERSION;
 
+use checkpoint::Checkpointer;
 use read::ReadPool;
 use writer::{Command, Queued, Writer};
 
@@ -58,6 +63,13 @@ pub struct SqliteOptions {
     pub read_connections: usize,
     /// How often expired de-dup rows are purged. Default 60 s.
     pub purge_interval: Duration,
+    /// How often the checkpointer thread copies committed WAL frames into
+    /// the database file. Default 250 ms.
+    pub checkpoint_interval: Duration,
+    /// WAL length, in frames (one 4 KiB page each), from which the writer
+    /// checkpoints between groups so the WAL starts over. Default 50,000
+    /// (about 200 MB of WAL file).
+    pub max_wal_frames: u32,
 }
 
 impl Default for SqliteOptions {
@@ -69,6 +81,8 @@ impl Default for SqliteOptions {
             queue_capacity: 1024,
             read_connections: 4,
             purge_interval: Duration::from_secs(60),
+            checkpoint_interval: Duration::from_millis(250),
+            max_wal_frames: 50_000,
         }
     }
 }
@@ -88,10 +102,6 @@ impl Shared {
         // Every critical section leaves the map consistent, so a poisoned
         // lock (a panic elsewhere) is safe to keep using.
         self.cursors.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn has_dirty_cursors(&self) -> bool {
-        !self.lock().is_empty()
     }
 
     /// A snapshot to write; entries stay in the map (so `cursor()` keeps
@@ -161,7 +171,8 @@ impl SqliteStore {
         let shared = Arc::new(Shared {
             cursors: Mutex::new(HashMap::new()),
         });
-        let writer = Writer::new(conn, rx, shared.clone(), options);
+        let checkpointer = Checkpointer::start(path, options.checkpoint_interval)?;
+        let writer = Writer::new(conn, rx, shared.clone(), checkpointer, options)?;
         let handle = std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || writer.run())

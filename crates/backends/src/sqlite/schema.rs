@@ -164,10 +164,9 @@ pub fn configure_writer(conn: &Connection) -> Result<(), StoreError> {
     }
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(unavailable)?;
-    // Checkpoint every ~40 MB of WAL instead of 4 MB: checkpoints run inside
-    // the writer's commit, and this raised c2c appends/s at 256 concurrent
-    // senders from ~23k to ~32k here (docs/store-choice.md).
-    conn.pragma_update(None, "wal_autocheckpoint", 10_000)
+    // No automatic checkpoint inside a COMMIT: the checkpointer thread and
+    // the writer between groups do it (`checkpoint`).
+    conn.pragma_update(None, "wal_autocheckpoint", 0)
         .map_err(unavailable)?;
     // 32 MiB page cache (default 2 MiB): timeline and de-dup inserts land on
     // random pages; keeping the hot ones cached saves re-reads.
@@ -189,6 +188,12 @@ fn stable_plans(conn: &Connection) -> Result<(), StoreError> {
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
         .map_err(unavailable)?;
     Ok(())
+}
+
+/// Pragmas of the checkpointer's connection: it only runs PASSIVE
+/// checkpoints, which never wait for a lock.
+pub fn configure_checkpointer(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)
 }
 
 /// Pragmas of a read connection: it never writes.

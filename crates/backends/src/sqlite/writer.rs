@@ -2,14 +2,17 @@
 //!
 //! It owns the write connection and the cache of timeline heads. It waits for
 //! a command, drains up to `max_batch` more that are already queued, runs them
-//! all in ONE transaction (group commit) together with the dirty device
-//! cursors and, when due, the de-dup purge, and only after COMMIT returned
-//! (an fsync of the WAL with `synchronous=FULL`) answers every waiter. If the
-//! transaction fails it rolls back, forgets the heads the batch touched (they
-//! reload from `MAX(seq)`) and answers every waiter `Unavailable`.
+//! all in ONE transaction (group commit) together with, when due, the dirty
+//! device cursors (every `cursor_flush_interval`) and the de-dup purge, and
+//! only after COMMIT returned (an fsync of the WAL with `synchronous=FULL`)
+//! answers every waiter. If the transaction fails it rolls back, forgets the
+//! heads the batch touched (they reload from `MAX(seq)`) and answers every
+//! waiter `Unavailable`. When the WAL has grown long, it then checkpoints
+//! before the next group (see `checkpoint`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
@@ -19,6 +22,7 @@ use switchboard_core::store::OutboxReceipt;
 use switchboard_core::{Appended, BusEvent, NewMessage, StoreError, UserKey, now_ms};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
+use super::checkpoint::{self, By, Checkpointer};
 use super::read::{decode_seqs, encode_seqs, message_by_id};
 use super::{CursorKey, Shared, SqliteOptions, unavailable};
 
@@ -103,6 +107,13 @@ pub struct Writer {
     /// Cached head of each timeline seen lately (the last seq written).
     heads: HashMap<UserKey, u64>,
     next_purge: Instant,
+    next_cursor_flush: Instant,
+    /// Frames in the WAL after the last commit (SQLite's WAL hook).
+    wal_frames: Arc<AtomicI64>,
+    /// The WAL length at which the writer checkpoints next.
+    next_checkpoint: i64,
+    /// Stopped (dropped) when the writer stops.
+    checkpointer: Option<Checkpointer>,
 }
 
 impl Writer {
@@ -110,30 +121,46 @@ impl Writer {
         conn: Connection,
         rx: Receiver<Queued>,
         shared: Arc<Shared>,
+        checkpointer: Checkpointer,
         opts: SqliteOptions,
-    ) -> Writer {
-        let next_purge = Instant::now() + opts.purge_interval;
-        Writer {
+    ) -> Result<Writer, StoreError> {
+        let mut conn = conn;
+        let wal_frames = Arc::new(AtomicI64::new(0));
+        let seen = wal_frames.clone();
+        // Set after `wal_autocheckpoint = 0`, which would replace it.
+        conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, frames| {
+            seen.store(i64::from(frames), Ordering::Relaxed);
+            Ok(())
+        }))
+        .map_err(unavailable)?;
+        let now = Instant::now();
+        let next_purge = now + opts.purge_interval;
+        let next_cursor_flush = now + opts.cursor_flush_interval;
+        Ok(Writer {
             conn,
             rx,
             shared,
+            next_checkpoint: i64::from(opts.max_wal_frames.max(1)),
             opts,
             heads: HashMap::new(),
             next_purge,
-        }
+            next_cursor_flush,
+            wal_frames,
+            checkpointer: Some(checkpointer),
+        })
     }
 
     /// The thread's body: returns after a `Close` or when every sender is gone.
     pub fn run(mut self) {
         let max_batch = self.opts.max_batch.max(1);
         loop {
-            // Wake at least every flush interval, so a cursor advanced while
-            // idle is persisted within about that time.
+            // Wake at least when cursors or the purge are due, so a cursor
+            // advanced while idle is persisted within about the interval.
             let now = Instant::now();
             let wait = self
-                .opts
-                .cursor_flush_interval
-                .min(self.next_purge.saturating_duration_since(now));
+                .next_cursor_flush
+                .min(self.next_purge)
+                .saturating_duration_since(now);
             let mut batch = Vec::new();
             let mut disconnected = false;
             match self.rx.recv_timeout(wait.max(Duration::from_millis(1))) {
@@ -148,32 +175,47 @@ impl Writer {
                 }
             }
             let closing = disconnected || batch.iter().any(|q| matches!(q.cmd, Command::Close(_)));
-            let purge = Instant::now() >= self.next_purge;
-            let cursors_dirty = self.shared.has_dirty_cursors();
-            if batch.is_empty() && !purge && !cursors_dirty {
+            let now = Instant::now();
+            let purge = now >= self.next_purge;
+            // Cursors go with the first group after the interval, or with a
+            // Flush or Close; not with every group: under load each group
+            // would upsert the cursor of every device that acked since the
+            // last one (a B-tree page per device per group), and a cursor
+            // that moved a hundred times in a second is written once.
+            let flush_due = now >= self.next_cursor_flush
+                || closing
+                || batch.iter().any(|q| matches!(q.cmd, Command::Flush(_)));
+            let cursors = if flush_due {
+                self.next_cursor_flush = now + self.opts.cursor_flush_interval;
+                self.shared.dirty_cursors()
+            } else {
+                Vec::new()
+            };
+            if batch.is_empty() && !purge && cursors.is_empty() {
                 if closing {
                     break;
                 }
                 continue;
             }
             if purge {
-                self.next_purge = Instant::now() + self.opts.purge_interval;
+                self.next_purge = now + self.opts.purge_interval;
             }
-            self.run_batch(batch, purge);
+            self.run_batch(batch, purge, cursors);
             if closing {
                 break;
             }
         }
+        self.checkpointer.take();
         tracing::debug!("sqlite writer stopped");
     }
 
-    /// Runs one group: every command, dirty cursors, maybe the purge, one COMMIT.
-    fn run_batch(&mut self, batch: Vec<Queued>, purge: bool) {
+    /// Runs one group: every command, the cursors due, maybe the purge, one
+    /// COMMIT.
+    fn run_batch(&mut self, batch: Vec<Queued>, purge: bool, cursors: Vec<(CursorKey, u64)>) {
         let started = Instant::now();
         let commands = batch.len();
         let mut pending = Vec::with_capacity(batch.len());
         let mut touched: Vec<UserKey> = Vec::new();
-        let cursors = self.shared.dirty_cursors();
         let outcome = (|| -> Result<(), StoreError> {
             let tx = self
                 .conn
@@ -264,6 +306,7 @@ impl Writer {
                 for p in pending {
                     p.answer();
                 }
+                self.checkpoint_if_long();
             }
             Err(e) => {
                 // The transaction rolled back when dropped; the cached heads
@@ -278,6 +321,32 @@ impl Writer {
                 }
             }
         }
+    }
+}
+
+impl Writer {
+    /// Checkpoints on the writer's connection once the WAL reached
+    /// `next_checkpoint` frames: copies what the checkpointer thread has
+    /// not yet, so the next transaction starts the WAL over. If it could not
+    /// (a reader still reads old frames), tries again a quarter of the limit
+    /// later rather than after every group.
+    fn checkpoint_if_long(&mut self) {
+        let max = i64::from(self.opts.max_wal_frames.max(1));
+        let frames = self.wal_frames.load(Ordering::Relaxed);
+        if frames < max {
+            // The WAL started over since the last attempt.
+            self.next_checkpoint = max;
+            return;
+        }
+        if frames < self.next_checkpoint {
+            return;
+        }
+        let started = Instant::now();
+        match checkpoint::passive(&self.conn) {
+            Ok(_) => checkpoint::record(By::Writer, started),
+            Err(e) => tracing::warn!(error = %e, "sqlite checkpoint failed"),
+        }
+        self.next_checkpoint = frames + max / 4;
     }
 }
 
