@@ -171,7 +171,8 @@ impl SqliteStore {
         let shared = Arc::new(Shared {
             cursors: Mutex::new(HashMap::new()),
         });
-        let checkpointer = Checkpointer::start(path, options.checkpoint_interval)?;
+        let checkpointer =
+            Checkpointer::start(path, options.checkpoint_interval, options.max_wal_frames)?;
         let writer = Writer::new(conn, rx, shared.clone(), checkpointer, options)?;
         let handle = std::thread::Builder::new()
             .name("sqlite-writer".into())
