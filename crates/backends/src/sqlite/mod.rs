@@ -67,8 +67,9 @@ pub struct SqliteOptions {
     /// the database file. Default 250 ms.
     pub checkpoint_interval: Duration,
     /// WAL length, in frames (one 4 KiB page each), from which the writer
-    /// checkpoints between groups so the WAL starts over. Default 50,000
-    /// (about 200 MB of WAL file).
+    /// checkpoints between groups, just after a pass of the checkpointer
+    /// thread (at twice this, whenever), so the WAL starts over. Default
+    /// 50,000 (about 200 MB of WAL file).
     pub max_wal_frames: u32,
 }
 
