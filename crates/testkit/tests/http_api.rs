@@ -547,6 +547,21 @@ async fn metrics_and_openapi_are_served() {
     ] {
         assert!(text.contains(needle), "/metrics lacks {needle}:\n{text}");
     }
+    // The checkpointer thread copies that commit's WAL frames into the
+    // database file within its interval (250 ms).
+    let needle = "switchboard_store_checkpoint_seconds_count{by=\"thread\"}";
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, text) = http.text("/metrics").await;
+        if text.contains(needle) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/metrics lacks {needle} after 10 s:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let (status, doc) = http
         .call(reqwest::Method::GET, "/openapi.json", None, None)
