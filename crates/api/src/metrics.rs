@@ -44,37 +44,18 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
 }
 
 fn install() -> Option<PrometheusHandle> {
-    let builder = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full(stats::DELIVERY_SECONDS.into()),
-            DELIVERY_BUCKETS,
-        )
-        .and_then(|b| {
-            b.set_buckets_for_metric(Matcher::Full(HTTP_REQUEST_SECONDS.into()), REQUEST_BUCKETS)
-        })
-        .and_then(|b| {
-            b.set_buckets_for_metric(
-                Matcher::Full(stats::STORE_GROUP_SECONDS.into()),
-                STORE_BUCKETS,
-            )
-        })
-        .and_then(|b| {
-            b.set_buckets_for_metric(
-                Matcher::Full(stats::STORE_COMMIT_SECONDS.into()),
-                STORE_BUCKETS,
-            )
-        })
-        .and_then(|b| {
-            b.set_buckets_for_metric(
-                Matcher::Full(stats::STORE_CHECKPOINT_SECONDS.into()),
-                STORE_BUCKETS,
-            )
-        })
-        .and_then(|b| {
-            b.set_buckets_for_metric(
-                Matcher::Full(stats::STORE_GROUP_COMMANDS.into()),
-                GROUP_BUCKETS,
-            )
+    let buckets: [(&str, &[f64]); 6] = [
+        (stats::DELIVERY_SECONDS, DELIVERY_BUCKETS),
+        (HTTP_REQUEST_SECONDS, REQUEST_BUCKETS),
+        (stats::STORE_GROUP_SECONDS, STORE_BUCKETS),
+        (stats::STORE_COMMIT_SECONDS, STORE_BUCKETS),
+        (stats::STORE_CHECKPOINT_SECONDS, STORE_BUCKETS),
+        (stats::STORE_GROUP_COMMANDS, GROUP_BUCKETS),
+    ];
+    let builder = buckets
+        .into_iter()
+        .try_fold(PrometheusBuilder::new(), |b, (name, buckets)| {
+            b.set_buckets_for_metric(Matcher::Full(name.into()), buckets)
         });
     let recorder = match builder {
         Ok(b) => b.build_recorder(),

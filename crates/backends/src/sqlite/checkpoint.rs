@@ -77,8 +77,8 @@ impl Checkpointer {
     }
 
     /// How many frames of the WAL its last pass left in the database file.
-    pub fn backfilled(&self) -> Arc<AtomicI64> {
-        self.backfilled.clone()
+    pub fn backfilled(&self) -> i64 {
+        self.backfilled.load(Ordering::Relaxed)
     }
 }
 

@@ -191,7 +191,8 @@ fn stable_plans(conn: &Connection) -> Result<(), StoreError> {
 }
 
 /// Pragmas of the checkpointer's connection: it only runs PASSIVE
-/// checkpoints, which never wait for a lock.
+/// checkpoints, which never wait for the writer; the busy timeout covers
+/// its first read of the WAL while another connection recovers it.
 pub fn configure_checkpointer(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(BUSY_TIMEOUT).map_err(unavailable)
 }

@@ -110,23 +110,20 @@ pub struct Writer {
     next_cursor_flush: Instant,
     /// Frames in the WAL after the last commit (SQLite's WAL hook).
     wal_frames: Arc<AtomicI64>,
-    /// Frames of the WAL in the database file after the thread's last pass.
-    backfilled: Arc<AtomicI64>,
     /// The WAL length at which the writer checkpoints next.
     next_checkpoint: i64,
-    /// Stopped (dropped) when the writer stops.
-    checkpointer: Option<Checkpointer>,
+    /// Stopped (dropped) with the writer.
+    checkpointer: Checkpointer,
 }
 
 impl Writer {
     pub fn new(
-        conn: Connection,
+        mut conn: Connection,
         rx: Receiver<Queued>,
         shared: Arc<Shared>,
         checkpointer: Checkpointer,
         opts: SqliteOptions,
     ) -> Result<Writer, StoreError> {
-        let mut conn = conn;
         let wal_frames = Arc::new(AtomicI64::new(0));
         let seen = wal_frames.clone();
         // Set after `wal_autocheckpoint = 0`, which would replace it.
@@ -148,8 +145,7 @@ impl Writer {
             next_purge,
             next_cursor_flush,
             wal_frames,
-            backfilled: checkpointer.backfilled(),
-            checkpointer: Some(checkpointer),
+            checkpointer,
         })
     }
 
@@ -208,7 +204,6 @@ impl Writer {
                 break;
             }
         }
-        self.checkpointer.take();
         tracing::debug!("sqlite writer stopped");
     }
 
@@ -350,7 +345,7 @@ impl Writer {
         // Frames not yet copied. The thread's count may be from before the
         // WAL last started over (then this is negative: go ahead); a thread
         // that stopped copying is overruled at twice the limit.
-        let tail = frames - self.backfilled.load(Ordering::Relaxed);
+        let tail = frames - self.checkpointer.backfilled();
         if tail > max / 50 && frames < 2 * max {
             return;
         }
