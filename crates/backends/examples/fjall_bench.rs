@@ -26,7 +26,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 // fjall has no `Store`: it shares the users and the report, not `run`.
 #[allow(dead_code)]
 mod common;
-use common::{USERS, report};
+use common::{USERS, pacer, report};
 
 const MAX_BATCH: usize = 512;
 const QUEUE: usize = 1024;
@@ -241,7 +241,11 @@ fn main() {
                 (tx.clone(), ids.clone(), body.clone(), admission.clone());
             tasks.spawn(async move {
                 let mut lat = Vec::with_capacity(count as usize);
+                let mut pace = pacer(t, c);
                 for i in 0..count {
+                    if let Some(p) = pace.as_mut() {
+                        p.tick().await;
+                    }
                     let from = ("bench".to_owned(), format!("u{}", (t * 7 + i) % USERS));
                     let to = (
                         "bench".to_owned(),

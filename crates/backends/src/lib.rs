@@ -2,6 +2,8 @@
 //!
 //! - [`sqlite`]: [`SqliteStore`], the embedded [`Store`](switchboard_core::Store)
 //!   on one SQLite file with a group-committing writer thread.
+//! - [`fjall_store`]: [`FjallStore`], the embedded `Store` on fjall (an LSM
+//!   key-value store) with the same single-writer shape (`single_writer`).
 //! - [`postgres`]: [`PgStore`], the clustered `Store` on PostgreSQL, shared by
 //!   every node.
 //! - [`redis_presence`]: [`RedisPresence`], presence in Redis or Redis Cluster.
@@ -11,12 +13,15 @@
 //! The clustered backends (PostgreSQL, Redis, NATS) live here too, each in its
 //! own module, and every `Store` passes `switchboard_testkit::store_conformance`.
 
+pub mod fjall_store;
 pub mod jetstream_bus;
 pub mod nats_route;
 pub mod postgres;
 pub mod redis_presence;
+mod single_writer;
 pub mod sqlite;
 
+pub use fjall_store::{FjallOptions, FjallStore};
 pub use jetstream_bus::{JetStreamBus, JetStreamConfig};
 pub use nats_route::NatsRoute;
 pub use postgres::{PgOptions, PgStore};

@@ -4,15 +4,14 @@
 //! load, the de-dup purge, the outbox drain, and data on disk that is not
 //! what we wrote.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchboard_backends::{SqliteOptions, SqliteStore};
-use switchboard_core::{Store, StoreError, UserKey};
+use switchboard_core::{Store, StoreError};
 use switchboard_testkit::store_conformance::{self as conf, c2c, fresh_user, s2c};
+use switchboard_testkit::store_crash;
 
 fn db(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("nested/dir/switchboard.db")
@@ -103,42 +102,16 @@ async fn conformance_with_tiny_batches() {
     .await;
 }
 
-const CHILD_DB: &str = "SWITCHBOARD_CRASH_CHILD_DB";
-const CRASH_RECEIVER: &str = "crash-receiver";
-
-/// The writer side of `kill_9_keeps_every_acknowledged_message`: appends from
-/// 8 tasks and prints a line per acknowledged message until it is killed.
-/// A short WAL limit and checkpoint interval, so the kill also lands among
+/// The writer side of `kill_9_keeps_every_acknowledged_message`. A short
+/// WAL limit and checkpoint interval, so the kill also lands among
 /// checkpoints and restarts of the WAL.
 #[test]
 #[ignore = "child process of kill_9_keeps_every_acknowledged_message"]
 fn crash_child() {
-    let Ok(path) = std::env::var(CHILD_DB) else {
+    let Some(path) = store_crash::child_path() else {
         return;
     };
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(async move {
-        let store = open_with(Path::new(&path), busy_wal()) as Arc<dyn Store>;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut tasks = tokio::task::JoinSet::new();
-        for t in 0..8 {
-            let store = store.clone();
-            tasks.spawn(async move {
-                let receiver = UserKey::new(conf::APP, CRASH_RECEIVER);
-                let sender = UserKey::new(conf::APP, format!("crash-sender-{t}"));
-                let mut i = 0u64;
-                while Instant::now() < deadline {
-                    let a = store
-                        .append(c2c(&sender, &receiver, &format!("c{i}"), vec![7u8; 200]))
-                        .await
-                        .expect("append");
-                    println!("ACK {t} {} {} {}", a.message.id, a.seqs[0], a.seqs[1]);
-                    i += 1;
-                }
-            });
-        }
-        while tasks.join_next().await.is_some() {}
-    });
+    store_crash::child_appends(|| async move { open_with(&path, busy_wal()) as Arc<dyn Store> });
 }
 
 /// SIGKILL a process that is appending: every message it acknowledged is on
@@ -147,102 +120,7 @@ fn crash_child() {
 fn kill_9_keeps_every_acknowledged_message() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = db(&dir);
-    let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args([
-            "crash_child",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_DB, &path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn child");
-    let stdout = child.stdout.take().expect("child stdout");
-    let mut acks = Vec::new();
-    let mut lines = BufReader::new(stdout).lines();
-    while acks.len() < 1_500 {
-        let Some(line) = lines.next() else { break };
-        if let Some(ack) = parse_ack(&line.expect("read child")) {
-            acks.push(ack);
-        }
-    }
-    child.kill().expect("kill -9 the child");
-    // Lines already in the pipe were acknowledged before the kill too.
-    acks.extend(lines.map_while(Result::ok).filter_map(|l| parse_ack(&l)));
-    let status = child.wait().expect("wait");
-    assert!(
-        !status.success(),
-        "the child should have died by the signal"
-    );
-    assert!(
-        acks.len() >= 1_500,
-        "the child acknowledged only {} messages before exiting",
-        acks.len()
-    );
-
-    let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(async {
-        let store = open(&path);
-        let receiver = UserKey::new(conf::APP, CRASH_RECEIVER);
-        let page = store
-            .entries_after(&receiver, 0, 1_000_000)
-            .await
-            .expect("page");
-        for (i, e) in page.entries.iter().enumerate() {
-            assert_eq!(
-                e.seq,
-                i as u64 + 1,
-                "receiver timeline has a gap after the crash"
-            );
-        }
-        let by_seq: std::collections::HashMap<u64, u64> =
-            page.entries.iter().map(|e| (e.seq, e.message.id)).collect();
-        let mut sender_pages = std::collections::HashMap::new();
-        for t in 0..8u64 {
-            let sender = UserKey::new(conf::APP, format!("crash-sender-{t}"));
-            let p = store
-                .entries_after(&sender, 0, 1_000_000)
-                .await
-                .expect("page");
-            for (i, e) in p.entries.iter().enumerate() {
-                assert_eq!(
-                    e.seq,
-                    i as u64 + 1,
-                    "sender timeline has a gap after the crash"
-                );
-            }
-            sender_pages.insert(
-                t,
-                p.entries
-                    .iter()
-                    .map(|e| (e.seq, e.message.id))
-                    .collect::<std::collections::HashMap<_, _>>(),
-            );
-        }
-        for (t, msg_id, seq_r, seq_s) in &acks {
-            assert_eq!(
-                by_seq.get(seq_r),
-                Some(msg_id),
-                "acknowledged message {msg_id} lost on the receiver"
-            );
-            assert_eq!(
-                sender_pages[t].get(seq_s),
-                Some(msg_id),
-                "acknowledged message {msg_id} lost on the sender"
-            );
-        }
-        // The heads reload from disk: the next append continues gap-free.
-        let sender = UserKey::new(conf::APP, "crash-sender-0");
-        let a = store
-            .append(c2c(&sender, &receiver, "after-crash", "x"))
-            .await
-            .expect("append");
-        assert_eq!(a.seqs[0], page.head + 1);
-        store.close().await.expect("close");
-    });
+    store_crash::kill_9_and_check("crash_child", &path, || async { open(&path) });
 }
 
 /// Options that make the store checkpoint and start its WAL over often.
@@ -302,14 +180,6 @@ async fn the_wal_starts_over_under_a_steady_load() {
     let store = open(&path);
     assert_eq!(store.timeline_head(&receiver).await.expect("head"), 3_200);
     store.close().await.expect("close");
-}
-
-fn parse_ack(line: &str) -> Option<(u64, u64, u64, u64)> {
-    let mut it = line
-        .strip_prefix("ACK ")?
-        .split(' ')
-        .map(|w| w.parse::<u64>().ok());
-    Some((it.next()??, it.next()??, it.next()??, it.next()??))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -109,6 +109,9 @@ pub struct Common {
     /// Outbound queue per connection of a started node (frames).
     #[arg(long, default_value_t = 4096)]
     pub outbound_queue: usize,
+    /// Embedded store of a started node: `sqlite` or `fjall`.
+    #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "fjall"])]
+    pub store: String,
     /// Use WebSocket (binary frames) instead of TCP.
     #[arg(long)]
     pub ws: bool,
@@ -128,12 +131,28 @@ pub struct Common {
 
 /// Runs one `switchboard bench` command; returns the results it measured.
 pub async fn run(args: BenchArgs) -> Result<Vec<RunResult>, BenchError> {
-    let (results, out) = match args.scenario {
-        Scenario::Connections(a) => (scenario::connections::run(&a).await?, a.common.out),
-        Scenario::C2c(a) => (scenario::c2c::run(&a).await?, a.common.out),
-        Scenario::Fanout(a) => (scenario::fanout::run(&a).await?, a.common.out),
-        Scenario::Reconnect(a) => (scenario::reconnect::run(&a).await?, a.common.out),
-        Scenario::Disk(a) => (scenario::disk::run(&a).await?, a.out),
+    let (mut results, out, common) = match args.scenario {
+        Scenario::Connections(a) => (
+            scenario::connections::run(&a).await?,
+            a.common.out.clone(),
+            Some(a.common),
+        ),
+        Scenario::C2c(a) => (
+            scenario::c2c::run(&a).await?,
+            a.common.out.clone(),
+            Some(a.common),
+        ),
+        Scenario::Fanout(a) => (
+            scenario::fanout::run(&a).await?,
+            a.common.out.clone(),
+            Some(a.common),
+        ),
+        Scenario::Reconnect(a) => (
+            scenario::reconnect::run(&a).await?,
+            a.common.out.clone(),
+            Some(a.common),
+        ),
+        Scenario::Disk(a) => (scenario::disk::run(&a).await?, a.out, None),
         Scenario::Report(a) => {
             report::run(&a)?;
             return Ok(Vec::new());
@@ -143,6 +162,12 @@ pub async fn run(args: BenchArgs) -> Result<Vec<RunResult>, BenchError> {
             return Ok(Vec::new());
         }
     };
+    // The store of a node the bench started (one given by --url is unknown).
+    if let Some(c) = common.filter(|c| c.url.is_none()) {
+        for r in results.iter_mut().filter(|r| r.system == "switchboard") {
+            r.param("store", c.store.as_str());
+        }
+    }
     for r in &results {
         r.print();
     }

@@ -82,6 +82,9 @@ rate_burst = 1000000
 outbound_queue = {queue}
 max_unacked = 100000
 
+[store]
+backend = "{store}"
+
 [[apps]]
 name = "bench"
 jwt_secret = "{BENCH_SECRET}"
@@ -89,6 +92,7 @@ api_key = "bench-api-key"
 "#,
             data = data.display(),
             queue = c.outbound_queue,
+            store = c.store,
         );
         std::fs::write(&config, toml)?;
         let bin = match &c.server_bin {

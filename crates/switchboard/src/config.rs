@@ -85,7 +85,9 @@ pub struct Logic {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Store {
-    /// `sqlite` (embedded, the default) or `postgres` (shared by a cluster).
+    /// `sqlite` (embedded, the default), `fjall` (embedded, an LSM store:
+    /// more durable messages per second, a shorter latency tail) or
+    /// `postgres` (shared by a cluster).
     pub backend: String,
     /// How long a client_msg_id is remembered for de-duplication.
     pub dedupe_retention_secs: u64,

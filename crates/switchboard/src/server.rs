@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use switchboard_backends::postgres::{PgOptions, PgStore, redact_url};
 use switchboard_backends::sqlite::{SqliteOptions, SqliteStore};
+use switchboard_backends::{FjallOptions, FjallStore};
 use switchboard_core::{AppConfig, Apps, Hub, Logic, Store};
 use switchboard_gate::Gate;
 use tokio::net::TcpListener;
@@ -57,6 +58,18 @@ impl Server {
                 SqliteStore::open(&path, options)
                     .with_context(|| format!("cannot open the store at {}", path.display()))?
             }
+            "fjall" => {
+                let options = FjallOptions {
+                    dedupe_window: Duration::from_secs(config.store.dedupe_retention_secs),
+                    cursor_flush_interval: Duration::from_millis(
+                        config.store.cursor_flush_ms.max(1),
+                    ),
+                    ..FjallOptions::default()
+                };
+                let path = config.data_dir.join("fjall");
+                FjallStore::open(&path, options)
+                    .with_context(|| format!("cannot open the store at {}", path.display()))?
+            }
             "postgres" => {
                 let c = &config.store;
                 let options = PgOptions {
@@ -73,7 +86,7 @@ impl Server {
                     format!("cannot open the PostgreSQL store at {}", redact_url(&c.url))
                 })?
             }
-            other => bail!("unknown store backend {other:?} (known: sqlite, postgres)"),
+            other => bail!("unknown store backend {other:?} (known: sqlite, fjall, postgres)"),
         };
         let hub = Arc::new(Hub::new());
         let backends = crate::cluster::Backends::build(&config, hub.clone(), store.clone()).await?;

@@ -18,3 +18,4 @@ pub mod sdk;
 pub mod server;
 pub mod services;
 pub mod store_conformance;
+pub mod store_crash;

@@ -24,26 +24,21 @@ mod read;
 mod schema;
 mod writer;
 
-use std::collections::HashMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags};
 use switchboard_core::store::{LoginState, OutboxReceipt, PendingAppend};
 use switchboard_core::{Appended, BusEvent, Message, NewMessage, Page, Store, StoreError, UserKey};
-use tokio::sync::{Semaphore, oneshot};
 
 pub use schema::SCHEMA_VERSION;
 
+use crate::single_writer::{Command, Cursors, Reply, WriteQueue};
 use checkpoint::Checkpointer;
 use read::ReadPool;
-use writer::{Command, Queued, Writer};
+use writer::Writer;
 
 /// Tuning of a [`SqliteStore`]; `Default` gives the documented defaults.
 #[derive(Debug, Clone)]
@@ -88,55 +83,12 @@ impl Default for SqliteOptions {
     }
 }
 
-/// `(app, uid, device_id)`.
-type CursorKey = (String, String, String);
-
-/// State shared by the handle and the writer thread.
-struct Shared {
-    // Cursors advanced in memory and not yet committed. A std Mutex: held for
-    // a map insert or a clone, never across an await or I/O.
-    cursors: Mutex<HashMap<CursorKey, u64>>,
-}
-
-impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<CursorKey, u64>> {
-        // Every critical section leaves the map consistent, so a poisoned
-        // lock (a panic elsewhere) is safe to keep using.
-        self.cursors.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// A snapshot to write; entries stay in the map (so `cursor()` keeps
-    /// seeing them) until [`Shared::cursors_flushed`] after the commit.
-    fn dirty_cursors(&self) -> Vec<(CursorKey, u64)> {
-        self.lock().iter().map(|(k, v)| (k.clone(), *v)).collect()
-    }
-
-    /// Forgets the entries that were committed and have not moved since.
-    fn cursors_flushed(&self, flushed: &[(CursorKey, u64)]) {
-        if flushed.is_empty() {
-            return;
-        }
-        let mut map = self.lock();
-        for (k, v) in flushed {
-            if map.get(k) == Some(v) {
-                map.remove(k);
-            }
-        }
-    }
-}
-
 /// The embedded store: one SQLite file in WAL mode, one writer thread.
 pub struct SqliteStore {
     path: PathBuf,
-    queue: SyncSender<Queued>,
-    /// One permit per queue slot, so a full queue makes async callers wait
-    /// instead of blocking a runtime thread in `SyncSender::send`.
-    admission: Arc<Semaphore>,
+    queue: WriteQueue,
     reads: ReadPool,
-    shared: Arc<Shared>,
-    closed: AtomicBool,
-    // A std Mutex: taken once, at close or drop.
-    writer: Mutex<Option<JoinHandle<()>>>,
+    cursors: Arc<Cursors>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -165,28 +117,17 @@ impl SqliteStore {
         schema::migrate(&mut conn)?;
         let reads = ReadPool::open(path, options.read_connections)?;
 
-        let capacity = options.queue_capacity.max(1);
-        // One slot more than there are permits: Drop's final Close never
-        // needs a permit and always finds room.
-        let (queue, rx) = sync_channel(capacity + 1);
-        let shared = Arc::new(Shared {
-            cursors: Mutex::new(HashMap::new()),
-        });
+        let (queue, rx) = WriteQueue::new(options.queue_capacity);
+        let cursors = Arc::new(Cursors::default());
         let checkpointer =
             Checkpointer::start(path, options.checkpoint_interval, options.max_wal_frames)?;
-        let writer = Writer::new(conn, rx, shared.clone(), checkpointer, options)?;
-        let handle = std::thread::Builder::new()
-            .name("sqlite-writer".into())
-            .spawn(move || writer.run())
-            .map_err(|e| StoreError::Unavailable(format!("starting the writer thread: {e}")))?;
+        let writer = Writer::new(conn, rx, cursors.clone(), checkpointer, options)?;
+        queue.spawn("sqlite-writer", move || writer.run())?;
         Ok(Arc::new(SqliteStore {
             path: path.to_owned(),
             queue,
-            admission: Arc::new(Semaphore::new(capacity)),
             reads,
-            shared,
-            closed: AtomicBool::new(false),
-            writer: Mutex::new(Some(handle)),
+            cursors,
         }))
     }
 
@@ -213,69 +154,12 @@ impl SqliteStore {
         self.write(Command::Flush).await
     }
 
-    fn check_open(&self) -> Result<(), StoreError> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(StoreError::Unavailable("store is closed".into()));
-        }
-        Ok(())
-    }
-
     /// Sends a command to the writer and waits for its answer.
     async fn write<T: Send + 'static>(
         &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
+        make: impl FnOnce(Reply<T>) -> Command,
     ) -> Result<T, StoreError> {
-        let permit = self.admit().await?;
-        self.send(make, Some(permit)).await
-    }
-
-    /// A place in the writer's queue: the admission semaphore is fair
-    /// (FIFO), so callers are admitted in the order they asked.
-    async fn admit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, StoreError> {
-        self.check_open()?;
-        self.admission
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| StoreError::Unavailable("store is closed".into()))
-    }
-
-    async fn send<T: Send + 'static>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
-        permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    ) -> Result<T, StoreError> {
-        self.enqueue(make, permit)?.await
-    }
-
-    /// Queues a command for the writer without waiting for its answer: the
-    /// queue is FIFO and the writer runs commands in queue order, so once
-    /// this returned the command's place is fixed. The future answers once
-    /// the group holding it committed.
-    fn enqueue<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Command,
-        permit: Option<tokio::sync::OwnedSemaphorePermit>,
-    ) -> Result<impl Future<Output = Result<T, StoreError>> + Send + 'static, StoreError>
-    where
-        T: Send + 'static,
-    {
-        let (tx, rx) = oneshot::channel();
-        self.queue
-            .try_send(Queued {
-                cmd: make(tx),
-                permit,
-            })
-            .map_err(|e| match e {
-                TrySendError::Full(_) => StoreError::Unavailable("writer queue full".into()),
-                TrySendError::Disconnected(_) => {
-                    StoreError::Unavailable("writer thread stopped".into())
-                }
-            })?;
-        Ok(async move {
-            rx.await
-                .map_err(|_| StoreError::Unavailable("writer thread stopped".into()))?
-        })
+        self.queue.write(make).await
     }
 
     /// Runs a read on one of the reader threads.
@@ -283,12 +167,8 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        self.check_open()?;
+        self.queue.check_open()?;
         self.reads.run(f).await
-    }
-
-    fn cursor_key(user: &UserKey, device_id: &str) -> CursorKey {
-        (user.app.clone(), user.uid.clone(), device_id.to_owned())
     }
 }
 
@@ -305,8 +185,10 @@ impl Store for SqliteStore {
     async fn submit_append(&self, msg: NewMessage) -> Result<PendingAppend, StoreError> {
         // This caller awaits its permit before the next submit starts, so
         // queue order is submit order.
-        let permit = self.admit().await?;
-        let durable = self.enqueue(|r| Command::Append(msg, r), Some(permit))?;
+        let permit = self.queue.admit().await?;
+        let durable = self
+            .queue
+            .enqueue(|r| Command::Append(msg, r), Some(permit))?;
         Ok(PendingAppend::new(durable))
     }
 
@@ -339,12 +221,9 @@ impl Store for SqliteStore {
     }
 
     async fn cursor(&self, user: &UserKey, device_id: &str) -> Result<u64, StoreError> {
-        // Memory first, then the table: an entry leaves memory only after it
-        // was committed, so reading in this order never misses the newest.
-        let key = Self::cursor_key(user, device_id);
-        let in_memory = self.shared.lock().get(&key).copied().unwrap_or(0);
-        let user = user.clone();
-        let device = key.2;
+        // Memory before the table (`Cursors::get`).
+        let in_memory = self.cursors.get(&Cursors::key(user, device_id));
+        let (user, device) = (user.clone(), device_id.to_owned());
         let on_disk = self.read(move |c| read::cursor(c, &user, &device)).await?;
         Ok(in_memory.max(on_disk))
     }
@@ -352,10 +231,8 @@ impl Store for SqliteStore {
     /// Both in one read: one trip to a reader instead of two.
     async fn login_state(&self, user: &UserKey, device_id: &str) -> Result<LoginState, StoreError> {
         // As `cursor`: memory before the table.
-        let key = Self::cursor_key(user, device_id);
-        let in_memory = self.shared.lock().get(&key).copied().unwrap_or(0);
-        let user = user.clone();
-        let device = key.2;
+        let in_memory = self.cursors.get(&Cursors::key(user, device_id));
+        let (user, device) = (user.clone(), device_id.to_owned());
         let (timeline_head, on_disk) = self
             .read(move |c| Ok((read::head(c, &user)?, read::cursor(c, &user, &device)?)))
             .await?;
@@ -371,14 +248,11 @@ impl Store for SqliteStore {
         device_id: &str,
         seq: u64,
     ) -> Result<(), StoreError> {
-        self.check_open()?;
+        self.queue.check_open()?;
         if seq > i64::MAX as u64 {
             return Err(StoreError::Invalid(format!("cursor {seq} out of range")));
         }
-        let key = Self::cursor_key(user, device_id);
-        let mut map = self.shared.lock();
-        let e = map.entry(key).or_insert(0);
-        *e = (*e).max(seq);
+        self.cursors.advance(Cursors::key(user, device_id), seq);
         Ok(())
     }
 
@@ -407,59 +281,14 @@ impl Store for SqliteStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        let alive = self
-            .writer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .is_some_and(|h| !h.is_finished());
-        if !alive {
-            return Err(StoreError::Unavailable("writer thread stopped".into()));
-        }
+        self.queue.writer_alive()?;
         self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(unavailable))
             .await
     }
 
     async fn close(&self) -> Result<(), StoreError> {
-        if self.closed.swap(true, Ordering::AcqRel) {
-            return Ok(());
-        }
         // Waiters already queued are answered first; later callers are refused.
-        self.admission.close();
-        let flushed = self.send(Command::Close, None).await;
-        let handle = self
-            .writer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(handle) = handle {
-            // The thread exits right after answering Close.
-            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
-        }
-        flushed
-    }
-}
-
-impl Drop for SqliteStore {
-    /// Best effort: flush cursors and stop the writer when the store was not
-    /// closed. Blocks for at most one group commit.
-    fn drop(&mut self) {
-        let handle = self
-            .writer
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if !*self.closed.get_mut() {
-            let (tx, _rx) = oneshot::channel();
-            // Fails only when the thread already stopped.
-            let _ = self.queue.send(Queued {
-                cmd: Command::Close(tx),
-                permit: None,
-            });
-        }
-        if let Some(handle) = handle {
-            let _ = handle.join();
-        }
+        self.queue.close().await
     }
 }
 

@@ -13,78 +13,22 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use switchboard_core::stats;
 use switchboard_core::store::OutboxReceipt;
 use switchboard_core::{Appended, BusEvent, NewMessage, StoreError, UserKey, now_ms};
-use tokio::sync::{OwnedSemaphorePermit, oneshot};
 
 use super::checkpoint::{self, By, Checkpointer};
 use super::read::{decode_seqs, encode_seqs, message_by_id};
-use super::{CursorKey, Shared, SqliteOptions, unavailable};
-
-type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
-
-/// What callers ask of the writer.
-pub enum Command {
-    Append(NewMessage, Reply<Appended>),
-    Outbox(BusEvent, String, Reply<OutboxReceipt>),
-    MarkDelivered(Vec<u64>, Reply<usize>),
-    /// Purge expired de-dup and delivered outbox rows now.
-    Purge(Reply<usize>),
-    /// Persist dirty cursors now.
-    Flush(Reply<()>),
-    /// Flush, answer, and stop the thread.
-    Close(Reply<()>),
-}
-
-/// A queued command with the admission permit that reserved its slot.
-pub struct Queued {
-    pub cmd: Command,
-    pub permit: Option<OwnedSemaphorePermit>,
-}
+use super::{SqliteOptions, unavailable};
+use crate::single_writer::{Command, CursorKey, Cursors, Gather, Group, Pending, Queued};
 
 /// More cached heads than this and the cache is cleared after a commit:
 /// about 100 bytes each, so ~10 MB, and a miss costs one indexed lookup.
 const MAX_CACHED_HEADS: usize = 100_000;
-
-/// An answer held until the transaction's fate is known.
-enum Pending {
-    Append(Reply<Appended>, Result<Appended, StoreError>),
-    Outbox(Reply<OutboxReceipt>, Result<OutboxReceipt, StoreError>),
-    Delivered(Reply<usize>, Result<usize, StoreError>),
-    Purge(Reply<usize>, Result<usize, StoreError>),
-    Unit(Reply<()>),
-}
-
-impl Pending {
-    fn answer(self) {
-        // A waiter that gave up (dropped its future) is not an error.
-        let _ = match self {
-            Pending::Append(tx, r) => tx.send(r).map_err(drop),
-            Pending::Outbox(tx, r) => tx.send(r).map_err(drop),
-            Pending::Delivered(tx, r) => tx.send(r).map_err(drop),
-            Pending::Purge(tx, r) => tx.send(r).map_err(drop),
-            Pending::Unit(tx) => tx.send(Ok(())).map_err(drop),
-        };
-    }
-
-    fn fail(self, e: &str) {
-        fn err<T>(e: &str) -> Result<T, StoreError> {
-            Err(StoreError::Unavailable(e.to_owned()))
-        }
-        let _ = match self {
-            Pending::Append(tx, _) => tx.send(err(e)).map_err(drop),
-            Pending::Outbox(tx, _) => tx.send(err(e)).map_err(drop),
-            Pending::Delivered(tx, _) => tx.send(err(e)).map_err(drop),
-            Pending::Purge(tx, _) => tx.send(err(e)).map_err(drop),
-            Pending::Unit(tx) => tx.send(err(e)).map_err(drop),
-        };
-    }
-}
 
 /// A failure inside a batch: `Reject` fails one command, `Abort` the whole
 /// transaction (I/O, disk full, a broken invariant).
@@ -101,13 +45,11 @@ impl From<rusqlite::Error> for Failure {
 
 pub struct Writer {
     conn: Connection,
-    rx: Receiver<Queued>,
-    shared: Arc<Shared>,
+    gather: Gather,
+    cursors: Arc<Cursors>,
     opts: SqliteOptions,
     /// Cached head of each timeline seen lately (the last seq written).
     heads: HashMap<UserKey, u64>,
-    next_purge: Instant,
-    next_cursor_flush: Instant,
     /// Frames in the WAL after the last commit (SQLite's WAL hook).
     wal_frames: Arc<AtomicI64>,
     /// The WAL length at which the writer checkpoints next.
@@ -119,8 +61,8 @@ pub struct Writer {
 impl Writer {
     pub fn new(
         mut conn: Connection,
-        rx: Receiver<Queued>,
-        shared: Arc<Shared>,
+        rx: Receiver<Queued<Command>>,
+        cursors: Arc<Cursors>,
         checkpointer: Checkpointer,
         opts: SqliteOptions,
     ) -> Result<Writer, StoreError> {
@@ -132,18 +74,20 @@ impl Writer {
             Ok(())
         }))
         .map_err(unavailable)?;
-        let now = Instant::now();
-        let next_purge = now + opts.purge_interval;
-        let next_cursor_flush = now + opts.cursor_flush_interval;
+        let gather = Gather::new(
+            rx,
+            cursors.clone(),
+            opts.max_batch,
+            opts.cursor_flush_interval,
+            opts.purge_interval,
+        );
         Ok(Writer {
             conn,
-            rx,
-            shared,
+            gather,
+            cursors,
             next_checkpoint: i64::from(opts.max_wal_frames.max(1)),
             opts,
             heads: HashMap::new(),
-            next_purge,
-            next_cursor_flush,
             wal_frames,
             checkpointer,
         })
@@ -151,65 +95,20 @@ impl Writer {
 
     /// The thread's body: returns after a `Close` or when every sender is gone.
     pub fn run(mut self) {
-        let max_batch = self.opts.max_batch.max(1);
-        loop {
-            // Wake at least when cursors or the purge are due, so a cursor
-            // advanced while idle is persisted within about the interval.
-            let now = Instant::now();
-            let wait = self
-                .next_cursor_flush
-                .min(self.next_purge)
-                .saturating_duration_since(now);
-            let mut batch = Vec::new();
-            let mut disconnected = false;
-            match self.rx.recv_timeout(wait.max(Duration::from_millis(1))) {
-                Ok(q) => batch.push(q),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => disconnected = true,
-            }
-            while !batch.is_empty() && batch.len() < max_batch {
-                match self.rx.try_recv() {
-                    Ok(q) => batch.push(q),
-                    Err(_) => break,
-                }
-            }
-            let closing = disconnected || batch.iter().any(|q| matches!(q.cmd, Command::Close(_)));
-            let now = Instant::now();
-            let purge = now >= self.next_purge;
-            // Cursors go with the first group after the interval, or with a
-            // Flush or Close; not with every group: under load each group
-            // would upsert the cursor of every device that acked since the
-            // last one (a B-tree page per device per group), and a cursor
-            // that moved a hundred times in a second is written once.
-            let flush_due = now >= self.next_cursor_flush
-                || closing
-                || batch.iter().any(|q| matches!(q.cmd, Command::Flush(_)));
-            let cursors = if flush_due {
-                self.next_cursor_flush = now + self.opts.cursor_flush_interval;
-                self.shared.dirty_cursors()
-            } else {
-                Vec::new()
-            };
-            if batch.is_empty() && !purge && cursors.is_empty() {
-                if closing {
-                    break;
-                }
-                continue;
-            }
-            if purge {
-                self.next_purge = now + self.opts.purge_interval;
-            }
-            self.run_batch(batch, purge, cursors);
-            if closing {
-                break;
-            }
+        while let Some(group) = self.gather.next_group() {
+            self.run_batch(group);
         }
         tracing::debug!("sqlite writer stopped");
     }
 
     /// Runs one group: every command, the cursors due, maybe the purge, one
     /// COMMIT.
-    fn run_batch(&mut self, batch: Vec<Queued>, purge: bool, cursors: Vec<(CursorKey, u64)>) {
+    fn run_batch(&mut self, group: Group) {
+        let Group {
+            batch,
+            purge,
+            cursors,
+        } = group;
         let started = Instant::now();
         let commands = batch.len();
         let mut pending = Vec::with_capacity(batch.len());
@@ -257,7 +156,7 @@ impl Writer {
                             .as_ref()
                             .err()
                             .map(|e| StoreError::Unavailable(e.to_string()));
-                        pending.push(Pending::Delivered(reply, r));
+                        pending.push(Pending::Count(reply, r));
                         if let Some(e) = failed {
                             return Err(e);
                         }
@@ -268,7 +167,7 @@ impl Writer {
                             .as_ref()
                             .err()
                             .map(|e| StoreError::Unavailable(e.to_string()));
-                        pending.push(Pending::Purge(reply, r));
+                        pending.push(Pending::Count(reply, r));
                         if let Some(e) = failed {
                             return Err(e);
                         }
@@ -297,7 +196,7 @@ impl Writer {
             .record(commands as f64);
         match outcome {
             Ok(()) => {
-                self.shared.cursors_flushed(&cursors);
+                self.cursors.flushed(&cursors);
                 if self.heads.len() > MAX_CACHED_HEADS {
                     self.heads.clear();
                 }

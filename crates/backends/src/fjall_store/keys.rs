@@ -1,0 +1,336 @@
+//! The keys and values of [`FjallStore`](super::FjallStore), byte for byte.
+//!
+//! Every string in a key is length-prefixed (u16, big-endian), so a user's
+//! key is never a prefix of another user's and a prefix scan reads exactly
+//! one user's range. Integers are big-endian, so keys sort by them.
+//!
+//! | keyspace | key | value |
+//! |---|---|---|
+//! | `messages` | msg_id | [`encode_message`] |
+//! | `timelines` | user ++ seq | msg_id |
+//! | `conversations` | from user ++ to user ++ msg_id | (empty) |
+//! | `dedupe` | from user ++ client_msg_id | msg_id ++ created_ms ++ seq… |
+//! | `dedupe_by_time` | created_ms ++ dedupe key | (empty) |
+//! | `cursors` | user ++ device_id | seq |
+//! | `outbox` | event id | [`encode_event`] |
+//! | `outbox_pending` | event id | (empty) |
+//! | `outbox_dedupe` | user ++ dedupe_id | event id |
+//! | `outbox_delivered` | delivered_ms ++ event id | (empty) |
+//!
+//! A user is `len(app) app len(uid) uid`. Values start with a format byte
+//! where they may change ([`FORMAT`]).
+
+use bytes::Bytes;
+use switchboard_core::{BusEvent, Message, StoreError, UserKey};
+
+/// The first byte of an encoded message or event.
+pub const FORMAT: u8 = 1;
+
+/// Appends a u16-length-prefixed string; `Invalid` past 65,535 bytes.
+fn push_str(out: &mut Vec<u8>, s: &str) -> Result<(), StoreError> {
+    let len = u16::try_from(s.len())
+        .map_err(|_| StoreError::Invalid(format!("a key part of {} bytes is too long", s.len())))?;
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
+/// `len(app) app len(uid) uid`: the prefix of all of a user's keys.
+pub fn user(u: &UserKey) -> Result<Vec<u8>, StoreError> {
+    let mut k = Vec::with_capacity(u.app.len() + u.uid.len() + 12);
+    push_str(&mut k, &u.app)?;
+    push_str(&mut k, &u.uid)?;
+    Ok(k)
+}
+
+pub fn timeline(user_key: &[u8], seq: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(user_key.len() + 8);
+    k.extend_from_slice(user_key);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The seq at the end of a timeline key.
+pub fn seq_of_timeline(key: &[u8]) -> Result<u64, StoreError> {
+    let tail = key
+        .len()
+        .checked_sub(8)
+        .map(|at| &key[at..])
+        .ok_or_else(|| corrupt("timeline key"))?;
+    u64_at(tail, 0)
+}
+
+/// A user, a string: a de-dup key, a cursor key, an outbox de-dup key.
+pub fn user_and(user_key: &[u8], s: &str) -> Result<Vec<u8>, StoreError> {
+    let mut k = Vec::with_capacity(user_key.len() + s.len() + 2);
+    k.extend_from_slice(user_key);
+    push_str(&mut k, s)?;
+    Ok(k)
+}
+
+/// A device's cursor key: user ++ device_id.
+pub fn cursor(app: &str, uid: &str, device_id: &str) -> Result<Vec<u8>, StoreError> {
+    let mut k = Vec::with_capacity(app.len() + uid.len() + device_id.len() + 6);
+    push_str(&mut k, app)?;
+    push_str(&mut k, uid)?;
+    push_str(&mut k, device_id)?;
+    Ok(k)
+}
+
+/// `from ++ to`: the prefix of one direction of a conversation.
+pub fn direction(from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(from.len() + to.len() + 8);
+    k.extend_from_slice(from);
+    k.extend_from_slice(to);
+    k
+}
+
+/// A key that ends with a u64 (a msg_id, an event id) after `prefix`.
+pub fn with_u64(prefix: &[u8], n: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + 8);
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(&n.to_be_bytes());
+    k
+}
+
+/// A time-ordered index key: `time ++ rest`.
+pub fn by_time(time_ms: i64, rest: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(rest.len() + 8);
+    k.extend_from_slice(&time_key(time_ms));
+    k.extend_from_slice(rest);
+    k
+}
+
+/// A time as a key prefix: non-negative times sort as numbers, earlier
+/// ones (never written) as 0.
+pub fn time_key(time_ms: i64) -> [u8; 8] {
+    u64::try_from(time_ms).unwrap_or(0).to_be_bytes()
+}
+
+pub fn u64_at(b: &[u8], at: usize) -> Result<u64, StoreError> {
+    b.get(at..at + 8)
+        .and_then(|s| s.try_into().ok())
+        .map(u64::from_be_bytes)
+        .ok_or_else(|| corrupt("integer"))
+}
+
+pub fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(format!(
+        "fjall: a stored {what} is not what this build writes"
+    ))
+}
+
+/// The de-dup value: `msg_id created_ms seq…`.
+pub fn dedupe_value(msg_id: u64, created_ms: i64, seqs: &[u64]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(16 + 8 * seqs.len());
+    v.extend_from_slice(&msg_id.to_be_bytes());
+    v.extend_from_slice(&created_ms.to_be_bytes());
+    for s in seqs {
+        v.extend_from_slice(&s.to_be_bytes());
+    }
+    v
+}
+
+/// `(msg_id, seqs)` of a de-dup value.
+pub fn decode_dedupe(v: &[u8]) -> Result<(u64, Vec<u64>), StoreError> {
+    if v.len() < 16 || !v.len().is_multiple_of(8) {
+        return Err(corrupt("de-dup entry"));
+    }
+    let seqs = v[16..]
+        .chunks_exact(8)
+        .map(|c| u64_at(c, 0))
+        .collect::<Result<_, _>>()?;
+    Ok((u64_at(v, 0)?, seqs))
+}
+
+/// A cursor for a value reader.
+struct Reader<'a> {
+    b: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn bytes(&mut self, n: usize) -> Result<&'a [u8], StoreError> {
+        if self.b.len() < n {
+            return Err(corrupt("value"));
+        }
+        let (head, rest) = self.b.split_at(n);
+        self.b = rest;
+        Ok(head)
+    }
+
+    fn u32(&mut self) -> Result<u32, StoreError> {
+        let b = self.bytes(4)?;
+        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn i64(&mut self) -> Result<i64, StoreError> {
+        Ok(u64_at(self.bytes(8)?, 0)? as i64)
+    }
+
+    fn string(&mut self) -> Result<String, StoreError> {
+        let n = self.u32()? as usize;
+        String::from_utf8(self.bytes(n)?.to_vec()).map_err(|_| corrupt("string"))
+    }
+}
+
+fn put_string(v: &mut Vec<u8>, s: &str) {
+    // Bodies and labels are limited far below 4 GiB by the gate and the API.
+    v.extend_from_slice(&(s.len() as u32).to_be_bytes());
+    v.extend_from_slice(s.as_bytes());
+}
+
+/// `FORMAT id from.app from.uid to.app to.uid kind client_msg_id
+/// server_time_ms body…` (strings u32-length-prefixed).
+pub fn encode_message(m: &Message) -> Vec<u8> {
+    let strings = [
+        &m.from.app,
+        &m.from.uid,
+        &m.to.app,
+        &m.to.uid,
+        &m.kind,
+        &m.client_msg_id,
+    ];
+    let len: usize = strings.iter().map(|s| s.len() + 4).sum();
+    let mut v = Vec::with_capacity(1 + 16 + len + m.body.len());
+    v.push(FORMAT);
+    v.extend_from_slice(&m.id.to_be_bytes());
+    for s in strings {
+        put_string(&mut v, s);
+    }
+    v.extend_from_slice(&m.server_time_ms.to_be_bytes());
+    v.extend_from_slice(&m.body);
+    v
+}
+
+pub fn decode_message(v: &[u8]) -> Result<Message, StoreError> {
+    let mut r = Reader { b: v };
+    if r.bytes(1)? != [FORMAT] {
+        return Err(corrupt("message"));
+    }
+    let id = r.i64()? as u64;
+    let from = UserKey {
+        app: r.string()?,
+        uid: r.string()?,
+    };
+    let to = UserKey {
+        app: r.string()?,
+        uid: r.string()?,
+    };
+    let kind = r.string()?;
+    let client_msg_id = r.string()?;
+    let server_time_ms = r.i64()?;
+    Ok(Message {
+        id,
+        from,
+        to,
+        kind,
+        body: Bytes::copy_from_slice(r.b),
+        client_msg_id,
+        server_time_ms,
+    })
+}
+
+/// `FORMAT id topic app uid kind dedupe_id time_ms body…`.
+pub fn encode_event(e: &BusEvent, dedupe_id: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(64 + e.body.len());
+    v.push(FORMAT);
+    v.extend_from_slice(&e.id.to_be_bytes());
+    for s in [&e.topic, &e.user.app, &e.user.uid, &e.kind] {
+        put_string(&mut v, s);
+    }
+    put_string(&mut v, dedupe_id);
+    v.extend_from_slice(&e.time_ms.to_be_bytes());
+    v.extend_from_slice(&e.body);
+    v
+}
+
+/// The event and its de-dup id.
+pub fn decode_event(v: &[u8]) -> Result<(BusEvent, String), StoreError> {
+    let mut r = Reader { b: v };
+    if r.bytes(1)? != [FORMAT] {
+        return Err(corrupt("outbox event"));
+    }
+    let id = r.i64()? as u64;
+    let topic = r.string()?;
+    let user = UserKey {
+        app: r.string()?,
+        uid: r.string()?,
+    };
+    let kind = r.string()?;
+    let dedupe_id = r.string()?;
+    let time_ms = r.i64()?;
+    let event = BusEvent {
+        id,
+        topic,
+        user,
+        kind,
+        body: Bytes::copy_from_slice(r.b),
+        time_ms,
+    };
+    Ok((event, dedupe_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_user_key_is_never_a_prefix_of_another_users() {
+        let a = user(&UserKey::new("app", "ab")).unwrap();
+        let b = user(&UserKey::new("app", "abc")).unwrap();
+        let c = user(&UserKey::new("appa", "b")).unwrap();
+        assert!(!b.starts_with(&a) && !a.starts_with(&b));
+        assert!(!c.starts_with(&a) && !a.starts_with(&c));
+    }
+
+    #[test]
+    fn messages_and_events_round_trip() {
+        let m = Message {
+            id: 42,
+            from: UserKey::new("a", "alice"),
+            to: UserKey::new("b", "bob"),
+            kind: "text".into(),
+            body: Bytes::from_static(b"\0hello"),
+            client_msg_id: "c-1".into(),
+            server_time_ms: 1_700_000_000_000,
+        };
+        let back = decode_message(&encode_message(&m)).unwrap();
+        assert_eq!(back, m);
+        let e = BusEvent {
+            id: 7,
+            topic: "c2s".into(),
+            user: UserKey::new("a", "alice"),
+            kind: "gps".into(),
+            body: Bytes::from_static(b"{}"),
+            time_ms: 5,
+        };
+        assert_eq!(
+            decode_event(&encode_event(&e, "d")).unwrap(),
+            (e, "d".into())
+        );
+    }
+
+    #[test]
+    fn short_or_foreign_values_are_corrupt_not_a_panic() {
+        for v in [
+            &b""[..],
+            b"\x01",
+            b"\x02abcdefghijklmnop",
+            b"\x01\0\0\0\0\0\0\0\x01\xff\xff",
+        ] {
+            assert!(matches!(decode_message(v), Err(StoreError::Corrupt(_))));
+            assert!(matches!(decode_event(v), Err(StoreError::Corrupt(_))));
+        }
+        assert!(decode_dedupe(b"short").is_err());
+        assert!(seq_of_timeline(b"short").is_err());
+    }
+
+    #[test]
+    fn over_long_key_parts_are_invalid() {
+        let long = "x".repeat(70_000);
+        assert!(matches!(
+            user(&UserKey::new("a", long)),
+            Err(StoreError::Invalid(_))
+        ));
+    }
+}
