@@ -85,9 +85,8 @@ pub struct Logic {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Store {
-    /// `sqlite` (embedded, the default), `fjall` (embedded, an LSM store:
-    /// more durable messages per second, a shorter latency tail) or
-    /// `postgres` (shared by a cluster).
+    /// `fjall` (embedded, an LSM store, the default), `sqlite` (embedded,
+    /// one SQLite file) or `postgres` (shared by a cluster).
     pub backend: String,
     /// How long a client_msg_id is remembered for de-duplication.
     pub dedupe_retention_secs: u64,
@@ -340,7 +339,7 @@ impl Default for Logic {
 impl Default for Store {
     fn default() -> Self {
         Store {
-            backend: "sqlite".into(),
+            backend: "fjall".into(),
             dedupe_retention_secs: 7 * 24 * 3600,
             cursor_flush_ms: 1000,
             url: "postgres://postgres@127.0.0.1:5432/switchboard".into(),

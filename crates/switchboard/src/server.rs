@@ -19,6 +19,9 @@ use tracing::info;
 
 use crate::config::Config;
 
+/// The SQLite store's file in the data dir (`store.backend = "sqlite"`).
+const SQLITE_FILE: &str = "switchboard.sqlite3";
+
 /// A running node.
 pub struct Server {
     pub tcp_addr: SocketAddr,
@@ -54,11 +57,21 @@ impl Server {
                     ),
                     ..SqliteOptions::default()
                 };
-                let path = config.data_dir.join("switchboard.sqlite3");
+                let path = config.data_dir.join(SQLITE_FILE);
                 SqliteStore::open(&path, options)
                     .with_context(|| format!("cannot open the store at {}", path.display()))?
             }
             "fjall" => {
+                let sqlite = config.data_dir.join(SQLITE_FILE);
+                let path = config.data_dir.join("fjall");
+                if sqlite.exists() && !path.exists() {
+                    bail!(
+                        "{} holds a SQLite store and store.backend is \"fjall\" (the default since \
+                         it replaced \"sqlite\"); set store.backend = \"sqlite\" to keep serving \
+                         that data",
+                        config.data_dir.display()
+                    );
+                }
                 let options = FjallOptions {
                     dedupe_window: Duration::from_secs(config.store.dedupe_retention_secs),
                     cursor_flush_interval: Duration::from_millis(
@@ -66,7 +79,6 @@ impl Server {
                     ),
                     ..FjallOptions::default()
                 };
-                let path = config.data_dir.join("fjall");
                 FjallStore::open(&path, options)
                     .with_context(|| format!("cannot open the store at {}", path.display()))?
             }

@@ -205,3 +205,53 @@ async fn a_client_reconnects_after_the_server_restarts_and_gets_what_it_missed()
     no_more_messages(&mut bob_events, Duration::from_millis(300)).await;
     s.stop().await;
 }
+
+/// The node on the fjall store keeps the contract: offline messages wait on
+/// the receiver's timeline, survive a restart, arrive once in order, and
+/// the timeline goes on from where it was.
+#[tokio::test]
+async fn the_fjall_store_keeps_offline_messages_across_a_restart() {
+    let s = TestServer::start_with(|c| c.store.backend = "fjall".into()).await;
+    let data = s.config.data_dir.join("fjall");
+    let (alice, _ae) = connect(&s.tcp_url(), "alice", "a1").await;
+    for body in ["one", "two"] {
+        alice.send(demo("bob"), "text", body).await.unwrap();
+    }
+    let s = s.restart().await;
+    assert!(data.is_dir(), "the store is not in {}", data.display());
+    let (_bob, mut bob_events) = connect(&s.ws_url(), "bob", "b1").await;
+    let got = messages(&mut bob_events, 2, T).await;
+    assert_eq!(bodies(&got), ["one", "two"]);
+    assert_eq!(got.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [1, 2]);
+    // Alice's client reconnects by itself; the timeline goes on at 3.
+    let receipt = alice.send(demo("bob"), "text", "three").await.unwrap();
+    assert_eq!(receipt.seq, 3);
+    let got = messages(&mut bob_events, 1, T).await;
+    assert_eq!((got[0].0, bodies(&got)), (3, vec!["three".to_owned()]));
+    no_more_messages(&mut bob_events, Duration::from_millis(300)).await;
+    s.stop().await;
+}
+
+/// A data dir that holds a SQLite store is refused by the default (fjall)
+/// store with the setting that keeps serving it, not silently replaced by
+/// an empty store; with that setting the messages are all there.
+#[tokio::test]
+async fn a_sqlite_data_dir_is_not_silently_replaced_by_an_empty_store() {
+    let s = TestServer::start_with(|c| c.store.backend = "sqlite".into()).await;
+    let (alice, _ae) = connect(&s.tcp_url(), "alice", "a1").await;
+    alice.send(demo("bob"), "text", "kept").await.unwrap();
+    alice.close().await;
+    let mut config = s.config.clone();
+    let s = s.restart().await;
+    config.store.backend = switchboard::Config::default().store.backend;
+    config.listen.tcp = "127.0.0.1:0".parse().unwrap();
+    config.listen.http = "127.0.0.1:0".parse().unwrap();
+    let refused = switchboard::Server::start(config).await;
+    let err = format!("{:#}", refused.err().expect("the default store refuses"));
+    assert!(err.contains("store.backend = \"sqlite\""), "{err}");
+
+    // The SQLite node (restarted above) still serves what it stored.
+    let (_bob, mut bob_events) = connect(&s.tcp_url(), "bob", "b1").await;
+    assert_eq!(bodies(&messages(&mut bob_events, 1, T).await), ["kept"]);
+    s.stop().await;
+}

@@ -52,6 +52,13 @@ pub struct FjallOptions {
     pub purge_interval: Duration,
     /// fjall's block cache. Default 64 MiB.
     pub cache_bytes: u64,
+    /// Most journal kept on disk: past it, the memtables holding the oldest
+    /// journal's writes are flushed to tables and that journal is deleted.
+    /// So it also bounds the memory of the memtables. Default 64 MiB.
+    pub max_journal_bytes: u64,
+    /// A keyspace's memtable is flushed to a table once it holds this
+    /// much. Default 16 MiB.
+    pub max_memtable_bytes: u64,
 }
 
 impl Default for FjallOptions {
@@ -63,6 +70,8 @@ impl Default for FjallOptions {
             queue_capacity: 1024,
             purge_interval: Duration::from_secs(60),
             cache_bytes: 64 << 20,
+            max_journal_bytes: 128 << 20,
+            max_memtable_bytes: 32 << 20,
         }
     }
 }
@@ -83,14 +92,17 @@ pub(crate) struct Keyspaces {
 }
 
 impl Keyspaces {
-    fn open(path: &Path, cache_bytes: u64) -> Result<Keyspaces, StoreError> {
+    fn open(path: &Path, options: &FjallOptions) -> Result<Keyspaces, StoreError> {
         let db = Database::builder(path)
-            .cache_size(cache_bytes)
+            .cache_size(options.cache_bytes)
+            .max_journaling_size(options.max_journal_bytes)
             .open()
             .map_err(fjall_error)?;
         let ks = |name: &str| {
-            db.keyspace(name, KeyspaceCreateOptions::default)
-                .map_err(fjall_error)
+            db.keyspace(name, || {
+                KeyspaceCreateOptions::default().max_memtable_size(options.max_memtable_bytes)
+            })
+            .map_err(fjall_error)
         };
         Ok(Keyspaces {
             messages: ks("messages")?,
@@ -132,7 +144,7 @@ impl FjallStore {
     pub fn open(path: &Path, options: FjallOptions) -> Result<Arc<FjallStore>, StoreError> {
         std::fs::create_dir_all(path)
             .map_err(|e| StoreError::Unavailable(format!("creating {}: {e}", path.display())))?;
-        let ks = Arc::new(Keyspaces::open(path, options.cache_bytes)?);
+        let ks = Arc::new(Keyspaces::open(path, &options)?);
         let (queue, rx) = WriteQueue::new(options.queue_capacity);
         let cursors = Arc::new(Cursors::default());
         let writer = Writer::new(ks.clone(), rx, cursors.clone(), &options);
