@@ -102,12 +102,12 @@ fn describe() {
     describe_histogram!(
         stats::STORE_GROUP_SECONDS,
         Unit::Seconds,
-        "Store: one group commit (label store: sqlite, postgres), first statement to durable COMMIT"
+        "Store: one group commit (label store: fjall, sqlite, postgres), first write to durable commit"
     );
     describe_histogram!(
         stats::STORE_COMMIT_SECONDS,
         Unit::Seconds,
-        "Store: the COMMIT alone (SQLite: WAL write and fsync)"
+        "Store: the commit alone (fjall: journal write and fsync; SQLite: WAL write and fsync)"
     );
     describe_histogram!(
         stats::STORE_CHECKPOINT_SECONDS,

@@ -109,8 +109,8 @@ pub struct Common {
     /// Outbound queue per connection of a started node (frames).
     #[arg(long, default_value_t = 4096)]
     pub outbound_queue: usize,
-    /// Embedded store of a started node: `sqlite` or `fjall`.
-    #[arg(long, default_value = "sqlite", value_parser = ["sqlite", "fjall"])]
+    /// Embedded store of a started node: `fjall` (the node's default) or `sqlite`.
+    #[arg(long, default_value = "fjall", value_parser = ["fjall", "sqlite"])]
     pub store: String,
     /// Use WebSocket (binary frames) instead of TCP.
     #[arg(long)]

@@ -33,18 +33,19 @@ pub const WEBHOOK_EVENTS: &str = "switchboard_webhook_events_total";
 pub const WEBHOOK_IN_FLIGHT: &str = "switchboard_webhook_events_in_flight";
 
 /// Histogram: seconds one group commit of the store took, label `store` =
-/// `sqlite` (the writer thread's group: first statement to the fsync'd
-/// COMMIT) | `postgres` (one batch transaction, retries included): what every
+/// `fjall` | `sqlite` (the writer thread's group: first write to the
+/// fsync'd commit) | `postgres` (one batch transaction, retries included): what every
 /// append in the group waited for once it was taken from the queue.
 pub const STORE_GROUP_SECONDS: &str = "switchboard_store_group_seconds";
-/// Histogram: seconds of the COMMIT alone, label `store` (SQLite: the WAL
-/// write and fsync).
+/// Histogram: seconds of the commit alone, label `store` (fjall: the
+/// journal write and fsync, and any write stall; SQLite: the WAL write and
+/// fsync).
 pub const STORE_COMMIT_SECONDS: &str = "switchboard_store_commit_seconds";
 /// Histogram: seconds of one SQLite checkpoint (WAL frames copied into the
 /// database file), label `by` = `thread` (the checkpointer, beside the
 /// writer) | `writer` (between two groups, so the WAL can start over).
 pub const STORE_CHECKPOINT_SECONDS: &str = "switchboard_store_checkpoint_seconds";
-/// Histogram: commands (appends; in SQLite also outbox events, ...) in one
+/// Histogram: commands (appends; in the embedded stores also outbox events, ...) in one
 /// group commit, label `store`.
 pub const STORE_GROUP_COMMANDS: &str = "switchboard_store_group_commands";
 
