@@ -17,6 +17,7 @@ pub mod fjall_store;
 pub mod jetstream_bus;
 pub mod nats_route;
 pub mod postgres;
+mod read_pool;
 pub mod redis_presence;
 mod single_writer;
 pub mod sqlite;

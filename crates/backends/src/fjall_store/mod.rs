@@ -12,7 +12,8 @@
 //!   thread (`writer`) through a bounded FIFO queue (`single_writer`); it
 //!   puts up to `max_batch` of them into one write batch, commits it with
 //!   the journal fsync'd, and answers nobody before that returned.
-//! - Reads run on tokio's blocking threads, each on one snapshot (`read`).
+//! - Reads run on a few reader threads (`read_pool`), each on one snapshot
+//!   (`read`).
 //! - Device cursors move in memory and are written within
 //!   `cursor_flush_interval` (or at a flush or close), as the contract allows.
 //! - Keys and values: `keys`.
@@ -32,6 +33,7 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use switchboard_core::store::{LoginState, OutboxReceipt, PendingAppend};
 use switchboard_core::{Appended, BusEvent, Message, NewMessage, Page, Store, StoreError, UserKey};
 
+use crate::read_pool::{ReadContext, ReadPool};
 use crate::single_writer::{Command, Cursors, WriteQueue};
 use writer::Writer;
 
@@ -50,6 +52,9 @@ pub struct FjallOptions {
     pub queue_capacity: usize,
     /// How often expired de-dup entries are purged. Default 60 s.
     pub purge_interval: Duration,
+    /// Reader threads. Default 4: reads are short and this machine has 2
+    /// cores.
+    pub read_threads: usize,
     /// fjall's block cache. Default 64 MiB.
     pub cache_bytes: u64,
     /// Most journal kept on disk: past it, the memtables holding the oldest
@@ -69,6 +74,7 @@ impl Default for FjallOptions {
             max_batch: 512,
             queue_capacity: 1024,
             purge_interval: Duration::from_secs(60),
+            read_threads: 4,
             cache_bytes: 64 << 20,
             max_journal_bytes: 128 << 20,
             max_memtable_bytes: 32 << 20,
@@ -120,10 +126,13 @@ impl Keyspaces {
     }
 }
 
+/// A reader thread holds the keyspaces; each read takes its own snapshot.
+impl ReadContext for Arc<Keyspaces> {}
+
 /// The embedded store on fjall: one directory, one writer thread.
 pub struct FjallStore {
     path: PathBuf,
-    ks: Arc<Keyspaces>,
+    reads: ReadPool<Arc<Keyspaces>>,
     queue: WriteQueue,
     cursors: Arc<Cursors>,
 }
@@ -147,11 +156,17 @@ impl FjallStore {
         let ks = Arc::new(Keyspaces::open(path, &options)?);
         let (queue, rx) = WriteQueue::new(options.queue_capacity);
         let cursors = Arc::new(Cursors::default());
-        let writer = Writer::new(ks.clone(), rx, cursors.clone(), &options);
+        let reads = ReadPool::start(
+            "fjall-reader",
+            (0..options.read_threads.max(1))
+                .map(|_| ks.clone())
+                .collect(),
+        )?;
+        let writer = Writer::new(ks, rx, cursors.clone(), &options);
         queue.spawn("fjall-writer", move || writer.run())?;
         Ok(Arc::new(FjallStore {
             path: path.to_owned(),
-            ks,
+            reads,
             queue,
             cursors,
         }))
@@ -174,16 +189,13 @@ impl FjallStore {
         self.queue.write(Command::Flush).await
     }
 
-    /// Runs a read on a blocking thread.
+    /// Runs a read on one of the reader threads.
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Keyspaces) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         self.queue.check_open()?;
-        let ks = self.ks.clone();
-        tokio::task::spawn_blocking(move || f(&ks))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("read failed: {e}")))?
+        self.reads.run(move |ks| f(ks)).await
     }
 }
 

@@ -1,5 +1,5 @@
-//! Reads of [`FjallStore`](super::FjallStore). Each runs on a blocking
-//! thread and reads one snapshot, so a page and its head agree.
+//! Reads of [`FjallStore`](super::FjallStore). Each runs on a reader thread
+//! and reads one snapshot, so a page and its head agree.
 
 use std::sync::Arc;
 

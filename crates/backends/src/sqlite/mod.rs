@@ -35,9 +35,9 @@ use switchboard_core::{Appended, BusEvent, Message, NewMessage, Page, Store, Sto
 
 pub use schema::SCHEMA_VERSION;
 
+use crate::read_pool::ReadPool;
 use crate::single_writer::{Command, Cursors, Reply, WriteQueue};
 use checkpoint::Checkpointer;
-use read::ReadPool;
 use writer::Writer;
 
 /// Tuning of a [`SqliteStore`]; `Default` gives the documented defaults.
@@ -87,7 +87,7 @@ impl Default for SqliteOptions {
 pub struct SqliteStore {
     path: PathBuf,
     queue: WriteQueue,
-    reads: ReadPool,
+    reads: ReadPool<Connection>,
     cursors: Arc<Cursors>,
 }
 
@@ -115,7 +115,10 @@ impl SqliteStore {
         let mut conn = Connection::open_with_flags(path, flags).map_err(unavailable)?;
         schema::configure_writer(&conn)?;
         schema::migrate(&mut conn)?;
-        let reads = ReadPool::open(path, options.read_connections)?;
+        let reads = ReadPool::start(
+            "sqlite-reader",
+            read::connections(path, options.read_connections)?,
+        )?;
 
         let (queue, rx) = WriteQueue::new(options.queue_capacity);
         let cursors = Arc::new(Cursors::default());

@@ -4,150 +4,47 @@
 //! decoding shared with the writer. WAL lets these reads proceed while the
 //! writer commits.
 //!
-//! Reads are queued to the threads rather than run in `spawn_blocking`: at
-//! thousands of reads a second (a reconnect storm: every login and its sync)
-//! the blocking pool's hand-offs, thread wake-ups and connection mutexes
-//! cost the node more CPU than the queries. A reader takes every read
-//! waiting (up to [`MAX_BATCH`]) and runs them in one read transaction: one
-//! snapshot, one BEGIN/COMMIT, no sleep between them.
+//! The threads are a [`ReadPool`](crate::read_pool::ReadPool); a reader
+//! runs each batch of reads in one read transaction.
 
-use std::collections::VecDeque;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use switchboard_core::{BusEvent, Entry, Message, Page, StoreError, UserKey};
-use tokio::sync::oneshot;
 
 use super::{corrupt_or_unavailable, schema, unavailable};
+use crate::read_pool::ReadContext;
 
 /// Most reads one reader runs in one transaction.
-const MAX_BATCH: usize = 64;
-
-/// One queued read: runs on a reader's connection and answers its caller.
-type Job = Box<dyn FnOnce(&mut Connection) + Send>;
-
-#[derive(Default)]
-struct Queue {
-    jobs: VecDeque<Job>,
-    /// Readers waiting on the condvar (a push wakes one only if there is one).
-    idle: usize,
-    closed: bool,
-}
-
-struct Shared {
-    // A std Mutex: held to push or pop jobs, never across a query.
-    queue: Mutex<Queue>,
-    ready: Condvar,
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        // Pushes and pops leave the queue consistent; poison is harmless.
-        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// The reader threads and their queue. Dropping it lets the threads finish
-/// what is queued and exit.
-pub struct ReadPool {
-    shared: Arc<Shared>,
-}
-
-impl ReadPool {
-    /// Opens `size` read connections, each served by its own thread.
-    pub fn open(path: &Path, size: usize) -> Result<ReadPool, StoreError> {
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX
-            | OpenFlags::SQLITE_OPEN_URI;
-        let mut conns = Vec::with_capacity(size);
-        for _ in 0..size.max(1) {
+/// Opens `size` read connections for the reader threads.
+pub fn connections(path: &Path, size: usize) -> Result<Vec<Connection>, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    (0..size.max(1))
+        .map(|_| {
             let conn = Connection::open_with_flags(path, flags).map_err(unavailable)?;
             schema::configure_reader(&conn)?;
-            conns.push(conn);
-        }
-        let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue::default()),
-            ready: Condvar::new(),
-        });
-        let pool = ReadPool {
-            shared: shared.clone(),
-        };
-        for (i, conn) in conns.into_iter().enumerate() {
-            let shared = shared.clone();
-            std::thread::Builder::new()
-                .name(format!("sqlite-reader-{i}"))
-                .spawn(move || reader(conn, &shared))
-                .map_err(|e| StoreError::Unavailable(format!("starting a reader thread: {e}")))?;
-        }
-        Ok(pool)
-    }
-
-    /// Runs `f` on a reader's connection (inside that reader's current read
-    /// transaction, with the other reads of its batch) and returns its result.
-    pub async fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn| {
-            // A caller that gave up is not an error.
-            let _ = tx.send(f(conn));
-        });
-        {
-            let mut q = self.shared.lock();
-            if q.closed {
-                return Err(StoreError::Unavailable("store is closed".into()));
-            }
-            q.jobs.push_back(job);
-            if q.idle > 0 {
-                self.shared.ready.notify_one();
-            }
-        }
-        rx.await
-            .map_err(|_| StoreError::Unavailable("read failed (the reader panicked)".into()))?
-    }
+            Ok(conn)
+        })
+        .collect()
 }
 
-impl Drop for ReadPool {
-    fn drop(&mut self) {
-        self.shared.lock().closed = true;
-        self.shared.ready.notify_all();
+/// A batch of reads shares one read transaction: one snapshot, one
+/// BEGIN/COMMIT. Every read in it was queued before the snapshot is taken,
+/// so each sees at least what was committed (and acknowledged) when it was
+/// asked. If BEGIN fails, each read runs in its own implicit transaction,
+/// which is as correct, only slower.
+impl ReadContext for Connection {
+    fn begin_batch(&mut self) -> bool {
+        self.execute_batch("BEGIN").is_ok()
     }
-}
 
-/// A reader thread's body: take what is queued, run it in one read
-/// transaction, repeat; exit once the pool is dropped and the queue empty.
-fn reader(mut conn: Connection, shared: &Shared) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    loop {
-        {
-            let mut q = shared.lock();
-            while q.jobs.is_empty() {
-                if q.closed {
-                    return;
-                }
-                q.idle += 1;
-                q = shared.ready.wait(q).unwrap_or_else(PoisonError::into_inner);
-                q.idle -= 1;
-            }
-            let n = q.jobs.len().min(MAX_BATCH);
-            batch.extend(q.jobs.drain(..n));
-        }
-        // One snapshot for the batch: every read in it was queued before the
-        // snapshot is taken, so each sees at least what was committed (and
-        // acknowledged) when it was asked. If BEGIN fails, each read runs in
-        // its own implicit transaction, which is as correct, only slower.
-        let in_tx = batch.len() > 1 && conn.execute_batch("BEGIN").is_ok();
-        for job in batch.drain(..) {
-            // A panicking read drops its answer (its caller gets an error);
-            // the thread and its connection stay.
-            let _ = catch_unwind(AssertUnwindSafe(|| job(&mut conn)));
-        }
-        if in_tx && conn.execute_batch("COMMIT").is_err() {
-            let _ = conn.execute_batch("ROLLBACK");
+    fn end_batch(&mut self) {
+        if self.execute_batch("COMMIT").is_err() {
+            let _ = self.execute_batch("ROLLBACK");
         }
     }
 }
@@ -413,7 +310,8 @@ mod reprepare_tests {
                 }
             }
         }
-        let pool = ReadPool::open(&path, 1).unwrap();
+        let pool = crate::read_pool::ReadPool::start("test-reader", connections(&path, 1).unwrap())
+            .unwrap();
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
