@@ -30,8 +30,8 @@ pub type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 /// A queued command with the admission permit that reserved its slot; the
 /// writer drops the permit as soon as it dequeues the command.
-pub struct Queued<C> {
-    pub cmd: C,
+pub struct Queued {
+    pub cmd: Command,
     pub permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -39,7 +39,7 @@ pub struct Queued<C> {
 /// by [`WriteQueue::close`], or at drop (best effort: the closing command
 /// flushes cursors; drop blocks for at most one group).
 pub struct WriteQueue {
-    queue: SyncSender<Queued<Command>>,
+    queue: SyncSender<Queued>,
     /// One permit per queue slot.
     admission: Arc<Semaphore>,
     closed: AtomicBool,
@@ -52,7 +52,7 @@ impl WriteQueue {
     /// writer with [`WriteQueue::spawn`]. The channel has one slot more
     /// than there are permits: the closing command of a drop never needs a
     /// permit and always finds room.
-    pub fn new(capacity: usize) -> (WriteQueue, Receiver<Queued<Command>>) {
+    pub fn new(capacity: usize) -> (WriteQueue, Receiver<Queued>) {
         let capacity = capacity.max(1);
         let (queue, rx) = sync_channel(capacity + 1);
         let q = WriteQueue {
@@ -301,7 +301,7 @@ pub enum Command {
 
 /// One group for the writer: the commands, and what is due with them.
 pub struct Group {
-    pub batch: Vec<Queued<Command>>,
+    pub batch: Vec<Queued>,
     /// Purge expired rows with this group.
     pub purge: bool,
     /// Cursors to write with this group (a snapshot of [`Cursors::dirty`]).
@@ -315,7 +315,7 @@ pub struct Group {
 /// the cursor of every device that acked since the last one, and a cursor
 /// that moved a hundred times in a second is written once.
 pub struct Gather {
-    rx: Receiver<Queued<Command>>,
+    rx: Receiver<Queued>,
     cursors: Arc<Cursors>,
     max_batch: usize,
     cursor_flush_interval: Duration,
@@ -327,7 +327,7 @@ pub struct Gather {
 
 impl Gather {
     pub fn new(
-        rx: Receiver<Queued<Command>>,
+        rx: Receiver<Queued>,
         cursors: Arc<Cursors>,
         max_batch: usize,
         cursor_flush_interval: Duration,

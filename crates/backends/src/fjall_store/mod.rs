@@ -26,6 +26,7 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -85,6 +86,9 @@ impl Default for FjallOptions {
 /// The keyspaces (see `keys` for what each holds).
 pub(crate) struct Keyspaces {
     db: Database,
+    /// A journal write failed: fjall refuses every later write (it cannot
+    /// tell what reached the disk), until the node restarts and recovers.
+    poisoned: AtomicBool,
     messages: Keyspace,
     timelines: Keyspace,
     conversations: Keyspace,
@@ -122,6 +126,7 @@ impl Keyspaces {
             outbox_dedupe: ks("outbox_dedupe")?,
             outbox_delivered: ks("outbox_delivered")?,
             db,
+            poisoned: AtomicBool::new(false),
         })
     }
 }
@@ -313,6 +318,11 @@ impl Store for FjallStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.queue.writer_alive()?;
         self.read(|ks| {
+            if ks.poisoned.load(Ordering::Acquire) {
+                return Err(StoreError::Unavailable(
+                    "fjall refuses writes after a failed journal write; restart the node".into(),
+                ));
+            }
             let _ = ks.messages.first_key_value();
             Ok(())
         })

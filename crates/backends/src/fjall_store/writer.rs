@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use fjall::{OwnedWriteBatch as WriteBatch, PersistMode};
@@ -68,7 +69,7 @@ pub struct Writer {
 impl Writer {
     pub fn new(
         ks: Arc<Keyspaces>,
-        rx: std::sync::mpsc::Receiver<Queued<Command>>,
+        rx: std::sync::mpsc::Receiver<Queued>,
         cursors: Arc<Cursors>,
         opts: &FjallOptions,
     ) -> Writer {
@@ -127,7 +128,12 @@ impl Writer {
         let Batch { wb, touched, .. } = b;
         let outcome = filled.and_then(|()| {
             let commit = Instant::now();
-            let committed = wb.commit().map_err(fjall_error);
+            let committed = wb.commit().map_err(|e| {
+                if matches!(e, fjall::Error::Poisoned) {
+                    self.ks.poisoned.store(true, Ordering::Release);
+                }
+                fjall_error(e)
+            });
             metrics::histogram!(stats::STORE_COMMIT_SECONDS, "store" => "fjall")
                 .record(commit.elapsed().as_secs_f64());
             committed
@@ -167,7 +173,7 @@ impl Writer {
     fn fill(
         &mut self,
         b: &mut Batch,
-        batch: Vec<Queued<Command>>,
+        batch: Vec<Queued>,
         pending: &mut Vec<Pending>,
     ) -> Result<(), StoreError> {
         let mut rest = batch.into_iter();

@@ -61,7 +61,7 @@ pub struct Writer {
 impl Writer {
     pub fn new(
         mut conn: Connection,
-        rx: Receiver<Queued<Command>>,
+        rx: Receiver<Queued>,
         cursors: Arc<Cursors>,
         checkpointer: Checkpointer,
         opts: SqliteOptions,
