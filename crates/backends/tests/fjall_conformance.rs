@@ -128,9 +128,13 @@ async fn a_second_open_of_the_same_directory_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir_of(&dir);
     let store = open(&path);
-    let second = FjallStore::open(&path, FjallOptions::default());
+    let options = FjallOptions {
+        lock_wait: Duration::from_millis(100),
+        ..FjallOptions::default()
+    };
+    let second = FjallStore::open(&path, options);
     assert!(
-        matches!(second, Err(StoreError::Unavailable(_))),
+        matches!(&second, Err(StoreError::Unavailable(e)) if e.contains("in use")),
         "{second:?}"
     );
     store.close().await.expect("close");

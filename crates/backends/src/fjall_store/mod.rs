@@ -27,7 +27,7 @@ mod writer;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
@@ -56,6 +56,10 @@ pub struct FjallOptions {
     /// Reader threads. Default 4: reads are short and this machine has 2
     /// cores.
     pub read_threads: usize,
+    /// How long `open` waits for the directory's lock while another handle
+    /// of this process lets it go (a store just dropped: fjall's background
+    /// threads release it when they finish their current job). Default 5 s.
+    pub lock_wait: Duration,
     /// fjall's block cache. Default 64 MiB.
     pub cache_bytes: u64,
     /// Most journal kept on disk: past it, the memtables holding the oldest
@@ -76,6 +80,7 @@ impl Default for FjallOptions {
             queue_capacity: 1024,
             purge_interval: Duration::from_secs(60),
             read_threads: 4,
+            lock_wait: Duration::from_secs(5),
             cache_bytes: 64 << 20,
             max_journal_bytes: 128 << 20,
             max_memtable_bytes: 32 << 20,
@@ -103,11 +108,25 @@ pub(crate) struct Keyspaces {
 
 impl Keyspaces {
     fn open(path: &Path, options: &FjallOptions) -> Result<Keyspaces, StoreError> {
-        let db = Database::builder(path)
-            .cache_size(options.cache_bytes)
-            .max_journaling_size(options.max_journal_bytes)
-            .open()
-            .map_err(fjall_error)?;
+        let deadline = Instant::now() + options.lock_wait;
+        let db = loop {
+            let opened = Database::builder(path)
+                .cache_size(options.cache_bytes)
+                .max_journaling_size(options.max_journal_bytes)
+                .open();
+            match opened {
+                Err(fjall::Error::Locked) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(fjall::Error::Locked) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "{} is in use by another store (another node on the same data dir?)",
+                        path.display()
+                    )));
+                }
+                opened => break opened.map_err(fjall_error)?,
+            }
+        };
         let ks = |name: &str| {
             db.keyspace(name, || {
                 KeyspaceCreateOptions::default().max_memtable_size(options.max_memtable_bytes)
