@@ -3,7 +3,11 @@
 //! - [`sqlite`]: [`SqliteStore`], the embedded [`Store`](switchboard_core::Store)
 //!   on one SQLite file with a group-committing writer thread.
 //! - [`fjall_store`]: [`FjallStore`], the embedded `Store` on fjall (an LSM
-//!   key-value store) with the same single-writer shape (`single_writer`).
+//!   key-value store), the default.
+//! - [`embedded`]: [`Embedded`], the one `Store` of both embedded engines
+//!   (`SqliteStore` and `FjallStore` are `Embedded` over their reads), with
+//!   the writer's queue and group machinery in `single_writer` and the
+//!   reader threads in `read_pool`.
 //! - [`postgres`]: [`PgStore`], the clustered `Store` on PostgreSQL, shared by
 //!   every node.
 //! - [`redis_presence`]: [`RedisPresence`], presence in Redis or Redis Cluster.
@@ -13,6 +17,7 @@
 //! The clustered backends (PostgreSQL, Redis, NATS) live here too, each in its
 //! own module, and every `Store` passes `switchboard_testkit::store_conformance`.
 
+pub mod embedded;
 pub mod fjall_store;
 pub mod jetstream_bus;
 pub mod nats_route;
@@ -22,6 +27,7 @@ pub mod redis_presence;
 mod single_writer;
 pub mod sqlite;
 
+pub use embedded::Embedded;
 pub use fjall_store::{FjallOptions, FjallStore};
 pub use jetstream_bus::{JetStreamBus, JetStreamConfig};
 pub use nats_route::NatsRoute;

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use switchboard_core::stats;
 use switchboard_core::store::OutboxReceipt;
 use switchboard_core::{Appended, BusEvent, NewMessage, StoreError, UserKey};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
@@ -400,5 +401,67 @@ impl Gather {
     /// chunk size left expired rows behind).
     pub fn purge_soon(&mut self) {
         self.next_purge = Instant::now();
+    }
+}
+
+/// More cached heads than this and the cache is cleared after a commit:
+/// about 100 bytes each, so ~10 MB, and a miss costs one indexed read.
+const MAX_CACHED_HEADS: usize = 100_000;
+
+/// The writer's cache of timeline heads (the last seq written to each).
+#[derive(Default)]
+pub struct Heads(HashMap<UserKey, u64>);
+
+impl Heads {
+    pub fn get(&self, user: &UserKey) -> Option<u64> {
+        self.0.get(user).copied()
+    }
+
+    pub fn insert(&mut self, user: UserKey, seq: u64) {
+        self.0.insert(user, seq);
+    }
+
+    /// After a group: committed, the cache is cleared once it is too big;
+    /// failed, the heads the group moved (`touched`) are ahead of the store
+    /// and are forgotten, to reload from it.
+    pub fn settle(&mut self, committed: bool, touched: &[UserKey]) {
+        if !committed {
+            for user in touched {
+                self.0.remove(user);
+            }
+        } else if self.0.len() > MAX_CACHED_HEADS {
+            self.0.clear();
+        }
+    }
+}
+
+/// The end of a group: records its time (from `started`) and size, then
+/// answers every waiter (the group is durable) or fails every one with the
+/// group's error (nothing of it was stored). True when it committed.
+pub fn answer_group(
+    store: &'static str,
+    started: Instant,
+    commands: usize,
+    outcome: Result<(), StoreError>,
+    pending: Vec<Pending>,
+) -> bool {
+    metrics::histogram!(stats::STORE_GROUP_SECONDS, "store" => store)
+        .record(started.elapsed().as_secs_f64());
+    metrics::histogram!(stats::STORE_GROUP_COMMANDS, "store" => store).record(commands as f64);
+    match outcome {
+        Ok(()) => {
+            for p in pending {
+                p.answer();
+            }
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, store, "group commit failed; nothing of it was stored");
+            let msg = e.to_string();
+            for p in pending {
+                p.fail(&msg);
+            }
+            false
+        }
     }
 }

@@ -516,10 +516,9 @@ async fn stats_count_connections_and_kick_closes_every_device() {
     s.stop().await;
 }
 
-#[tokio::test]
-async fn metrics_and_openapi_are_served() {
-    let s = start().await;
-    let http = Http::new(&s);
+/// One stored push to a connected user, received: a group commit of the
+/// store and a delivery for /metrics to show.
+async fn stored_push_delivered(s: &TestServer, http: &Http) {
     let (_c, mut events) = connect(&s.tcp_url(), "watcher", "w1").await;
     let (status, _) = http
         .post(
@@ -529,6 +528,13 @@ async fn metrics_and_openapi_are_served() {
         .await;
     assert_eq!(status, 200);
     messages(&mut events, 1, T).await;
+}
+
+#[tokio::test]
+async fn metrics_and_openapi_are_served() {
+    let s = start().await;
+    let http = Http::new(&s);
+    stored_push_delivered(&s, &http).await;
 
     let (status, text) = http.text("/metrics").await;
     assert_eq!(status, 200);
@@ -584,15 +590,7 @@ async fn metrics_and_openapi_are_served() {
 async fn the_sqlite_store_reports_commits_and_checkpoints() {
     let s = TestServer::start_with(|c| c.store.backend = "sqlite".into()).await;
     let http = Http::new(&s);
-    let (_c, mut events) = connect(&s.tcp_url(), "watcher", "w1").await;
-    let (status, _) = http
-        .post(
-            "/v1/apps/demo/push",
-            json!({"to": ["watcher"], "type": "t", "body": "x"}),
-        )
-        .await;
-    assert_eq!(status, 200);
-    messages(&mut events, 1, T).await;
+    stored_push_delivered(&s, &http).await;
     let (_, text) = http.text("/metrics").await;
     for needle in [
         "switchboard_store_group_seconds_bucket{store=\"sqlite\",le=\"0.001\"}",

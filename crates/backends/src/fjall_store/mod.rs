@@ -1,4 +1,4 @@
-//! [`FjallStore`]: the embedded [`Store`] on fjall, an LSM-tree key-value
+//! [`FjallStore`]: the embedded [`Store`](switchboard_core::Store) on fjall, an LSM-tree key-value
 //! store (one directory, a journal and sorted table files).
 //!
 //! Why it exists beside [`SqliteStore`](crate::SqliteStore): a durable c2c
@@ -24,18 +24,17 @@ mod keys;
 mod read;
 mod writer;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
-use switchboard_core::store::{LoginState, OutboxReceipt, PendingAppend};
-use switchboard_core::{Appended, BusEvent, Message, NewMessage, Page, Store, StoreError, UserKey};
+use switchboard_core::{BusEvent, Message, Page, StoreError, UserKey};
 
+use crate::embedded::{Embedded, Reads};
 use crate::read_pool::{ReadContext, ReadPool};
-use crate::single_writer::{Command, Cursors, WriteQueue};
+use crate::single_writer::{Cursors, WriteQueue};
 use writer::Writer;
 
 /// Tuning of a [`FjallStore`]; `Default` gives the documented defaults.
@@ -150,26 +149,60 @@ impl Keyspaces {
     }
 }
 
-/// A reader thread holds the keyspaces; each read takes its own snapshot.
-impl ReadContext for Arc<Keyspaces> {}
+/// The embedded store on fjall: one directory, one writer thread, reader
+/// threads.
+pub type FjallStore = Embedded<FjallReads>;
 
-/// The embedded store on fjall: one directory, one writer thread.
-pub struct FjallStore {
-    path: PathBuf,
-    reads: ReadPool<Arc<Keyspaces>>,
-    queue: WriteQueue,
-    cursors: Arc<Cursors>,
-}
+/// What a reader thread of a [`FjallStore`] holds: the keyspaces. Each read
+/// takes its own snapshot.
+pub struct FjallReads(Arc<Keyspaces>);
 
-impl std::fmt::Debug for FjallStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FjallStore")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
+impl ReadContext for FjallReads {}
+
+impl Reads for FjallReads {
+    fn entries_after(
+        &mut self,
+        user: &UserKey,
+        since: u64,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        read::entries_after(&self.0, user, since, limit)
+    }
+
+    fn conversation(
+        &mut self,
+        a: &UserKey,
+        b: &UserKey,
+        before_msg_id: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Arc<Message>>, StoreError> {
+        read::conversation(&self.0, a, b, before_msg_id, limit)
+    }
+
+    fn head(&mut self, user: &UserKey) -> Result<u64, StoreError> {
+        read::timeline_head(&self.0, user)
+    }
+
+    fn cursor(&mut self, user: &UserKey, device_id: &str) -> Result<u64, StoreError> {
+        read::cursor(&self.0, user, device_id)
+    }
+
+    fn outbox_pending(&mut self, after: u64, limit: usize) -> Result<Vec<BusEvent>, StoreError> {
+        read::outbox_pending(&self.0, after, limit)
+    }
+
+    fn ping(&mut self) -> Result<(), StoreError> {
+        if self.0.poisoned.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable(
+                "fjall refuses writes after a failed journal write; restart the node".into(),
+            ));
+        }
+        let _ = self.0.messages.first_key_value();
+        Ok(())
     }
 }
 
-impl FjallStore {
+impl Embedded<FjallReads> {
     /// Opens (creating it if needed, recovering its journal after a crash)
     /// the store in the directory `path` and starts the writer thread. Does
     /// blocking file I/O: from async code, call it in `spawn_blocking` or
@@ -183,174 +216,12 @@ impl FjallStore {
         let reads = ReadPool::start(
             "fjall-reader",
             (0..options.read_threads.max(1))
-                .map(|_| ks.clone())
+                .map(|_| FjallReads(ks.clone()))
                 .collect(),
         )?;
         let writer = Writer::new(ks, rx, cursors.clone(), &options);
         queue.spawn("fjall-writer", move || writer.run())?;
-        Ok(Arc::new(FjallStore {
-            path: path.to_owned(),
-            reads,
-            queue,
-            cursors,
-        }))
-    }
-
-    /// The store's directory.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Deletes expired de-dup entries and delivered outbox events older
-    /// than the window now (the writer also does it every
-    /// `purge_interval`); returns how many went.
-    pub async fn purge_expired(&self) -> Result<usize, StoreError> {
-        self.queue.write(Command::Purge).await
-    }
-
-    /// Writes every advanced cursor now.
-    pub async fn flush_cursors(&self) -> Result<(), StoreError> {
-        self.queue.write(Command::Flush).await
-    }
-
-    /// Runs a read on one of the reader threads.
-    async fn read<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Keyspaces) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        self.queue.check_open()?;
-        self.reads.run(move |ks| f(ks)).await
-    }
-}
-
-#[async_trait]
-impl Store for FjallStore {
-    async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError> {
-        self.queue.write(|r| Command::Append(msg, r)).await
-    }
-
-    /// Returns once the append is in the writer's FIFO queue: appends
-    /// submitted one after another commit in that order, and a resend of a
-    /// queued append finds the first in the group or in the store and
-    /// answers its result.
-    async fn submit_append(&self, msg: NewMessage) -> Result<PendingAppend, StoreError> {
-        let permit = self.queue.admit().await?;
-        let durable = self
-            .queue
-            .enqueue(|r| Command::Append(msg, r), Some(permit))?;
-        Ok(PendingAppend::new(durable))
-    }
-
-    async fn entries_after(
-        &self,
-        user: &UserKey,
-        since: u64,
-        limit: usize,
-    ) -> Result<Page, StoreError> {
-        let user = user.clone();
-        self.read(move |ks| read::entries_after(ks, &user, since, limit))
-            .await
-    }
-
-    async fn conversation(
-        &self,
-        a: &UserKey,
-        b: &UserKey,
-        before_msg_id: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<Arc<Message>>, StoreError> {
-        let (a, b) = (a.clone(), b.clone());
-        self.read(move |ks| read::conversation(ks, &a, &b, before_msg_id, limit))
-            .await
-    }
-
-    async fn timeline_head(&self, user: &UserKey) -> Result<u64, StoreError> {
-        let user = user.clone();
-        self.read(move |ks| read::timeline_head(ks, &user)).await
-    }
-
-    async fn cursor(&self, user: &UserKey, device_id: &str) -> Result<u64, StoreError> {
-        // Memory before the written one (`Cursors::get`).
-        let in_memory = self.cursors.get(&Cursors::key(user, device_id));
-        let (user, device) = (user.clone(), device_id.to_owned());
-        let written = self
-            .read(move |ks| read::cursor(ks, &user, &device))
-            .await?;
-        Ok(in_memory.max(written))
-    }
-
-    /// Both in one read: one trip to a blocking thread instead of two.
-    async fn login_state(&self, user: &UserKey, device_id: &str) -> Result<LoginState, StoreError> {
-        let in_memory = self.cursors.get(&Cursors::key(user, device_id));
-        let (user, device) = (user.clone(), device_id.to_owned());
-        let (timeline_head, written) = self
-            .read(move |ks| {
-                Ok((
-                    read::timeline_head(ks, &user)?,
-                    read::cursor(ks, &user, &device)?,
-                ))
-            })
-            .await?;
-        Ok(LoginState {
-            timeline_head,
-            cursor: in_memory.max(written),
-        })
-    }
-
-    async fn advance_cursor(
-        &self,
-        user: &UserKey,
-        device_id: &str,
-        seq: u64,
-    ) -> Result<(), StoreError> {
-        self.queue.check_open()?;
-        self.cursors.advance(Cursors::key(user, device_id), seq);
-        Ok(())
-    }
-
-    async fn outbox_append(
-        &self,
-        event: &BusEvent,
-        dedupe_id: &str,
-    ) -> Result<OutboxReceipt, StoreError> {
-        let event = event.clone();
-        let dedupe_id = dedupe_id.to_owned();
-        self.queue
-            .write(|r| Command::Outbox(event, dedupe_id, r))
-            .await
-    }
-
-    async fn outbox_pending_after(
-        &self,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<BusEvent>, StoreError> {
-        self.read(move |ks| read::outbox_pending(ks, after, limit))
-            .await
-    }
-
-    async fn outbox_mark_delivered(&self, ids: &[u64]) -> Result<usize, StoreError> {
-        let ids = ids.to_vec();
-        self.queue.write(|r| Command::MarkDelivered(ids, r)).await
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.queue.writer_alive()?;
-        self.read(|ks| {
-            if ks.poisoned.load(Ordering::Acquire) {
-                return Err(StoreError::Unavailable(
-                    "fjall refuses writes after a failed journal write; restart the node".into(),
-                ));
-            }
-            let _ = ks.messages.first_key_value();
-            Ok(())
-        })
-        .await
-    }
-
-    async fn close(&self) -> Result<(), StoreError> {
-        // Waiters already queued are answered first; later callers are refused.
-        self.queue.close().await
+        Ok(Embedded::new(path, queue, reads, cursors))
     }
 }
 

@@ -19,11 +19,9 @@ use switchboard_core::store::OutboxReceipt;
 use switchboard_core::{Appended, BusEvent, Message, NewMessage, StoreError, UserKey, now_ms};
 
 use super::{FjallOptions, Keyspaces, fjall_error, keys};
-use crate::single_writer::{Command, CursorKey, Cursors, Gather, Group, Pending, Queued};
-
-/// More cached heads than this and the cache is cleared after a commit:
-/// about 100 bytes each, so ~10 MB, and a miss costs one short reverse scan.
-const MAX_CACHED_HEADS: usize = 100_000;
+use crate::single_writer::{
+    Command, CursorKey, Cursors, Gather, Group, Heads, Pending, Queued, answer_group,
+};
 
 /// Most expired entries of each kind one group deletes; the rest go with
 /// the next groups, so a purge after a long pause does not make one huge
@@ -63,7 +61,7 @@ pub struct Writer {
     cursors: Arc<Cursors>,
     dedupe_window: Duration,
     /// Cached head of each timeline seen lately (the last seq written).
-    heads: HashMap<UserKey, u64>,
+    heads: Heads,
 }
 
 impl Writer {
@@ -84,7 +82,7 @@ impl Writer {
             ),
             cursors,
             dedupe_window: opts.dedupe_window,
-            heads: HashMap::new(),
+            heads: Heads::default(),
         }
     }
 
@@ -138,33 +136,12 @@ impl Writer {
                 .record(commit.elapsed().as_secs_f64());
             committed
         });
-        metrics::histogram!(stats::STORE_GROUP_SECONDS, "store" => "fjall")
-            .record(started.elapsed().as_secs_f64());
-        metrics::histogram!(stats::STORE_GROUP_COMMANDS, "store" => "fjall")
-            .record(commands as f64);
-        match outcome {
-            Ok(()) => {
-                self.cursors.flushed(&group.cursors);
-                if self.heads.len() > MAX_CACHED_HEADS {
-                    self.heads.clear();
-                }
-                for p in pending {
-                    p.answer();
-                }
-            }
-            Err(e) => {
-                // Nothing of the batch was applied; the cached heads it moved
-                // are ahead of the store, so reload them.
-                tracing::warn!(error = %e, "fjall group commit failed");
-                for user in &touched {
-                    self.heads.remove(user);
-                }
-                let msg = e.to_string();
-                for p in pending {
-                    p.fail(&msg);
-                }
-            }
+        let committed = outcome.is_ok();
+        self.heads.settle(committed, &touched);
+        if committed {
+            self.cursors.flushed(&group.cursors);
         }
+        answer_group("fjall", started, commands, outcome, pending);
     }
 
     /// Puts every command of the group into the batch. `Err` aborts the
@@ -268,7 +245,7 @@ fn unanswered(cmd: Command) -> Pending {
 /// before every check passed, so a rejected append leaves no trace.
 fn append(
     ks: &Keyspaces,
-    heads: &mut HashMap<UserKey, u64>,
+    heads: &mut Heads,
     b: &mut Batch,
     msg: NewMessage,
 ) -> Result<Appended, Failure> {
@@ -329,7 +306,7 @@ fn append(
     let mut seqs = Vec::with_capacity(timeline_keys.len());
     for (user, key) in msg.timelines.iter().zip(&timeline_keys) {
         let head = match heads.get(user) {
-            Some(&h) => h,
+            Some(h) => h,
             None => super::read::head(&ks.timelines, key).map_err(Failure::Abort)?,
         };
         seqs.push(head + 1);

@@ -1,4 +1,4 @@
-//! [`SqliteStore`]: the embedded [`Store`] on one SQLite file (rusqlite,
+//! [`SqliteStore`]: the embedded [`Store`](switchboard_core::Store) on one SQLite file (rusqlite,
 //! bundled SQLite).
 //!
 //! - Writes (appends, outbox events, cursor flushes, purges) go to ONE writer
@@ -24,19 +24,18 @@ mod read;
 mod schema;
 mod writer;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use rusqlite::{Connection, OpenFlags};
-use switchboard_core::store::{LoginState, OutboxReceipt, PendingAppend};
-use switchboard_core::{Appended, BusEvent, Message, NewMessage, Page, Store, StoreError, UserKey};
+use switchboard_core::{BusEvent, Message, Page, StoreError, UserKey};
 
 pub use schema::SCHEMA_VERSION;
 
-use crate::read_pool::ReadPool;
-use crate::single_writer::{Command, Cursors, Reply, WriteQueue};
+use crate::embedded::{Embedded, Reads};
+use crate::read_pool::{ReadContext, ReadPool};
+use crate::single_writer::{Cursors, WriteQueue};
 use checkpoint::Checkpointer;
 use writer::Writer;
 
@@ -83,23 +82,11 @@ impl Default for SqliteOptions {
     }
 }
 
-/// The embedded store: one SQLite file in WAL mode, one writer thread.
-pub struct SqliteStore {
-    path: PathBuf,
-    queue: WriteQueue,
-    reads: ReadPool<Connection>,
-    cursors: Arc<Cursors>,
-}
+/// The embedded store on one SQLite file in WAL mode: one writer thread,
+/// reader threads each with its own read connection.
+pub type SqliteStore = Embedded<Connection>;
 
-impl std::fmt::Debug for SqliteStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqliteStore")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
-    }
-}
-
-impl SqliteStore {
+impl Embedded<Connection> {
     /// Opens (creating the directory and file if needed) the store at `path`,
     /// migrates the schema and starts the writer thread. Does blocking file
     /// I/O: from async code, call it in `spawn_blocking` or before serving.
@@ -126,172 +113,65 @@ impl SqliteStore {
             Checkpointer::start(path, options.checkpoint_interval, options.max_wal_frames)?;
         let writer = Writer::new(conn, rx, cursors.clone(), checkpointer, options)?;
         queue.spawn("sqlite-writer", move || writer.run())?;
-        Ok(Arc::new(SqliteStore {
-            path: path.to_owned(),
-            queue,
-            reads,
-            cursors,
-        }))
-    }
-
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Up to `limit` undelivered outbox events, lowest id first (for the
-    /// webhook dispatcher).
-    pub async fn outbox_pending(&self, limit: usize) -> Result<Vec<BusEvent>, StoreError> {
-        self.read(move |c| read::outbox_pending(c, 0, limit)).await
-    }
-
-    /// Deletes expired de-dup rows and delivered outbox rows older than the
-    /// window now (the writer also does it every `purge_interval`); returns
-    /// the number of rows deleted.
-    pub async fn purge_expired(&self) -> Result<usize, StoreError> {
-        self.write(Command::Purge).await
-    }
-
-    /// Persists every advanced cursor now.
-    pub async fn flush_cursors(&self) -> Result<(), StoreError> {
-        self.write(Command::Flush).await
-    }
-
-    /// Sends a command to the writer and waits for its answer.
-    async fn write<T: Send + 'static>(
-        &self,
-        make: impl FnOnce(Reply<T>) -> Command,
-    ) -> Result<T, StoreError> {
-        self.queue.write(make).await
-    }
-
-    /// Runs a read on one of the reader threads.
-    async fn read<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
-    ) -> Result<T, StoreError> {
-        self.queue.check_open()?;
-        self.reads.run(f).await
+        Ok(Embedded::new(path, queue, reads, cursors))
     }
 }
 
-#[async_trait]
-impl Store for SqliteStore {
-    async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError> {
-        self.write(|r| Command::Append(msg, r)).await
+impl ReadContext for Connection {
+    /// A batch of reads shares one read transaction: one snapshot, one
+    /// BEGIN/COMMIT. Every read in it was queued before the snapshot is
+    /// taken, so each sees at least what was committed (and acknowledged)
+    /// when it was asked. If BEGIN fails, each read runs in its own implicit
+    /// transaction, which is as correct, only slower.
+    fn begin_batch(&mut self) -> bool {
+        self.execute_batch("BEGIN").is_ok()
     }
 
-    /// Returns once the append is in the writer's FIFO queue: appends
-    /// submitted one after another commit in that order (in one group or
-    /// in consecutive ones), and a resend of a queued append finds the
-    /// first in the transaction or on disk and answers its result.
-    async fn submit_append(&self, msg: NewMessage) -> Result<PendingAppend, StoreError> {
-        // This caller awaits its permit before the next submit starts, so
-        // queue order is submit order.
-        let permit = self.queue.admit().await?;
-        let durable = self
-            .queue
-            .enqueue(|r| Command::Append(msg, r), Some(permit))?;
-        Ok(PendingAppend::new(durable))
+    fn end_batch(&mut self) {
+        if self.execute_batch("COMMIT").is_err() {
+            let _ = self.execute_batch("ROLLBACK");
+        }
     }
+}
 
-    async fn entries_after(
-        &self,
+impl Reads for Connection {
+    /// SQLite keeps integers as i64.
+    const MAX_CURSOR: u64 = i64::MAX as u64;
+
+    fn entries_after(
+        &mut self,
         user: &UserKey,
         since: u64,
         limit: usize,
     ) -> Result<Page, StoreError> {
-        let user = user.clone();
-        self.read(move |c| read::entries_after(c, &user, since, limit))
-            .await
+        read::entries_after(self, user, since, limit)
     }
 
-    async fn conversation(
-        &self,
+    fn conversation(
+        &mut self,
         a: &UserKey,
         b: &UserKey,
         before_msg_id: Option<u64>,
         limit: usize,
     ) -> Result<Vec<Arc<Message>>, StoreError> {
-        let (a, b) = (a.clone(), b.clone());
-        self.read(move |c| read::conversation(c, &a, &b, before_msg_id, limit))
-            .await
+        read::conversation(self, a, b, before_msg_id, limit)
     }
 
-    async fn timeline_head(&self, user: &UserKey) -> Result<u64, StoreError> {
-        let user = user.clone();
-        self.read(move |c| read::head(c, &user)).await
+    fn head(&mut self, user: &UserKey) -> Result<u64, StoreError> {
+        read::head(self, user)
     }
 
-    async fn cursor(&self, user: &UserKey, device_id: &str) -> Result<u64, StoreError> {
-        // Memory before the table (`Cursors::get`).
-        let in_memory = self.cursors.get(&Cursors::key(user, device_id));
-        let (user, device) = (user.clone(), device_id.to_owned());
-        let on_disk = self.read(move |c| read::cursor(c, &user, &device)).await?;
-        Ok(in_memory.max(on_disk))
+    fn cursor(&mut self, user: &UserKey, device_id: &str) -> Result<u64, StoreError> {
+        read::cursor(self, user, device_id)
     }
 
-    /// Both in one read: one trip to a reader instead of two.
-    async fn login_state(&self, user: &UserKey, device_id: &str) -> Result<LoginState, StoreError> {
-        // As `cursor`: memory before the table.
-        let in_memory = self.cursors.get(&Cursors::key(user, device_id));
-        let (user, device) = (user.clone(), device_id.to_owned());
-        let (timeline_head, on_disk) = self
-            .read(move |c| Ok((read::head(c, &user)?, read::cursor(c, &user, &device)?)))
-            .await?;
-        Ok(LoginState {
-            timeline_head,
-            cursor: in_memory.max(on_disk),
-        })
+    fn outbox_pending(&mut self, after: u64, limit: usize) -> Result<Vec<BusEvent>, StoreError> {
+        read::outbox_pending(self, after, limit)
     }
 
-    async fn advance_cursor(
-        &self,
-        user: &UserKey,
-        device_id: &str,
-        seq: u64,
-    ) -> Result<(), StoreError> {
-        self.queue.check_open()?;
-        if seq > i64::MAX as u64 {
-            return Err(StoreError::Invalid(format!("cursor {seq} out of range")));
-        }
-        self.cursors.advance(Cursors::key(user, device_id), seq);
-        Ok(())
-    }
-
-    async fn outbox_append(
-        &self,
-        event: &BusEvent,
-        dedupe_id: &str,
-    ) -> Result<OutboxReceipt, StoreError> {
-        let event = event.clone();
-        let dedupe_id = dedupe_id.to_owned();
-        self.write(|r| Command::Outbox(event, dedupe_id, r)).await
-    }
-
-    async fn outbox_pending_after(
-        &self,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<BusEvent>, StoreError> {
-        self.read(move |c| read::outbox_pending(c, after, limit))
-            .await
-    }
-
-    async fn outbox_mark_delivered(&self, ids: &[u64]) -> Result<usize, StoreError> {
-        let ids = ids.to_vec();
-        self.write(|r| Command::MarkDelivered(ids, r)).await
-    }
-
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.queue.writer_alive()?;
-        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(unavailable))
-            .await
-    }
-
-    async fn close(&self) -> Result<(), StoreError> {
-        // Waiters already queued are answered first; later callers are refused.
-        self.queue.close().await
+    fn ping(&mut self) -> Result<(), StoreError> {
+        self.query_row("SELECT 1", [], |_| Ok(()))
+            .map_err(unavailable)
     }
 }
 

@@ -15,7 +15,6 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
 use switchboard_core::{BusEvent, Entry, Message, Page, StoreError, UserKey};
 
 use super::{corrupt_or_unavailable, schema, unavailable};
-use crate::read_pool::ReadContext;
 
 /// Most reads one reader runs in one transaction.
 /// Opens `size` read connections for the reader threads.
@@ -30,23 +29,6 @@ pub fn connections(path: &Path, size: usize) -> Result<Vec<Connection>, StoreErr
             Ok(conn)
         })
         .collect()
-}
-
-/// A batch of reads shares one read transaction: one snapshot, one
-/// BEGIN/COMMIT. Every read in it was queued before the snapshot is taken,
-/// so each sees at least what was committed (and acknowledged) when it was
-/// asked. If BEGIN fails, each read runs in its own implicit transaction,
-/// which is as correct, only slower.
-impl ReadContext for Connection {
-    fn begin_batch(&mut self) -> bool {
-        self.execute_batch("BEGIN").is_ok()
-    }
-
-    fn end_batch(&mut self) {
-        if self.execute_batch("COMMIT").is_err() {
-            let _ = self.execute_batch("ROLLBACK");
-        }
-    }
 }
 
 const ENTRIES_AFTER_SQL: &str =

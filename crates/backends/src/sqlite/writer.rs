@@ -10,7 +10,6 @@
 //! waiter `Unavailable`. When the WAL has grown long, it then checkpoints
 //! before the next group (see `checkpoint`).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::mpsc::Receiver;
@@ -24,11 +23,9 @@ use switchboard_core::{Appended, BusEvent, NewMessage, StoreError, UserKey, now_
 use super::checkpoint::{self, By, Checkpointer};
 use super::read::{decode_seqs, encode_seqs, message_by_id};
 use super::{SqliteOptions, unavailable};
-use crate::single_writer::{Command, CursorKey, Cursors, Gather, Group, Pending, Queued};
-
-/// More cached heads than this and the cache is cleared after a commit:
-/// about 100 bytes each, so ~10 MB, and a miss costs one indexed lookup.
-const MAX_CACHED_HEADS: usize = 100_000;
+use crate::single_writer::{
+    Command, CursorKey, Cursors, Gather, Group, Heads, Pending, Queued, answer_group,
+};
 
 /// A failure inside a batch: `Reject` fails one command, `Abort` the whole
 /// transaction (I/O, disk full, a broken invariant).
@@ -49,7 +46,7 @@ pub struct Writer {
     cursors: Arc<Cursors>,
     opts: SqliteOptions,
     /// Cached head of each timeline seen lately (the last seq written).
-    heads: HashMap<UserKey, u64>,
+    heads: Heads,
     /// Frames in the WAL after the last commit (SQLite's WAL hook).
     wal_frames: Arc<AtomicI64>,
     /// The WAL length at which the writer checkpoints next.
@@ -87,7 +84,7 @@ impl Writer {
             cursors,
             next_checkpoint: i64::from(opts.max_wal_frames.max(1)),
             opts,
-            heads: HashMap::new(),
+            heads: Heads::default(),
             wal_frames,
             checkpointer,
         })
@@ -190,33 +187,13 @@ impl Writer {
                 .record(commit.elapsed().as_secs_f64());
             committed
         })();
-        metrics::histogram!(stats::STORE_GROUP_SECONDS, "store" => "sqlite")
-            .record(started.elapsed().as_secs_f64());
-        metrics::histogram!(stats::STORE_GROUP_COMMANDS, "store" => "sqlite")
-            .record(commands as f64);
-        match outcome {
-            Ok(()) => {
-                self.cursors.flushed(&cursors);
-                if self.heads.len() > MAX_CACHED_HEADS {
-                    self.heads.clear();
-                }
-                for p in pending {
-                    p.answer();
-                }
-                self.checkpoint_if_long();
-            }
-            Err(e) => {
-                // The transaction rolled back when dropped; the cached heads
-                // of this batch may be ahead of the disk, so reload them.
-                tracing::warn!(error = %e, "sqlite group commit failed; rolled back");
-                for user in &touched {
-                    self.heads.remove(user);
-                }
-                let msg = e.to_string();
-                for p in pending {
-                    p.fail(&msg);
-                }
-            }
+        let committed = outcome.is_ok();
+        self.heads.settle(committed, &touched);
+        if committed {
+            self.cursors.flushed(&cursors);
+        }
+        if answer_group("sqlite", started, commands, outcome, pending) {
+            self.checkpoint_if_long();
         }
     }
 }
@@ -266,7 +243,7 @@ impl Writer {
 /// returns the first result.
 fn append(
     tx: &Transaction<'_>,
-    heads: &mut HashMap<UserKey, u64>,
+    heads: &mut Heads,
     touched: &mut Vec<UserKey>,
     msg: NewMessage,
 ) -> Result<Appended, Failure> {
@@ -337,7 +314,7 @@ fn append(
         )?;
         for user in &msg.timelines {
             let head = match heads.get(user) {
-                Some(&h) => h,
+                Some(h) => h,
                 None => super::read::head(tx, user).map_err(Failure::Abort)?,
             };
             let seq = head + 1;
