@@ -63,10 +63,10 @@ pub struct FjallOptions {
     pub cache_bytes: u64,
     /// Most journal kept on disk: past it, the memtables holding the oldest
     /// journal's writes are flushed to tables and that journal is deleted.
-    /// So it also bounds the memory of the memtables. Default 64 MiB.
+    /// So it also bounds the memory of the memtables. Default 128 MiB.
     pub max_journal_bytes: u64,
     /// A keyspace's memtable is flushed to a table once it holds this
-    /// much. Default 16 MiB.
+    /// much. Default 32 MiB.
     pub max_memtable_bytes: u64,
 }
 
