@@ -37,6 +37,11 @@ pub mod codes {
     pub const METHOD_NOT_ALLOWED: &str = "METHOD_NOT_ALLOWED";
     /// Metrics are not available (another metrics recorder owns the process).
     pub const METRICS_UNAVAILABLE: &str = "METRICS_UNAVAILABLE";
+    /// The node is at `gate.max_connections` (status 503).
+    pub const SERVER_FULL: &str = "SERVER_FULL";
+    /// A browser page of an origin not in `gate.ws_allowed_origins` asked
+    /// for a WebSocket (status 403).
+    pub const ORIGIN_NOT_ALLOWED: &str = "ORIGIN_NOT_ALLOWED";
 }
 
 /// An API error, rendered as [`ErrorBody`].

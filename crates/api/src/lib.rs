@@ -4,29 +4,26 @@
 
 pub mod error;
 mod extract;
+mod listener;
 pub mod metrics;
 pub mod openapi;
 mod state;
-mod tls;
 pub mod v1;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, State};
-use axum::http::StatusCode;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde_json::json;
 use switchboard_gate::Gate;
-use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
-use tokio_util::sync::CancellationToken;
 
+pub use listener::{Admission, serve};
 pub use state::{ApiConfig, ApiState, RateWindow};
-pub use tls::TlsListener;
 
 /// The node's HTTP routes with the default [`ApiConfig`] (no admin key).
 pub fn router(gate: Arc<Gate>) -> Router {
@@ -60,7 +57,7 @@ pub fn router_with(gate: Arc<Gate>, config: ApiConfig) -> Router {
         .route("/v1/admin/stats", get(v1::stats))
         .with_state(api);
     Router::new()
-        .route("/ws", get(switchboard_gate::ws_handler))
+        .route("/ws", get(ws))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
@@ -199,26 +196,48 @@ async fn probe<E: std::fmt::Display>(
     }
 }
 
-/// Serves `router` on `listener` (with TLS when given) until `shutdown`.
-pub async fn serve(
-    listener: TcpListener,
-    router: Router,
-    tls: Option<TlsAcceptor>,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let app = router.into_make_service_with_connect_info::<SocketAddr>();
-    match tls {
-        None => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await
-        }
-        Some(acceptor) => {
-            // tap_io gives the TLS listener axum's ConnectInfo<SocketAddr> support.
-            let listener = TlsListener::new(listener, acceptor, shutdown.clone()).tap_io(|_| {});
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await
-        }
+/// `GET /ws`: the WebSocket upgrade, for an allowed origin
+/// (`gate.ws_allowed_origins`), handed to the gate with the connection's
+/// slot and login deadline.
+async fn ws(
+    State(gate): State<Arc<Gate>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    admission: Option<Extension<Admission>>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> axum::response::Response {
+    // A header that is not text cannot name an allowed origin.
+    let origin = headers
+        .get(header::ORIGIN)
+        .map(|v| v.to_str().unwrap_or("(not text)"));
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if !gate.config.ws_origins.allows(origin, host) {
+        return error::ApiError::new(
+            StatusCode::FORBIDDEN,
+            error::codes::ORIGIN_NOT_ALLOWED,
+            format!(
+                "a page from origin {} may not open a WebSocket here (see gate.ws_allowed_origins)",
+                origin.unwrap_or_default()
+            ),
+        )
+        .into_response();
     }
+    let admitted = admission.and_then(|Extension(a)| Some((a.take_permit()?, a.login_deadline)));
+    let (permit, login_deadline) = match admitted {
+        Some(a) => a,
+        // Served by another listener than this crate's (`serve`), which
+        // admitted nothing: admitted here, its deadline from now.
+        None => match gate.admit() {
+            Some(p) => (p, tokio::time::Instant::now() + gate.config.login_timeout),
+            None => {
+                return error::ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    error::codes::SERVER_FULL,
+                    "server is at its connection limit; retry later",
+                )
+                .into_response();
+            }
+        },
+    };
+    switchboard_gate::ws_upgrade(gate, upgrade, peer, permit, login_deadline)
 }

@@ -16,20 +16,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, State};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use switchboard_core::{Hub, Logic};
 use switchboard_proto::{Packet, code};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-pub use config::GateConfig;
+pub use config::{BadOrigin, GateConfig, WsOrigins};
 pub use transport::{StreamTransport, Transport, WsTransport};
 
 /// Shared state of the gate on one node.
@@ -45,7 +45,15 @@ pub struct Gate {
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
     refused_full: AtomicU64,
+    /// Refusals of connections past the limit under way ([`Gate::refusal`]).
+    refusing: Arc<Semaphore>,
 }
+
+/// Connections past the limit told so at once; more are closed unanswered.
+pub const MAX_REFUSING: usize = 256;
+
+/// Longest a refusal takes (or the login deadline, when shorter).
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Gate {
     pub fn new(
@@ -63,6 +71,7 @@ impl Gate {
             tracker: TaskTracker::new(),
             shutdown,
             refused_full: AtomicU64::new(0),
+            refusing: Arc::new(Semaphore::new(MAX_REFUSING)),
         })
     }
 
@@ -80,12 +89,28 @@ impl Gate {
         self.refused_full.load(Ordering::Relaxed)
     }
 
-    fn admit(&self) -> Option<OwnedSemaphorePermit> {
+    /// A slot for a connection just accepted, or `None` at the limit
+    /// (counted in [`Gate::refused_connections`]). Every accepted socket
+    /// takes one, on either port, from accept until it closes.
+    pub fn admit(&self) -> Option<OwnedSemaphorePermit> {
         let permit = self.slots.clone().try_acquire_owned().ok();
         if permit.is_none() {
             self.refused_full.fetch_add(1, Ordering::Relaxed);
         }
         permit
+    }
+
+    /// A slot for telling a connection past the limit that the server is
+    /// full, or `None` when [`MAX_REFUSING`] refusals are already under way
+    /// (the socket is then closed without a word): refusals cost a task and
+    /// a socket each, so they are bounded too.
+    pub fn refusal(&self) -> Option<OwnedSemaphorePermit> {
+        self.refusing.clone().try_acquire_owned().ok()
+    }
+
+    /// How long a refusal may take (TLS handshake included).
+    pub fn refusal_timeout(&self) -> Duration {
+        self.config.login_timeout.min(REFUSAL_TIMEOUT)
     }
 
     /// Kicks every connection and waits (up to `grace`) for their tasks to end.
@@ -109,8 +134,9 @@ impl Gate {
 }
 
 /// Accepts TCP connections until `shutdown`, each served by its own task.
-/// With `tls`, every connection does a TLS handshake (within the login
-/// deadline) before the first frame.
+/// With `tls`, every connection does a TLS handshake before the first
+/// frame; the login deadline runs from accept, so the handshake and the
+/// login share it.
 pub async fn run_tcp(gate: Arc<Gate>, listener: TcpListener, tls: Option<TlsAcceptor>) {
     let shutdown = gate.shutdown.clone();
     loop {
@@ -127,13 +153,30 @@ pub async fn run_tcp(gate: Arc<Gate>, listener: TcpListener, tls: Option<TlsAcce
                 }
             },
         };
+        let deadline = Instant::now() + gate.config.login_timeout;
         let _ = stream.set_nodelay(true);
         let Some(permit) = gate.admit() else {
-            gate.tracker.spawn(refuse_full(stream));
+            if let Some(refusing) = gate.refusal() {
+                let frame = Packet::error(
+                    code::SERVER_FULL,
+                    "server is at its connection limit; retry later",
+                    true,
+                )
+                .encode(0);
+                let within = gate.refusal_timeout();
+                gate.tracker
+                    .spawn(refuse_full(stream, tls.clone(), frame, within, refusing));
+            }
             continue;
         };
-        gate.tracker
-            .spawn(serve_tcp(gate.clone(), stream, peer, permit, tls.clone()));
+        gate.tracker.spawn(serve_tcp(
+            gate.clone(),
+            stream,
+            peer,
+            permit,
+            tls.clone(),
+            deadline,
+        ));
     }
     info!("TCP listener stopped");
 }
@@ -152,15 +195,21 @@ async fn serve_tcp(
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
     tls: Option<TlsAcceptor>,
+    deadline: Instant,
 ) {
     let conn_id = gate.conn_id();
     let max = gate.config.max_frame_bytes;
     match tls {
         None => {
             let transport = StreamTransport::new(stream, max);
-            session::serve(gate, transport, conn_id, peer, permit).await
+            session::serve(gate, transport, conn_id, peer, permit, deadline).await
         }
-        Some(acceptor) => Box::pin(serve_tls(gate, acceptor, stream, peer, permit, conn_id)).await,
+        Some(acceptor) => {
+            Box::pin(serve_tls(
+                gate, acceptor, stream, peer, permit, conn_id, deadline,
+            ))
+            .await
+        }
     }
 }
 
@@ -171,16 +220,33 @@ async fn serve_tls(
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
     conn_id: u64,
+    deadline: Instant,
 ) {
     let max = gate.config.max_frame_bytes;
-    let handshake = tokio::time::timeout(gate.config.login_timeout, acceptor.accept(stream));
-    match handshake.await {
-        Ok(Ok(tls_stream)) => {
-            let transport = StreamTransport::new(tls_stream, max);
-            session::serve(gate, transport, conn_id, peer, permit).await
+    if let Some(tls_stream) = tls_handshake(&acceptor, stream, peer, deadline).await {
+        let transport = StreamTransport::new(tls_stream, max);
+        session::serve(gate, transport, conn_id, peer, permit, deadline).await
+    }
+}
+
+/// The server side of a TLS handshake, cut at `deadline`; failures are
+/// logged (a client's problem, not the server's) and give `None`.
+pub async fn tls_handshake(
+    acceptor: &TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    deadline: Instant,
+) -> Option<TlsStream<TcpStream>> {
+    match tokio::time::timeout_at(deadline, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => Some(tls),
+        Ok(Err(e)) => {
+            info!(%peer, error = %e, "TLS handshake failed");
+            None
         }
-        Ok(Err(e)) => info!(%peer, error = %e, "TLS handshake failed"),
-        Err(_) => info!(%peer, "TLS handshake timed out"),
+        Err(_) => {
+            info!(%peer, "TLS handshake not done within the login deadline");
+            None
+        }
     }
 }
 
@@ -197,30 +263,45 @@ pub fn accept_error(e: &io::Error) {
     }
 }
 
-async fn refuse_full(mut stream: TcpStream) {
-    let frame = Packet::error(
-        code::SERVER_FULL,
-        "server is at its connection limit; retry later",
-        true,
-    )
-    .encode(0);
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&frame)).await;
-    let _ = stream.shutdown().await;
+/// Tells a client past the connection limit so (after the TLS handshake,
+/// when the listener has TLS: a plain frame would be noise to it), all
+/// within `within`.
+async fn refuse_full(
+    stream: TcpStream,
+    tls: Option<TlsAcceptor>,
+    frame: bytes::Bytes,
+    within: Duration,
+    _refusing: OwnedSemaphorePermit,
+) {
+    let refuse = async move {
+        match tls {
+            None => say_and_close(stream, &frame).await,
+            Some(acceptor) => {
+                if let Ok(tls) = acceptor.accept(stream).await {
+                    say_and_close(tls, &frame).await
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(within, refuse).await;
 }
 
-/// `GET /ws`: upgrades to a WebSocket connection served like a TCP one.
-pub async fn ws_handler(
-    State(gate): State<Arc<Gate>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+async fn say_and_close<S: AsyncWrite + Unpin>(mut stream: S, bytes: &[u8]) {
+    if stream.write_all(bytes).await.is_ok() {
+        let _ = stream.shutdown().await;
+    }
+}
+
+/// Upgrades an HTTP request to a WebSocket connection served like a TCP
+/// one. `permit` is the connection's admission slot (taken at accept) and
+/// `login_deadline` the end of its login deadline.
+pub fn ws_upgrade(
+    gate: Arc<Gate>,
     ws: WebSocketUpgrade,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    login_deadline: Instant,
 ) -> Response {
-    let Some(permit) = gate.admit() else {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "server is at its connection limit",
-        )
-            .into_response();
-    };
     let max = gate.config.max_frame_bytes;
     // A 1 KiB read buffer, grown by tungstenite while a larger frame arrives:
     // the default 128 KiB cost ~137 KB per idle connection, 4 KiB ~3.2 KB
@@ -237,7 +318,14 @@ pub async fn ws_handler(
             let conn_id = gate.conn_id();
             let tracker = gate.tracker.clone();
             let transport = WsTransport::new(socket, max);
-            tracker.track_future(session::serve(gate, transport, conn_id, peer, permit))
+            tracker.track_future(session::serve(
+                gate,
+                transport,
+                conn_id,
+                peer,
+                permit,
+                login_deadline,
+            ))
         })
 }
 
@@ -246,7 +334,9 @@ mod tests {
     use super::*;
 
     /// The size of the future an `async fn` returns, from its type alone.
-    fn future_size<A, B, C, D, E, F: std::future::Future>(_: fn(A, B, C, D, E) -> F) -> usize {
+    fn future_size<A, B, C, D, E, G, F: std::future::Future>(
+        _: fn(A, B, C, D, E, G) -> F,
+    ) -> usize {
         std::mem::size_of::<F>()
     }
 

@@ -59,7 +59,8 @@ struct Unacked {
 }
 
 /// Serves one accepted connection until it ends. `permit` is the
-/// connection's admission slot, released when this returns.
+/// connection's admission slot, released when this returns; the login must
+/// be done by `login_deadline` (the login deadline, counted from accept).
 ///
 /// Not an `async fn`: the arguments are captured once by the `async move`
 /// block and used in place. (An `async fn` moves a `mut` argument from its
@@ -71,6 +72,7 @@ pub fn serve<T: Transport>(
     conn_id: u64,
     peer: SocketAddr,
     permit: OwnedSemaphorePermit,
+    login_deadline: Instant,
 ) -> impl Future<Output = ()> + Send {
     let span = tracing::info_span!("conn", conn_id, %peer, user = tracing::field::Empty);
     let mut transport = transport;
@@ -80,7 +82,7 @@ pub fn serve<T: Transport>(
         // state, and inline these sized every connection's task for its
         // whole life (7.6 KB at first), though an idle connection is never
         // in them. `future_sizes` in lib.rs keeps an eye on it.
-        let end = match Box::pin(login(&gate, &mut transport, conn_id)).await {
+        let end = match Box::pin(login(&gate, &mut transport, conn_id, login_deadline)).await {
             Ok(Some(session)) => session.run(&mut transport).await,
             Ok(None) => End::PeerClosed,
             Err(end) => end,
@@ -128,8 +130,8 @@ async fn login<T: Transport>(
     gate: &Arc<Gate>,
     t: &mut T,
     conn_id: u64,
+    deadline: Instant,
 ) -> Result<Option<Box<Session>>, End> {
-    let deadline = Instant::now() + gate.config.login_timeout;
     loop {
         let incoming = tokio::select! {
             _ = gate.shutdown.cancelled() => return Err(End::Kicked(code::KICK_SHUTDOWN)),

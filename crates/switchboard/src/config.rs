@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use switchboard_core::{AppConfig, LogicConfig};
-use switchboard_gate::GateConfig;
+use switchboard_gate::{GateConfig, WsOrigins};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -72,6 +72,12 @@ pub struct Gate {
     pub compression_threshold: usize,
     pub write_timeout_ms: u64,
     pub max_in_flight: usize,
+    /// An HTTP keep-alive connection idle this long is closed.
+    pub http_idle_timeout_ms: u64,
+    /// Browser origins (`scheme://host[:port]`, `null` or `*`) allowed to
+    /// open a WebSocket. Unset: any origin in demo mode (no `[[apps]]`),
+    /// else only the origin of the host the upgrade is addressed to.
+    pub ws_allowed_origins: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -321,6 +327,8 @@ impl Default for Gate {
             compression_threshold: g.compression_threshold,
             write_timeout_ms: g.write_timeout.as_millis() as u64,
             max_in_flight: g.max_in_flight,
+            http_idle_timeout_ms: g.http_idle_timeout.as_millis() as u64,
+            ws_allowed_origins: None,
         }
     }
 }
@@ -389,9 +397,19 @@ impl Config {
         b.build()?.try_deserialize()
     }
 
-    pub fn gate_config(&self) -> GateConfig {
+    /// The gate's settings; a malformed `gate.ws_allowed_origins` entry is
+    /// an error.
+    pub fn gate_config(&self) -> Result<GateConfig, switchboard_gate::BadOrigin> {
         let g = &self.gate;
-        GateConfig {
+        let ws_origins = match &g.ws_allowed_origins {
+            Some(list) => WsOrigins::from_list(list)?,
+            // Demo mode is tried from pages served anywhere (a file, a dev
+            // server on another port); a configured deployment knows its
+            // origins.
+            None if self.apps.is_empty() => WsOrigins::Any,
+            None => WsOrigins::SameOrigin,
+        };
+        Ok(GateConfig {
             max_frame_bytes: g.max_frame_bytes,
             max_connections: g.max_connections,
             login_timeout: Duration::from_millis(g.login_timeout_ms),
@@ -406,7 +424,9 @@ impl Config {
             compression_threshold: g.compression_threshold,
             write_timeout: Duration::from_millis(g.write_timeout_ms),
             max_in_flight: g.max_in_flight.max(1),
-        }
+            http_idle_timeout: Duration::from_millis(g.http_idle_timeout_ms.max(1)),
+            ws_origins,
+        })
     }
 
     pub fn api_config(&self) -> switchboard_api::ApiConfig {

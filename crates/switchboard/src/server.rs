@@ -39,6 +39,9 @@ pub struct Server {
 impl Server {
     /// Opens the store, binds the listeners and starts serving.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
+        let gate_config = config
+            .gate_config()
+            .context("invalid gate.ws_allowed_origins")?;
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
         let apps = if config.apps.is_empty() {
@@ -143,7 +146,7 @@ impl Server {
         });
 
         let shutdown = CancellationToken::new();
-        let gate = Gate::new(logic, hub, config.gate_config(), shutdown.clone());
+        let gate = Gate::new(logic, hub, gate_config, shutdown.clone());
         let tls = match &config.tls {
             Some(t) => Some(
                 switchboard_gate::tls::acceptor_from_pem_files(&t.cert, &t.key)
@@ -172,12 +175,12 @@ impl Server {
             api_config.admin_key = Some(demo_admin_key(&config.data_dir)?);
         }
         let router = switchboard_api::router_with(gate.clone(), api_config);
-        let sd = shutdown.clone();
-        listeners.push(tokio::spawn(async move {
-            if let Err(e) = switchboard_api::serve(http, router, tls, sd).await {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
-        }));
+        listeners.push(tokio::spawn(switchboard_api::serve(
+            http,
+            router,
+            gate.clone(),
+            tls,
+        )));
         info!(%tcp_addr, %http_addr, node = %config.node, "switchboard serving");
         Ok(Server {
             tcp_addr,
