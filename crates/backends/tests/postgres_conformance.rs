@@ -237,6 +237,12 @@ impl Store for TwoNodes {
     ) -> Result<OutboxReceipt, StoreError> {
         self.pick().outbox_append(e, dedupe_id).await
     }
+    async fn revoke_tokens(&self, u: &UserKey, issued_before: u64) -> Result<u64, StoreError> {
+        self.pick().revoke_tokens(u, issued_before).await
+    }
+    async fn tokens_revoked_before(&self, u: &UserKey) -> Result<Option<u64>, StoreError> {
+        self.pick().tokens_revoked_before(u).await
+    }
     async fn ping(&self) -> Result<(), StoreError> {
         self.pick().ping().await
     }
