@@ -114,6 +114,7 @@ conformance!(
     outbox_dedupe,
     outbox_drains_in_id_order,
     a_bad_append_fails_alone,
+    token_revocations_only_move_forward,
 );
 
 /// PostgreSQL text can't hold NUL: such a client_msg_id is refused alone.
