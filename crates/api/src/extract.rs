@@ -12,6 +12,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
+use subtle::ConstantTimeEq;
 
 use crate::ApiState;
 use crate::error::{ApiError, codes};
@@ -79,41 +80,39 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     Ok(key)
 }
 
-/// Compares keys without an early exit on the first differing byte.
+/// Compares keys in time that does not depend on where they differ
+/// (`subtle`); only the length may show, and keys are long random strings.
 fn same_key(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    bool::from(a.as_bytes().ct_eq(b.as_bytes()))
 }
 
 /// Checks that the request may act for `app`: its own API key or the
-/// operator's admin key. An unknown app is `UNKNOWN_APP` (404).
+/// operator's admin key. A wrong key is answered the same whether or not
+/// the app exists and whether or not it has an API key (401
+/// `INVALID_API_KEY`), so the answer tells nobody which apps exist; only the
+/// admin key learns that an app is unknown (`UNKNOWN_APP`, 404).
 fn authorize_app(state: &ApiState, headers: &HeaderMap, app: &str) -> Result<(), ApiError> {
     let key = bearer(headers)?;
-    let Some(config) = state.gate.logic.apps().get(app) else {
-        return Err(ApiError::unknown_app(app));
-    };
+    let config = state.gate.logic.apps().get(app);
+    // Both comparisons always run, whichever matches, so their time says
+    // nothing about which key was close.
     let is_admin = state
         .config
         .admin_key
         .as_deref()
         .is_some_and(|k| same_key(k, key));
-    let is_app = config.api_key.as_deref().is_some_and(|k| same_key(k, key));
-    if is_admin || is_app {
-        return Ok(());
+    let is_app = config
+        .and_then(|c| c.api_key.as_deref())
+        .is_some_and(|k| same_key(k, key));
+    match (is_admin || is_app, config) {
+        (true, Some(_)) => Ok(()),
+        (true, None) => Err(ApiError::unknown_app(app)),
+        (false, _) => Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            codes::INVALID_API_KEY,
+            "not the API key of this app nor the admin key",
+        )),
     }
-    let why = if config.api_key.is_none() {
-        format!("app {app:?} has no api_key configured; only the admin key is accepted")
-    } else {
-        format!("not the API key of app {app:?}")
-    };
-    Err(ApiError::new(
-        StatusCode::UNAUTHORIZED,
-        codes::INVALID_API_KEY,
-        why,
-    ))
 }
 
 /// Checks the operator's admin key.
@@ -139,7 +138,7 @@ fn authorize_admin(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError
 
 /// Proof that the request may act for the app in its path (`{app}`): the
 /// key is checked before the body is read, so a request without a valid
-/// key gets 401/404, never a body error.
+/// key gets 401, never a body error (404 only for the admin key).
 pub struct AppKey;
 
 impl FromRequestParts<Arc<ApiState>> for AppKey {

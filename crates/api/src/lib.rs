@@ -7,6 +7,7 @@ mod extract;
 mod listener;
 pub mod metrics;
 pub mod openapi;
+pub mod revoke;
 mod state;
 pub mod v1;
 
@@ -54,6 +55,7 @@ pub fn router_with(gate: Arc<Gate>, config: ApiConfig) -> Router {
         )
         .route("/v1/apps/{app}/users/{uid}/timeline", get(v1::timeline))
         .route("/v1/apps/{app}/users/{uid}/kick", post(v1::kick))
+        .route("/v1/apps/{app}/users/{uid}/revoke", post(revoke::revoke))
         .route("/v1/admin/stats", get(v1::stats))
         .with_state(api);
     Router::new()

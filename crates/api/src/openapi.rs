@@ -23,6 +23,7 @@ operators (stats, kick). Authenticate with `Authorization: Bearer <key>`: the ap
         v1::history,
         v1::timeline,
         v1::kick,
+        crate::revoke::revoke,
         v1::stats,
         crate::healthz,
         crate::readyz,

@@ -43,6 +43,9 @@ pub trait Reads: ReadContext {
 
     fn outbox_pending(&mut self, after: u64, limit: usize) -> Result<Vec<BusEvent>, StoreError>;
 
+    /// The user's token revocation time, `None` when never revoked.
+    fn tokens_revoked_before(&mut self, user: &UserKey) -> Result<Option<u64>, StoreError>;
+
     /// The engine can serve (for `/readyz`).
     fn ping(&mut self) -> Result<(), StoreError>;
 }
@@ -219,6 +222,23 @@ impl<R: Reads> Store for Embedded<R> {
     async fn outbox_mark_delivered(&self, ids: &[u64]) -> Result<usize, StoreError> {
         let ids = ids.to_vec();
         self.queue.write(|r| Command::MarkDelivered(ids, r)).await
+    }
+
+    async fn revoke_tokens(&self, user: &UserKey, issued_before: u64) -> Result<u64, StoreError> {
+        if issued_before > R::MAX_CURSOR {
+            return Err(StoreError::Invalid(format!(
+                "revocation time {issued_before} out of range"
+            )));
+        }
+        let user = user.clone();
+        self.queue
+            .write(|r| Command::Revoke(user, issued_before, r))
+            .await
+    }
+
+    async fn tokens_revoked_before(&self, user: &UserKey) -> Result<Option<u64>, StoreError> {
+        let user = user.clone();
+        self.read(move |r| r.tokens_revoked_before(&user)).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -201,6 +201,8 @@ pub enum Pending {
     Outbox(Reply<OutboxReceipt>, Result<OutboxReceipt, StoreError>),
     /// Outbox events marked delivered, entries purged.
     Count(Reply<usize>, Result<usize, StoreError>),
+    /// A token revocation time now in force.
+    Revoked(Reply<u64>, Result<u64, StoreError>),
     Unit(Reply<()>),
 }
 
@@ -212,6 +214,7 @@ impl Pending {
             Pending::Append(tx, r) => tx.send(r).map_err(drop),
             Pending::Outbox(tx, r) => tx.send(r).map_err(drop),
             Pending::Count(tx, r) => tx.send(r).map_err(drop),
+            Pending::Revoked(tx, r) => tx.send(r).map_err(drop),
             Pending::Unit(tx) => tx.send(Ok(())).map_err(drop),
         };
     }
@@ -225,6 +228,7 @@ impl Pending {
             Pending::Append(tx, _) => tx.send(err(e)).map_err(drop),
             Pending::Outbox(tx, _) => tx.send(err(e)).map_err(drop),
             Pending::Count(tx, _) => tx.send(err(e)).map_err(drop),
+            Pending::Revoked(tx, _) => tx.send(err(e)).map_err(drop),
             Pending::Unit(tx) => tx.send(err(e)).map_err(drop),
         };
     }
@@ -292,6 +296,8 @@ pub enum Command {
     Append(NewMessage, Reply<Appended>),
     Outbox(BusEvent, String, Reply<OutboxReceipt>),
     MarkDelivered(Vec<u64>, Reply<usize>),
+    /// Raise a user's token revocation time (never lower it).
+    Revoke(UserKey, u64, Reply<u64>),
     /// Purge expired de-dup and delivered outbox entries now.
     Purge(Reply<usize>),
     /// Write dirty cursors now.

@@ -50,6 +50,7 @@ conformance!(
     outbox_drains_in_id_order,
     a_bad_append_fails_alone,
     submitted_appends_keep_submit_order,
+    token_revocations_only_move_forward,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -114,6 +114,7 @@ conformance!(
     outbox_dedupe,
     outbox_drains_in_id_order,
     a_bad_append_fails_alone,
+    token_revocations_only_move_forward,
 );
 
 /// PostgreSQL text can't hold NUL: such a client_msg_id is refused alone.
@@ -236,6 +237,12 @@ impl Store for TwoNodes {
         dedupe_id: &str,
     ) -> Result<OutboxReceipt, StoreError> {
         self.pick().outbox_append(e, dedupe_id).await
+    }
+    async fn revoke_tokens(&self, u: &UserKey, issued_before: u64) -> Result<u64, StoreError> {
+        self.pick().revoke_tokens(u, issued_before).await
+    }
+    async fn tokens_revoked_before(&self, u: &UserKey) -> Result<Option<u64>, StoreError> {
+        self.pick().tokens_revoked_before(u).await
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.pick().ping().await

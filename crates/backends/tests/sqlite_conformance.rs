@@ -48,6 +48,7 @@ conformance!(
     conversation_pages_newest_first,
     outbox_drains_in_id_order,
     a_bad_append_fails_alone,
+    token_revocations_only_move_forward,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -235,9 +235,13 @@ impl Logic {
         self.ids.next_id()
     }
 
-    /// Verifies a login token.
-    pub fn authenticate(&self, token: &str) -> Result<UserKey, LogicError> {
-        self.apps.verify(token)
+    /// Verifies a login token, and that it was not revoked
+    /// ([`Logic::revoke_tokens`]): a token issued (`iat`) before the user's
+    /// revocation time, or without `iat` once the user has one, is refused.
+    pub async fn authenticate(&self, token: &str) -> Result<UserKey, LogicError> {
+        let verified = self.apps.verify_token(token)?;
+        crate::logic_api::check_revocation(self.store.as_ref(), &verified).await?;
+        Ok(verified.user)
     }
 
     /// Records a logged-in device: the same device id on another connection

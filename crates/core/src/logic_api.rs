@@ -11,6 +11,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use futures::StreamExt;
 
+use switchboard_proto::code;
+
 use crate::error::LogicError;
 use crate::logic::Logic;
 use crate::model::{Entry, Message, NewMessage, UserKey};
@@ -403,6 +405,27 @@ impl Logic {
         })
     }
 
+    /// Refuses the user's login tokens issued before `issued_before`
+    /// (seconds since the epoch; tokens with a later or equal `iat` still
+    /// log in), durably and for every node, then kicks every device of the
+    /// user with `KICK_TOKEN_REVOKED`. Returns the revocation time in force
+    /// (a later earlier revocation keeps it) and how many devices were told.
+    pub async fn revoke_tokens(
+        &self,
+        user: &UserKey,
+        issued_before: u64,
+    ) -> Result<(u64, usize), LogicError> {
+        if self.apps().get(&user.app).is_none() {
+            return Err(LogicError::UnknownApp(user.app.clone()));
+        }
+        check_id("uid", &user.uid)?;
+        // Stored before the kick: a kicked device that reconnects at once
+        // with its old token finds the revocation.
+        let in_force = self.store().revoke_tokens(user, issued_before).await?;
+        let kicked = self.kick_user(user, code::KICK_TOKEN_REVOKED).await?;
+        Ok((in_force, kicked))
+    }
+
     /// Kicks every online device of `user`, on any node, with `code` (the
     /// SDK reports `Kicked{code}`); returns how many devices were told.
     pub async fn kick_user(&self, user: &UserKey, code: u32) -> Result<usize, LogicError> {
@@ -461,6 +484,28 @@ fn check_type(kind: &str) -> Result<(), LogicError> {
     Ok(())
 }
 
+/// Refuses a verified token that the user's revocation covers: issued
+/// (`iat`) before the revocation time, or without `iat` at all once the
+/// user has one (its age cannot be told).
+pub(crate) async fn check_revocation(
+    store: &dyn crate::store::Store,
+    token: &crate::auth::VerifiedToken,
+) -> Result<(), LogicError> {
+    let Some(before) = store.tokens_revoked_before(&token.user).await? else {
+        return Ok(());
+    };
+    match token.issued_at {
+        None => Err(LogicError::TokenInvalid(format!(
+            "the tokens of this user issued before {before} were revoked, and this \
+             token has no iat claim"
+        ))),
+        Some(iat) if iat < before as f64 => Err(LogicError::TokenInvalid(format!(
+            "revoked: issued at {iat}, before {before} (the user's tokens were revoked)"
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -501,6 +546,19 @@ mod tests {
         }
         async fn timeline_head(&self, _: &UserKey) -> Result<u64, crate::store::StoreError> {
             Ok(0)
+        }
+        async fn revoke_tokens(
+            &self,
+            _: &UserKey,
+            _: u64,
+        ) -> Result<u64, crate::store::StoreError> {
+            Err(crate::store::StoreError::Unavailable("no store".into()))
+        }
+        async fn tokens_revoked_before(
+            &self,
+            _: &UserKey,
+        ) -> Result<Option<u64>, crate::store::StoreError> {
+            Ok(None)
         }
         async fn cursor(&self, _: &UserKey, _: &str) -> Result<u64, crate::store::StoreError> {
             Ok(0)

@@ -214,6 +214,16 @@ pub trait Store: Send + Sync + 'static {
         ))
     }
 
+    /// Records that the user's login tokens issued (`iat`) before
+    /// `issued_before` (seconds since the epoch) are refused, durably, for
+    /// every node. A revocation never moves back: an earlier time than the
+    /// stored one changes nothing. Returns the time now in force.
+    async fn revoke_tokens(&self, user: &UserKey, issued_before: u64) -> Result<u64, StoreError>;
+
+    /// The user's revocation time ([`Store::revoke_tokens`]), `None` when
+    /// the user's tokens were never revoked.
+    async fn tokens_revoked_before(&self, user: &UserKey) -> Result<Option<u64>, StoreError>;
+
     /// Checks that the backend is reachable (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
 

@@ -178,7 +178,7 @@ async fn accept_login<T: Transport>(
     seq: u32,
     login: pb::Login,
 ) -> Result<Box<Session>, End> {
-    let user = match gate.logic.authenticate(&login.token) {
+    let user = match gate.logic.authenticate(&login.token).await {
         Ok(u) => u,
         Err(e) => return Err(fatal(t, seq, e.code(), e.to_string()).await),
     };

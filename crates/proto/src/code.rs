@@ -56,6 +56,10 @@ pub const KICK_IDLE_TIMEOUT: u32 = 4004;
 pub const KICK_SHUTDOWN: u32 = 4005;
 /// Kick: an operator or the business server closed this user's connections.
 pub const KICK_ADMIN: u32 = 4006;
+/// Kick: the business server revoked this user's tokens (`POST
+/// /v1/apps/{app}/users/{uid}/revoke`). Do not reconnect with the same
+/// token: get a new one.
+pub const KICK_TOKEN_REVOKED: u32 = 4007;
 
 /// An unexpected server error. Retry later.
 pub const INTERNAL: u32 = 5000;
@@ -95,6 +99,7 @@ pub fn name(code: u32) -> &'static str {
         KICK_IDLE_TIMEOUT => "KICK_IDLE_TIMEOUT",
         KICK_SHUTDOWN => "KICK_SHUTDOWN",
         KICK_ADMIN => "KICK_ADMIN",
+        KICK_TOKEN_REVOKED => "KICK_TOKEN_REVOKED",
         INTERNAL => "INTERNAL",
         UNAVAILABLE => "UNAVAILABLE",
         SERVER_FULL => "SERVER_FULL",

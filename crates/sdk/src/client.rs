@@ -75,7 +75,8 @@ pub enum Event {
     /// The connection was lost; the client reconnects with backoff.
     Disconnected { reason: SdkError },
     /// The server kicked this connection. Terminal (followed by `Closed`) for
-    /// `KICK_REPLACED`, `KICK_TOO_MANY_DEVICES`, `KICK_ADMIN` and for a
+    /// `KICK_REPLACED`, `KICK_TOO_MANY_DEVICES`, `KICK_ADMIN`,
+    /// `KICK_TOKEN_REVOKED` and for a
     /// login refused on reconnect (token codes, with the login error's code);
     /// otherwise followed by `Disconnected` and a reconnect.
     Kicked { code: u32, reason: String },

@@ -79,7 +79,10 @@ pub(crate) fn is_retryable_code(c: u32) -> bool {
 pub(crate) fn is_terminal_kick(c: u32) -> bool {
     matches!(
         c,
-        code::KICK_REPLACED | code::KICK_TOO_MANY_DEVICES | code::KICK_ADMIN
+        code::KICK_REPLACED
+            | code::KICK_TOO_MANY_DEVICES
+            | code::KICK_ADMIN
+            | code::KICK_TOKEN_REVOKED
     )
 }
 

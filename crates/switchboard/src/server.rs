@@ -219,39 +219,183 @@ impl Server {
     }
 }
 
-/// The built-in `demo` app, its secret generated once and kept in the data dir.
+/// The demo app's JWT secret in the data dir (kept from older installs).
+const DEMO_SECRET_FILE: &str = "demo.secret";
+/// The demo app's API key in the data dir.
+const DEMO_API_KEY_FILE: &str = "demo.api_key";
+/// The operator (admin) key of demo mode in the data dir.
+const DEMO_ADMIN_KEY_FILE: &str = "admin.key";
+
+/// The built-in `demo` app: its JWT secret and its API key are each
+/// generated once, independently, and kept in files of the data dir.
 pub fn demo_app(data_dir: &Path) -> anyhow::Result<AppConfig> {
     Ok(AppConfig {
         name: "demo".into(),
         jwt_secret: Some(demo_secret(data_dir)?),
-        api_key: Some(format!("demo-{}", &demo_secret(data_dir)?[..16])),
+        api_key: Some(format!("demo-{}", demo_file(data_dir, DEMO_API_KEY_FILE)?)),
         ..AppConfig::default()
     })
 }
 
-/// The operator key of demo mode (no `[[apps]]` and no `api.admin_key`):
-/// derived from the demo secret, like the demo app's API key.
+/// The operator key of demo mode (no `[[apps]]` and no `api.admin_key`),
+/// generated once, independently of the demo app's secret and API key.
 pub fn demo_admin_key(data_dir: &Path) -> anyhow::Result<String> {
-    let secret = demo_secret(data_dir)?;
-    // The secret's other end than the app key's, so one does not give the other.
-    let tail: String = secret.chars().rev().take(16).collect();
-    Ok(format!("admin-{tail}"))
+    Ok(format!(
+        "admin-{}",
+        demo_file(data_dir, DEMO_ADMIN_KEY_FILE)?
+    ))
 }
 
 /// Reads (creating on first use) the demo app's token secret.
 pub fn demo_secret(data_dir: &Path) -> anyhow::Result<String> {
-    let path = data_dir.join("demo.secret");
-    if let Ok(s) = std::fs::read_to_string(&path) {
-        let s = s.trim().to_string();
-        if s.len() >= 16 {
-            return Ok(s);
-        }
+    demo_file(data_dir, DEMO_SECRET_FILE)
+}
+
+/// Reads the secret in `data_dir/name`, creating it on first use from the
+/// OS's randomness (128 bits, hex) in a file only its owner may read.
+///
+/// Before the keys were independent, only `demo.secret` existed (and the
+/// keys were derived from it): such a secret is kept, so tokens already
+/// issued stay valid, and the key files are generated next to it. A file
+/// that others may read (an older install wrote 0644) is narrowed to 0600.
+fn demo_file(data_dir: &Path, name: &str) -> anyhow::Result<String> {
+    let path = data_dir.join(name);
+    if let Some(secret) = read_secret(&path)? {
+        return Ok(secret);
     }
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
-    let secret: String = (0..32)
-        .map(|_| format!("{:x}", rand::random::<u8>() % 16))
-        .collect();
-    std::fs::write(&path, &secret).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(secret)
+    let mut bytes = [0u8; 16];
+    rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut bytes)
+        .map_err(|e| anyhow::anyhow!("no randomness from the OS for {name}: {e}"))?;
+    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    write_new_secret(&path, &secret)?;
+    // Another process (`switchboard token` next to a starting node) may have
+    // won the race: what is in the file is the secret.
+    read_secret(&path)?.with_context(|| format!("{} is empty after writing it", path.display()))
+}
+
+/// The secret in a file, `None` when the file is missing or holds less
+/// than 16 characters (an interrupted write of an old version).
+fn read_secret(path: &Path) -> anyhow::Result<Option<String>> {
+    use std::os::unix::fs::PermissionsExt;
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let secret = text.trim();
+    if secret.len() < 16 {
+        return Ok(None);
+    }
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("cannot read the permissions of {}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(file = %path.display(), "secret file was readable by others; narrowing it to 0600");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot make {} private (0600)", path.display()))?;
+    }
+    Ok(Some(secret.to_owned()))
+}
+
+/// Writes a new secret file with mode 0600 from its creation on (never
+/// readable by others, not even for a moment), and atomically: it is
+/// written in full under a temporary name and then linked to its name, which
+/// fails rather than replaces a file another process created meanwhile.
+fn write_new_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let write = || -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(secret.as_bytes())?;
+        f.sync_all()?;
+        match std::fs::hard_link(&tmp, path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                // A short file left by an old version: replace it.
+                if read_secret(path).ok().flatten().is_none() {
+                    std::fs::rename(&tmp, path)?;
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    };
+    let result = write();
+    let _ = std::fs::remove_file(&tmp);
+    result.with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// Whether `a` and `b` share a run of `n` characters.
+    fn share_run(a: &str, b: &str, n: usize) -> Option<String> {
+        (0..=a.len().saturating_sub(n))
+            .map(|i| &a[i..i + n])
+            .find(|run| b.contains(run))
+            .map(str::to_owned)
+    }
+
+    fn hex_part(s: &str) -> &str {
+        s.rsplit('-').next().unwrap_or(s)
+    }
+
+    #[test]
+    fn demo_secrets_are_independent_and_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = demo_app(dir.path()).unwrap();
+        let secret = app.jwt_secret.clone().unwrap();
+        let api_key = app.api_key.clone().unwrap();
+        let admin = demo_admin_key(dir.path()).unwrap();
+        let all = [secret.as_str(), hex_part(&api_key), hex_part(&admin)];
+        for (i, a) in all.iter().enumerate() {
+            assert_eq!(a.len(), 32, "128 bits in hex: {a}");
+            for b in &all[i + 1..] {
+                // 8 hex digits: the derived keys shared 16 with the secret,
+                // and two independent 128-bit values share a run of 8 by
+                // chance about once in 10^7 (a run of 4: once in 25 runs).
+                assert_eq!(share_run(a, b, 8), None, "{a} and {b} share a run");
+            }
+        }
+        for name in [DEMO_SECRET_FILE, DEMO_API_KEY_FILE, DEMO_ADMIN_KEY_FILE] {
+            let mode = std::fs::metadata(dir.path().join(name))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
+        // Read back, not generated again.
+        assert_eq!(demo_app(dir.path()).unwrap(), app);
+        assert_eq!(demo_admin_key(dir.path()).unwrap(), admin);
+        assert_eq!(demo_secret(dir.path()).unwrap(), secret);
+        // Two installs have nothing in common.
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(demo_secret(other.path()).unwrap(), secret);
+    }
+
+    #[test]
+    fn an_old_install_keeps_its_secret_and_gets_new_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = "0123456789abcdef0123456789abcdef";
+        let path = dir.path().join(DEMO_SECRET_FILE);
+        std::fs::write(&path, old).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let app = demo_app(dir.path()).unwrap();
+        assert_eq!(app.jwt_secret.as_deref(), Some(old));
+        let api_key = app.api_key.unwrap();
+        let admin = demo_admin_key(dir.path()).unwrap();
+        assert_eq!(share_run(old, hex_part(&api_key), 8), None);
+        assert_eq!(share_run(old, hex_part(&admin), 8), None);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "an old secret is narrowed to 0600");
+    }
 }

@@ -118,6 +118,7 @@ where
     submitted_appends_keep_submit_order(store.clone()).await;
     outbox_drains_in_id_order(store.clone()).await;
     a_bad_append_fails_alone(store.clone()).await;
+    token_revocations_only_move_forward(store.clone()).await;
     store.close().await.expect("close");
     store.close().await.expect("close is idempotent");
     drop(store);
@@ -681,6 +682,10 @@ where
         .expect("advance");
     let ev = event(&alice, "{}");
     store.outbox_append(&ev, "ev-1").await.expect("outbox");
+    store
+        .revoke_tokens(&alice, 1_700_000_000)
+        .await
+        .expect("revoke");
     let before = store.entries_after(&bob, 0, 100).await.expect("page");
     store.close().await.expect("close");
     drop(store);
@@ -696,6 +701,14 @@ where
         "timeline differs after reopen"
     );
     assert_eq!(store.timeline_head(&alice).await.expect("head"), 50);
+    assert_eq!(
+        store
+            .tokens_revoked_before(&alice)
+            .await
+            .expect("revocation"),
+        Some(1_700_000_000),
+        "a token revocation survives a reopen"
+    );
     assert_eq!(
         store.cursor(&bob, "phone").await.expect("cursor"),
         42,
@@ -931,4 +944,56 @@ pub async fn submitted_appends_keep_submit_order(store: Arc<dyn Store>) {
     let page = store.entries_after(&bob, 0, 100).await.expect("read");
     let stored: Vec<u64> = page.entries.iter().map(|e| e.message.id).collect();
     assert_eq!(stored, msg_ids, "stored once each, in submit order");
+}
+
+/// A user's token revocation: none at first; a revocation is in force at
+/// once (read back by the next call); a later time raises it, an earlier
+/// one changes nothing (also when they race); other users are untouched.
+pub async fn token_revocations_only_move_forward(store: Arc<dyn Store>) {
+    let alice = fresh_user("alice");
+    let bob = fresh_user("bob");
+    assert_eq!(
+        store.tokens_revoked_before(&alice).await.expect("read"),
+        None
+    );
+    assert_eq!(
+        store.revoke_tokens(&alice, 1_000).await.expect("revoke"),
+        1_000
+    );
+    assert_eq!(
+        store.tokens_revoked_before(&alice).await.expect("read"),
+        Some(1_000)
+    );
+    assert_eq!(
+        store.revoke_tokens(&alice, 500).await.expect("revoke"),
+        1_000,
+        "an earlier time does not lower a revocation"
+    );
+    assert_eq!(
+        store.revoke_tokens(&alice, 2_000).await.expect("revoke"),
+        2_000
+    );
+    assert_eq!(
+        store.tokens_revoked_before(&alice).await.expect("read"),
+        Some(2_000)
+    );
+    assert_eq!(store.tokens_revoked_before(&bob).await.expect("read"), None);
+    // Racing revocations (one group for the embedded writers): the highest wins.
+    let mut tasks = JoinSet::new();
+    for t in [3_500u64, 3_000, 4_000, 3_900, 100] {
+        let (store, bob) = (store.clone(), bob.clone());
+        tasks.spawn(async move { store.revoke_tokens(&bob, t).await });
+    }
+    while let Some(r) = tasks.join_next().await {
+        let in_force = r.expect("task").expect("revoke");
+        assert!(in_force >= 3_000, "in force {in_force}");
+    }
+    assert_eq!(
+        store.tokens_revoked_before(&bob).await.expect("read"),
+        Some(4_000)
+    );
+    assert_eq!(
+        store.tokens_revoked_before(&alice).await.expect("read"),
+        Some(2_000)
+    );
 }

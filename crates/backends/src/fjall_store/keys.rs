@@ -16,6 +16,7 @@
 //! | `outbox_pending` | event id | (empty) |
 //! | `outbox_dedupe` | user ++ dedupe_id | event id |
 //! | `outbox_delivered` | delivered_ms ++ event id | (empty) |
+//! | `revocations` | user | issued_before (seconds; tokens with an earlier `iat` are refused) |
 //!
 //! A user is `len(app) app len(uid) uid`. Values start with a format byte
 //! where they may change ([`FORMAT`]).

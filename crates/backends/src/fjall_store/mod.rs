@@ -103,6 +103,7 @@ pub(crate) struct Keyspaces {
     outbox_pending: Keyspace,
     outbox_dedupe: Keyspace,
     outbox_delivered: Keyspace,
+    revocations: Keyspace,
 }
 
 impl Keyspaces {
@@ -143,6 +144,7 @@ impl Keyspaces {
             outbox_pending: ks("outbox_pending")?,
             outbox_dedupe: ks("outbox_dedupe")?,
             outbox_delivered: ks("outbox_delivered")?,
+            revocations: ks("revocations")?,
             db,
             poisoned: AtomicBool::new(false),
         })
@@ -189,6 +191,10 @@ impl Reads for FjallReads {
 
     fn outbox_pending(&mut self, after: u64, limit: usize) -> Result<Vec<BusEvent>, StoreError> {
         read::outbox_pending(&self.0, after, limit)
+    }
+
+    fn tokens_revoked_before(&mut self, user: &UserKey) -> Result<Option<u64>, StoreError> {
+        read::tokens_revoked_before(&self.0, user)
     }
 
     fn ping(&mut self) -> Result<(), StoreError> {

@@ -106,6 +106,14 @@ pub fn cursor(ks: &Keyspaces, user: &UserKey, device_id: &str) -> Result<u64, St
     }
 }
 
+/// The user's token revocation time, `None` when never revoked.
+pub fn tokens_revoked_before(ks: &Keyspaces, user: &UserKey) -> Result<Option<u64>, StoreError> {
+    match ks.revocations.get(keys::user(user)?).map_err(fjall_error)? {
+        Some(v) => keys::u64_at(&v, 0).map(Some),
+        None => Ok(None),
+    }
+}
+
 /// Up to `limit` undelivered outbox events with an id above `after`,
 /// lowest id first.
 pub fn outbox_pending(

@@ -51,6 +51,8 @@ struct Batch {
     outbox_dedupe: HashMap<Vec<u8>, u64>,
     event_ids: HashSet<u64>,
     delivered: HashSet<u64>,
+    /// User key → revocation time written in this group.
+    revoked: HashMap<Vec<u8>, u64>,
     /// Timelines whose cached head moved in this group.
     touched: Vec<UserKey>,
 }
@@ -104,6 +106,7 @@ impl Writer {
             outbox_dedupe: HashMap::new(),
             event_ids: HashSet::new(),
             delivered: HashSet::new(),
+            revoked: HashMap::new(),
             touched: Vec::new(),
         };
         let mut pending = Vec::with_capacity(commands);
@@ -207,6 +210,15 @@ impl Writer {
                 pending.push(Pending::Count(reply, r));
                 failed.map_or(Ok(()), Err)
             }
+            Command::Revoke(user, issued_before, reply) => {
+                let r = revoke_tokens(&self.ks, b, &user, issued_before);
+                let failed = r
+                    .as_ref()
+                    .err()
+                    .map(|e| StoreError::Unavailable(e.to_string()));
+                pending.push(Pending::Revoked(reply, r));
+                failed.map_or(Ok(()), Err)
+            }
             Command::Purge(reply) => {
                 let r = purge_expired(&self.ks, b, self.dedupe_window);
                 if let Ok((_, true)) = r {
@@ -236,6 +248,7 @@ fn unanswered(cmd: Command) -> Pending {
         Command::Append(_, r) => Pending::Append(r, none()),
         Command::Outbox(_, _, r) => Pending::Outbox(r, none()),
         Command::MarkDelivered(_, r) | Command::Purge(r) => Pending::Count(r, none()),
+        Command::Revoke(_, _, r) => Pending::Revoked(r, none()),
         Command::Flush(r) | Command::Close(r) => Pending::Unit(r),
     }
 }
@@ -392,6 +405,30 @@ fn outbox_append(
         id: event.id,
         duplicate: false,
     })
+}
+
+/// Raises the user's revocation time (never lowers it, also against an
+/// earlier revocation of this group); returns the one in force.
+fn revoke_tokens(
+    ks: &Keyspaces,
+    b: &mut Batch,
+    user: &UserKey,
+    issued_before: u64,
+) -> Result<u64, StoreError> {
+    let key = keys::user(user)?;
+    let stored = match b.revoked.get(&key) {
+        Some(&t) => Some(t),
+        None => match ks.revocations.get(&key).map_err(fjall_error)? {
+            Some(v) => Some(keys::u64_at(&v, 0)?),
+            None => None,
+        },
+    };
+    let in_force = stored.map_or(issued_before, |t| t.max(issued_before));
+    if stored != Some(in_force) {
+        b.wb.insert(&ks.revocations, key.clone(), in_force.to_be_bytes());
+        b.revoked.insert(key, in_force);
+    }
+    Ok(in_force)
 }
 
 /// Moves pending events to delivered; returns how many were pending.

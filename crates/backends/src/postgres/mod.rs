@@ -387,6 +387,26 @@ impl Store for PgStore {
             .await
     }
 
+    async fn revoke_tokens(&self, user: &UserKey, issued_before: u64) -> Result<u64, StoreError> {
+        self.check_open()?;
+        self.inner
+            .bounded(async {
+                let conn = self.inner.conn().await?;
+                read::revoke_tokens(&conn, user, issued_before).await
+            })
+            .await
+    }
+
+    async fn tokens_revoked_before(&self, user: &UserKey) -> Result<Option<u64>, StoreError> {
+        self.check_open()?;
+        self.inner
+            .bounded(async {
+                let conn = self.inner.conn().await?;
+                read::tokens_revoked_before(&conn, user).await
+            })
+            .await
+    }
+
     async fn cursor(&self, user: &UserKey, device_id: &str) -> Result<u64, StoreError> {
         self.check_open()?;
         // Memory first, then the table: an entry leaves memory only after it

@@ -162,6 +162,56 @@ pub async fn cursor(conn: &Object, user: &UserKey, device_id: &str) -> Result<u6
     }
 }
 
+/// Raises the user's revocation time (never lowers it); returns the one in force.
+pub async fn revoke_tokens(
+    conn: &Object,
+    user: &UserKey,
+    issued_before: u64,
+) -> Result<u64, StoreError> {
+    let before = i64::try_from(issued_before).map_err(|_| {
+        StoreError::Invalid(format!("revocation time {issued_before} out of range"))
+    })?;
+    let stmt = conn
+        .prepare_cached(
+            "INSERT INTO token_revocation (app, uid, issued_before) VALUES ($1, $2, $3)
+             ON CONFLICT (app, uid) DO UPDATE
+               SET issued_before = GREATEST(token_revocation.issued_before, EXCLUDED.issued_before)
+             RETURNING issued_before",
+        )
+        .await
+        .map_err(unavailable)?;
+    let row = conn
+        .query_one(&stmt, &[&user.app, &user.uid, &before])
+        .await
+        .map_err(unavailable)?;
+    to_u64(
+        row.try_get(0).map_err(corrupt)?,
+        "token_revocation.issued_before",
+    )
+}
+
+/// The user's revocation time, `None` when never revoked.
+pub async fn tokens_revoked_before(
+    conn: &Object,
+    user: &UserKey,
+) -> Result<Option<u64>, StoreError> {
+    let stmt = conn
+        .prepare_cached("SELECT issued_before FROM token_revocation WHERE app = $1 AND uid = $2")
+        .await
+        .map_err(unavailable)?;
+    let row = conn
+        .query_opt(&stmt, &[&user.app, &user.uid])
+        .await
+        .map_err(unavailable)?;
+    row.map(|r| {
+        to_u64(
+            r.try_get(0).map_err(corrupt)?,
+            "token_revocation.issued_before",
+        )
+    })
+    .transpose()
+}
+
 /// Upserts cursors (sorted by the caller); `GREATEST` keeps a stored cursor
 /// from moving back when two nodes flush the same device.
 pub async fn upsert_cursors(conn: &Object, cursors: &[(CursorKey, u64)]) -> Result<(), StoreError> {

@@ -42,6 +42,14 @@
 //! CREATE UNIQUE INDEX outbox_dedupe ON outbox (app, uid, dedupe_id) WHERE dedupe_id <> '';
 //! CREATE INDEX outbox_pending ON outbox (id) WHERE delivered_ms IS NULL;
 //! ```
+//!
+//! Version 2 (`migrations/0002_token_revocation.sql`):
+//!
+//! ```sql
+//! -- Login tokens issued (iat) before issued_before are refused; GREATEST only.
+//! CREATE TABLE token_revocation (app TEXT, uid TEXT, issued_before BIGINT,
+//!                                PRIMARY KEY (app, uid));
+//! ```
 
 use deadpool_postgres::Object;
 use switchboard_core::StoreError;
@@ -56,14 +64,21 @@ pub struct Migration {
 }
 
 /// Every migration, in order. Never edit an applied one: add the next.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_init",
-    sql: include_str!("migrations/0001_init.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_init",
+        sql: include_str!("migrations/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_token_revocation",
+        sql: include_str!("migrations/0002_token_revocation.sql"),
+    },
+];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// First key of the advisory lock; the second is the hash of the schema name,
 /// so stores in different schemas of one database migrate independently.

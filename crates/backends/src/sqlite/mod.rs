@@ -169,6 +169,10 @@ impl Reads for Connection {
         read::outbox_pending(self, after, limit)
     }
 
+    fn tokens_revoked_before(&mut self, user: &UserKey) -> Result<Option<u64>, StoreError> {
+        read::tokens_revoked_before(self, user)
+    }
+
     fn ping(&mut self) -> Result<(), StoreError> {
         self.query_row("SELECT 1", [], |_| Ok(()))
             .map_err(unavailable)

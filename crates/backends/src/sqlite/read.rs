@@ -137,6 +137,19 @@ pub fn cursor(conn: &Connection, user: &UserKey, device_id: &str) -> Result<u64,
     seq.map_or(Ok(0), |s| to_u64(s, "cursor.seq"))
 }
 
+/// The user's token revocation time, `None` when never revoked.
+pub fn tokens_revoked_before(conn: &Connection, user: &UserKey) -> Result<Option<u64>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT issued_before FROM token_revocation WHERE app = ?1 AND uid = ?2")
+        .map_err(unavailable)?;
+    let t: Option<i64> = stmt
+        .query_row(params![user.app, user.uid], |r| r.get(0))
+        .optional()
+        .map_err(corrupt_or_unavailable)?;
+    t.map(|t| to_u64(t, "token_revocation.issued_before"))
+        .transpose()
+}
+
 /// Up to `limit` undelivered outbox events with an id above `after`, oldest id first.
 pub fn outbox_pending(
     conn: &Connection,

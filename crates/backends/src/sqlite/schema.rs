@@ -74,6 +74,18 @@
 //! CREATE INDEX message_conversation ON message (app, from_uid, to_app, to_uid, msg_id);
 //! ```
 //!
+//! Version 3 adds:
+//!
+//! ```sql
+//! -- Login tokens issued (iat) before issued_before are refused; only raised.
+//! CREATE TABLE token_revocation (
+//!     app           TEXT    NOT NULL,
+//!     uid           TEXT    NOT NULL,
+//!     issued_before INTEGER NOT NULL,
+//!     PRIMARY KEY (app, uid)
+//! ) WITHOUT ROWID;
+//! ```
+//!
 //! Delivered outbox rows older than the de-dup window are purged with the
 //! de-dup rows, so neither table grows forever.
 
@@ -86,7 +98,7 @@ use switchboard_core::StoreError;
 use super::unavailable;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 const V1: &str = "
 CREATE TABLE IF NOT EXISTS message (
@@ -144,6 +156,16 @@ CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (id) WHERE delivered_ms IS N
 /// direction of a pair as one index range, newest first.
 const V2: &str = "
 CREATE INDEX IF NOT EXISTS message_conversation ON message (app, from_uid, to_app, to_uid, msg_id);
+";
+
+/// Version 3: token revocations (`Store::revoke_tokens`).
+const V3: &str = "
+CREATE TABLE IF NOT EXISTS token_revocation (
+    app           TEXT    NOT NULL,
+    uid           TEXT    NOT NULL,
+    issued_before INTEGER NOT NULL,
+    PRIMARY KEY (app, uid)
+) WITHOUT ROWID;
 ";
 
 /// How long a connection waits on a lock (a checkpoint, the writer's commit)
@@ -229,7 +251,10 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     if version < 2 {
         tx.execute_batch(V2).map_err(unavailable)?;
     }
-    // Later versions: `if version < 3 { ... }`, each step idempotent.
+    if version < 3 {
+        tx.execute_batch(V3).map_err(unavailable)?;
+    }
+    // Later versions: `if version < 4 { ... }`, each step idempotent.
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(unavailable)?;
     tx.commit().map_err(unavailable)

@@ -158,6 +158,17 @@ impl Writer {
                             return Err(e);
                         }
                     }
+                    Command::Revoke(user, issued_before, reply) => {
+                        let r = revoke_tokens(&tx, &user, issued_before);
+                        let failed = r
+                            .as_ref()
+                            .err()
+                            .map(|e| StoreError::Unavailable(e.to_string()));
+                        pending.push(Pending::Revoked(reply, r));
+                        if let Some(e) = failed {
+                            return Err(e);
+                        }
+                    }
                     Command::Purge(reply) => {
                         let r = purge_expired(&tx, self.opts.dedupe_window);
                         let failed = r
@@ -402,6 +413,27 @@ fn mark_delivered(tx: &Transaction<'_>, ids: &[u64]) -> Result<usize, StoreError
         n += stmt.execute(params![id as i64, now]).map_err(unavailable)?;
     }
     Ok(n)
+}
+
+/// Raises the user's revocation time (never lowers it); returns the one in force.
+fn revoke_tokens(
+    tx: &Transaction<'_>,
+    user: &UserKey,
+    issued_before: u64,
+) -> Result<u64, StoreError> {
+    let before = i64::try_from(issued_before).map_err(|_| {
+        StoreError::Invalid(format!("revocation time {issued_before} out of range"))
+    })?;
+    let now: i64 = tx
+        .prepare_cached(
+            "INSERT INTO token_revocation (app, uid, issued_before) VALUES (?1, ?2, ?3)
+             ON CONFLICT (app, uid) DO UPDATE
+               SET issued_before = max(issued_before, excluded.issued_before)
+             RETURNING issued_before",
+        )
+        .and_then(|mut s| s.query_row(params![user.app, user.uid, before], |r| r.get(0)))
+        .map_err(unavailable)?;
+    u64::try_from(now).map_err(|_| StoreError::Corrupt(format!("negative revocation time {now}")))
 }
 
 /// Deletes de-dup rows and delivered outbox rows older than the window.
