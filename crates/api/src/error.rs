@@ -139,6 +139,7 @@ pub struct ErrorDetail {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        metrics::counter!(crate::metrics::HTTP_ERRORS, "code" => self.code).increment(1);
         let body = ErrorBody {
             error: self.detail(),
         };

@@ -34,6 +34,11 @@ pub fn router(gate: Arc<Gate>) -> Router {
 /// The node's HTTP routes.
 pub fn router_with(gate: Arc<Gate>, config: ApiConfig) -> Router {
     let max_body = config.max_body_bytes;
+    // Made once: the document states this node's limits.
+    let doc = Arc::new(openapi::document(openapi::Limits {
+        max_targets: config.max_targets,
+        max_body_bytes: config.max_body_bytes,
+    }));
     let api = Arc::new(ApiState {
         rates: RateWindow::new(gate.logic.stats().messages_stored(), gate.hub.push_count()),
         gate: gate.clone(),
@@ -63,7 +68,7 @@ pub fn router_with(gate: Arc<Gate>, config: ApiConfig) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
-        .route("/openapi.json", get(openapi_json))
+        .route("/openapi.json", get(move || openapi_json(doc.clone())))
         .with_state(gate)
         .merge(v1)
         .fallback(not_found)
@@ -89,8 +94,8 @@ async fn method_not_allowed() -> error::ApiError {
 }
 
 /// The OpenAPI document of this API.
-async fn openapi_json() -> impl IntoResponse {
-    Json(<openapi::ApiDoc as utoipa::OpenApi>::openapi())
+async fn openapi_json(doc: Arc<serde_json::Value>) -> impl IntoResponse {
+    Json(doc.as_ref().clone())
 }
 
 /// Prometheus metrics of this process.
@@ -113,6 +118,7 @@ async fn metrics_handler(State(gate): State<Arc<Gate>>) -> axum::response::Respo
         .into_response();
     };
     ::metrics::gauge!(switchboard_core::stats::CONNECTIONS).set(gate.hub.connection_count() as f64);
+    metrics::refresh();
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -14,6 +14,19 @@ use switchboard_core::stats;
 
 /// Histogram: HTTP request latency, labels `method`, `route`, `status`.
 pub const HTTP_REQUEST_SECONDS: &str = "switchboard_http_request_seconds";
+/// Counter: HTTP API error answers, label `code` (`INVALID_API_KEY`, ...).
+pub const HTTP_ERRORS: &str = "switchboard_http_errors_total";
+/// Gauge, always 1: labels `version` and `commit` of this build.
+pub const BUILD_INFO: &str = "switchboard_build_info";
+/// The process metrics every Prometheus client library exports, by their
+/// usual names (dashboards expect them), read from /proc at each scrape.
+pub const PROCESS_RESIDENT_MEMORY: &str = "process_resident_memory_bytes";
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+pub const PROCESS_MAX_FDS: &str = "process_max_fds";
+pub const PROCESS_CPU_SECONDS: &str = "process_cpu_seconds_total";
+
+/// The git commit this binary was built from (build.rs), or "unknown".
+pub const COMMIT: &str = env!("SWITCHBOARD_GIT_COMMIT");
 
 /// Delivery latency buckets: from 50 µs (a local push) to 5 s.
 const DELIVERY_BUCKETS: &[f64] = &[
@@ -116,7 +129,7 @@ fn describe() {
     );
     describe_histogram!(
         stats::STORE_GROUP_COMMANDS,
-        "Store: commands in one group commit"
+        "Store: commands in one group commit (formerly switchboard_store_group_commands)"
     );
     describe_counter!(
         stats::MESSAGES_STORED,
@@ -131,6 +144,36 @@ fn describe() {
         "Push frames handed to connection queues, by mode"
     );
     describe_counter!(stats::KICKS, "Connections closed by the server, by code");
+    describe_counter!(stats::LOGINS, "Logins accepted");
+    describe_counter!(stats::LOGIN_FAILURES, "Logins refused, by error code");
+    describe_counter!(stats::ERRORS_SENT, "Error frames sent to clients, by code");
+    describe_counter!(
+        stats::RATE_LIMITED,
+        "Requests refused for a connection's rate limit (gate.rate_per_sec)"
+    );
+    describe_counter!(stats::C2S, "c2s reports the bus accepted");
+    describe_gauge!(
+        stats::OPEN_CONNECTIONS,
+        "Open connections, logged in or not, by transport (tcp, ws)"
+    );
+    describe_counter!(
+        stats::CONNECTIONS_ACCEPTED,
+        "Connections accepted, by transport (tcp, ws)"
+    );
+    describe_counter!(HTTP_ERRORS, "HTTP API error answers, by code");
+    describe_gauge!(BUILD_INFO, "Always 1; labels version and commit of this build");
+    describe_gauge!(
+        PROCESS_RESIDENT_MEMORY,
+        Unit::Bytes,
+        "Resident memory of the process"
+    );
+    describe_gauge!(PROCESS_OPEN_FDS, "Open file descriptors of the process");
+    describe_gauge!(PROCESS_MAX_FDS, "The process's limit of open file descriptors");
+    describe_gauge!(
+        PROCESS_CPU_SECONDS,
+        Unit::Seconds,
+        "CPU time of the process, user and system"
+    );
     describe_gauge!(stats::CONNECTIONS, "Logged-in connections on this node");
     describe_counter!(
         stats::WEBHOOK_REQUESTS,
@@ -161,4 +204,112 @@ pub async fn track(req: Request, next: Next) -> Response {
     metrics::histogram!(HTTP_REQUEST_SECONDS, "method" => method, "route" => route, "status" => status)
         .record(start.elapsed().as_secs_f64());
     response
+}
+
+/// Sets the gauges read at scrape time: build info and the process's own
+/// numbers. A /proc file that cannot be read leaves its gauge out (not on
+/// Linux, or a sandbox without /proc).
+pub fn refresh() {
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "commit" => COMMIT)
+        .set(1.0);
+    let p = process::read();
+    if let Some(v) = p.resident_bytes {
+        metrics::gauge!(PROCESS_RESIDENT_MEMORY).set(v as f64);
+    }
+    if let Some(v) = p.open_fds {
+        metrics::gauge!(PROCESS_OPEN_FDS).set(v as f64);
+    }
+    if let Some(v) = p.max_fds {
+        metrics::gauge!(PROCESS_MAX_FDS).set(v as f64);
+    }
+    if let Some(v) = p.cpu_seconds {
+        metrics::gauge!(PROCESS_CPU_SECONDS).set(v);
+    }
+}
+
+/// The process's numbers from /proc/self (a few small reads; a crate for
+/// it would pull in a whole /proc parser).
+mod process {
+    /// Clock ticks per second of /proc/<pid>/stat times: USER_HZ, fixed at
+    /// 100 by the kernel's ABI on every architecture we build for.
+    const USER_HZ: f64 = 100.0;
+
+    #[derive(Debug, Default, PartialEq)]
+    pub struct Process {
+        pub resident_bytes: Option<u64>,
+        pub open_fds: Option<u64>,
+        pub max_fds: Option<u64>,
+        pub cpu_seconds: Option<f64>,
+    }
+
+    pub fn read() -> Process {
+        let status = std::fs::read_to_string("/proc/self/status").ok();
+        let limits = std::fs::read_to_string("/proc/self/limits").ok();
+        let stat = std::fs::read_to_string("/proc/self/stat").ok();
+        Process {
+            resident_bytes: status.as_deref().and_then(resident_bytes),
+            open_fds: std::fs::read_dir("/proc/self/fd")
+                .ok()
+                .map(|d| d.count() as u64),
+            max_fds: limits.as_deref().and_then(max_fds),
+            cpu_seconds: stat.as_deref().and_then(cpu_seconds),
+        }
+    }
+
+    /// `VmRSS:   1234 kB` in /proc/self/status.
+    pub fn resident_bytes(status: &str) -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        kb.checked_mul(1024)
+    }
+
+    /// The soft limit of `Max open files` in /proc/self/limits.
+    pub fn max_fds(limits: &str) -> Option<u64> {
+        let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+        line["Max open files".len()..]
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    /// utime + stime of /proc/self/stat, in seconds. The command name (field
+    /// 2) may hold spaces and parentheses: fields are counted after its
+    /// closing parenthesis, the last one in the line.
+    pub fn cpu_seconds(stat: &str) -> Option<f64> {
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let mut fields = rest.split_whitespace();
+        // After the name: state is field 3, utime field 14, stime field 15.
+        let utime: u64 = fields.nth(11)?.parse().ok()?;
+        let stime: u64 = fields.next()?.parse().ok()?;
+        Some((utime + stime) as f64 / USER_HZ)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn parses_proc_files() {
+            assert_eq!(
+                resident_bytes("Name:\tx\nVmRSS:\t    2048 kB\nVmData: 1 kB\n"),
+                Some(2048 * 1024)
+            );
+            let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+Max open files            1024                 524288               files\n";
+            assert_eq!(max_fds(limits), Some(1024));
+            let stat = "42 (a b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0";
+            assert_eq!(cpu_seconds(stat), Some(3.0));
+            assert_eq!(cpu_seconds("garbage"), None);
+        }
+
+        #[test]
+        fn reads_this_process() {
+            let p = read();
+            assert!(p.resident_bytes.is_some_and(|b| b > 0), "{p:?}");
+            assert!(p.open_fds.is_some_and(|n| n > 0), "{p:?}");
+            assert!(p.max_fds.is_some_and(|n| n > 0), "{p:?}");
+            assert!(p.cpu_seconds.is_some(), "{p:?}");
+        }
+    }
 }

@@ -62,3 +62,139 @@ impl Modify for Security {
         }
     }
 }
+
+/// The limits of one node that the schema states: they come from its
+/// configuration, so the document a node serves is made for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `api.max_targets`: most users in one push or presence request.
+    pub max_targets: usize,
+    /// `api.max_body_bytes`: the largest request body.
+    pub max_body_bytes: usize,
+}
+
+/// Longest uid, `client_msg_id` and app name the core takes, in bytes.
+const MAX_ID_BYTES: u64 = 128;
+const MAX_APP_BYTES: u64 = 64;
+
+/// The document with the node's limits written in: the receivers' item
+/// shape and count (which utoipa cannot say of a `Vec<String>`'s items),
+/// and the path parameters' lengths. JSON Schema counts lengths in
+/// characters while the server counts UTF-8 bytes; the descriptions say so.
+pub fn document(limits: Limits) -> serde_json::Value {
+    let mut doc = match serde_json::to_value(ApiDoc::openapi()) {
+        Ok(v) => v,
+        // A generated document always serializes; an empty one would still
+        // be answered rather than a panic.
+        Err(e) => {
+            tracing::error!(error = %e, "the OpenAPI document does not serialize");
+            return serde_json::Value::Null;
+        }
+    };
+    let uid = serde_json::json!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": MAX_ID_BYTES,
+        "description": "A uid of the app: 1 to 128 bytes of UTF-8",
+    });
+    for (schema, field) in [("PushRequest", "to"), ("PresenceRequest", "users")] {
+        if let Some(list) = doc
+            .pointer_mut(&format!("/components/schemas/{schema}/properties/{field}"))
+            .and_then(|v| v.as_object_mut())
+        {
+            list.insert("items".into(), uid.clone());
+            list.insert("maxItems".into(), limits.max_targets.into());
+        }
+    }
+    // `body` and `body_base64` are one or the other (even a null `body`
+    // with a `body_base64` is refused): utoipa has no attribute for it.
+    for schema in ["PushRequest", "SendRequest"] {
+        if let Some(s) = doc
+            .pointer_mut(&format!("/components/schemas/{schema}"))
+            .and_then(|v| v.as_object_mut())
+        {
+            s.insert(
+                "not".into(),
+                serde_json::json!({"required": ["body", "body_base64"]}),
+            );
+        }
+    }
+    if let Some(paths) = doc.get_mut("paths").and_then(|p| p.as_object_mut()) {
+        for op in paths.values_mut().filter_map(|p| p.as_object_mut()) {
+            for op in op.values_mut() {
+                let Some(params) = op.get_mut("parameters").and_then(|p| p.as_array_mut()) else {
+                    continue;
+                };
+                for p in params {
+                    if p["in"] != "path" {
+                        continue;
+                    }
+                    let max = if p["name"] == "app" {
+                        MAX_APP_BYTES
+                    } else {
+                        MAX_ID_BYTES
+                    };
+                    if let Some(s) = p.get_mut("schema").and_then(|s| s.as_object_mut()) {
+                        s.insert("minLength".into(), 1.into());
+                        s.insert("maxLength".into(), max.into());
+                    }
+                }
+            }
+        }
+    }
+    if let Some(info) = doc
+        .pointer_mut("/info/description")
+        .and_then(|d| d.as_str().map(str::to_owned))
+    {
+        doc["info"]["description"] = format!(
+            "{info} This node: at most {} users per push or presence request, request \
+bodies up to {} bytes.",
+            limits.max_targets, limits.max_body_bytes
+        )
+        .into();
+    }
+    doc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The edits land where they are meant to (a renamed schema or field
+    /// would otherwise leave the limit out silently).
+    #[test]
+    fn limits_are_written_in() {
+        let doc = document(Limits {
+            max_targets: 7,
+            max_body_bytes: 1000,
+        });
+        for p in [
+            "/components/schemas/PushRequest/properties/to",
+            "/components/schemas/PresenceRequest/properties/users",
+        ] {
+            let list = doc.pointer(p).expect(p);
+            assert_eq!(list["maxItems"], 7, "{p}");
+            assert_eq!(list["minItems"], 1, "{p}");
+            assert_eq!(list["items"]["maxLength"], 128, "{p}");
+        }
+        for s in ["PushRequest", "SendRequest"] {
+            assert_eq!(
+                doc["components"]["schemas"][s]["not"]["required"][1],
+                "body_base64",
+                "{s}"
+            );
+        }
+        let params =
+            &doc["paths"]["/v1/apps/{app}/users/{uid}/timeline"]["get"]["parameters"];
+        let uid = params
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["name"] == "uid"))
+            .expect("uid");
+        assert_eq!(uid["schema"]["maxLength"], 128);
+        assert!(
+            doc["info"]["description"]
+                .as_str()
+                .is_some_and(|d| d.contains("at most 7 users")),
+        );
+    }
+}

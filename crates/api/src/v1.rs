@@ -1,10 +1,17 @@
 //! `/v1`: the endpoints for business servers (push, send as a user,
 //! presence, history, timeline) and operators (stats, kick), their JSON
 //! shapes (which the OpenAPI document is generated from), and the body rule:
-//! message bodies are bytes; a request gives `body` as a JSON string (its
-//! UTF-8 bytes), any other JSON value (its compact JSON text), or
-//! `body_base64`; an answer gives `body` as a string when the bytes are valid
-//! UTF-8 (else null) and `body_base64` always.
+//! message bodies are bytes; a request gives `body` as any JSON value (a
+//! string: its UTF-8 bytes; `null`: no bytes; anything else: its compact JSON
+//! text) or `body_base64` (padded standard base64), never both keys; an
+//! answer gives `body` as a string when the bytes are valid UTF-8 (else null)
+//! and `body_base64` always.
+//!
+//! The schema says what the server accepts, limits included: optional fields
+//! may be left out but are never `null` (except `body`, where null is a
+//! value), ids are 1 to 128 bytes, types up to 64 bytes; the limits that come
+//! from the configuration (`api.max_targets`, `logic.max_sync_page`) are
+//! written into the document the node serves (see [`crate::openapi`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -56,27 +63,34 @@ pub enum PushReport {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PushRequest {
-    /// Receivers: uids of the app, 1 to `api.max_targets` (duplicates are pushed once).
-    #[schema(example = json!(["courier-1", "courier-2"]))]
+    /// Receivers: uids of the app (1 to 128 bytes each), 1 to
+    /// `api.max_targets` of them (duplicates are pushed once).
+    #[schema(min_items = 1, example = json!(["courier-1", "courier-2"]))]
     pub to: Vec<String>,
     /// The app's message type (up to 64 bytes).
     #[serde(rename = "type")]
-    #[schema(example = "order.offer")]
+    #[schema(max_length = 64, example = "order.offer")]
     pub kind: String,
-    /// The body: a string is sent as its UTF-8 bytes, any other JSON value
-    /// as its compact JSON text. Give this or `body_base64`, not both.
-    #[serde(default)]
-    #[schema(value_type = Option<Object>, example = json!({"order": 42}))]
+    /// The body, any JSON value: a string is sent as its UTF-8 bytes, null
+    /// as no bytes, anything else as its compact JSON text. Give this or
+    /// `body_base64`, not both.
+    #[serde(default, deserialize_with = "given")]
+    #[schema(value_type = Value, example = json!({"order": 42}))]
     pub body: Option<serde_json::Value>,
-    /// The body as base64 (standard alphabet, padded), for binary bodies.
-    #[serde(default)]
+    /// The body as base64 (standard alphabet, padded), for binary bodies. The
+    /// pattern is exactly what the decoder takes: padded, and the last
+    /// symbol carries no stray bits.
+    #[serde(default, deserialize_with = "given")]
+    #[schema(value_type = String, pattern = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$")]
     pub body_base64: Option<String>,
     /// `stored` (default) or `online_only`.
     #[serde(default)]
     pub mode: PushMode,
     /// Makes a stored push idempotent: resending the request with the same
-    /// id stores nothing new and answers `duplicate: true` per user.
-    #[serde(default)]
+    /// id stores nothing new and answers `duplicate: true` per user
+    /// (1 to 128 bytes).
+    #[serde(default, deserialize_with = "given")]
+    #[schema(value_type = String, min_length = 1, max_length = 128)]
     pub client_msg_id: Option<String>,
     /// `users` (default): a result per receiver; `summary`: only failures.
     #[serde(default)]
@@ -128,24 +142,34 @@ pub struct PushResponse {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendRequest {
-    /// The receiver's uid.
-    #[schema(example = "bob")]
+    /// The receiver's uid (1 to 128 bytes).
+    #[schema(min_length = 1, max_length = 128, example = "bob")]
     pub to: String,
-    /// The receiver's app when it is not `{app}` (cross-app chat, where allowed).
-    #[serde(default)]
+    /// The receiver's app when it is not `{app}` (cross-app chat, where
+    /// allowed; an app that is not configured is `INVALID_ARGUMENT`).
+    #[serde(default, deserialize_with = "given")]
+    #[schema(value_type = String, min_length = 1, max_length = 64)]
     pub to_app: Option<String>,
+    /// The app's message type (up to 64 bytes).
     #[serde(rename = "type")]
-    #[schema(example = "text")]
+    #[schema(max_length = 64, example = "text")]
     pub kind: String,
-    /// As in a push: a string as its bytes, other JSON as its JSON text.
-    #[serde(default)]
-    #[schema(value_type = Option<Object>, example = json!({"text": "hi"}))]
+    /// As in a push: any JSON value; a string as its bytes, null as no
+    /// bytes, other JSON as its JSON text.
+    #[serde(default, deserialize_with = "given")]
+    #[schema(value_type = Value, example = json!({"text": "hi"}))]
     pub body: Option<serde_json::Value>,
-    #[serde(default)]
+    /// The body as base64 (standard alphabet, padded); not with `body`.
+    #[serde(default, deserialize_with = "given")]
+    #[schema(value_type = String, pattern = "^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/][AQgw]==|[A-Za-z0-9+/]{2}[AEIMQUYcgkosw048]=)?$")]
     pub body_base64: Option<String>,
     /// Required: the sender's id for this message (1 to 128 bytes). A resend
     /// with the same id stores nothing and answers the first result.
-    #[schema(example = "7f9c2ba4-e88f-11ee-a1b2-0242ac120002")]
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        example = "7f9c2ba4-e88f-11ee-a1b2-0242ac120002"
+    )]
     pub client_msg_id: String,
 }
 
@@ -164,8 +188,8 @@ pub struct SendResponse {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PresenceRequest {
-    /// Uids of the app, 1 to `api.max_targets`.
-    #[schema(example = json!(["agent-1", "agent-2"]))]
+    /// Uids of the app (1 to 128 bytes each), 1 to `api.max_targets`.
+    #[schema(min_items = 1, example = json!(["agent-1", "agent-2"]))]
     pub users: Vec<String>,
 }
 
@@ -225,10 +249,14 @@ pub struct MessageView {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct HistoryQuery {
-    /// Only messages older than this msg_id (the previous page's `next_before`).
+    /// Only messages older than this msg_id (the previous page's
+    /// `next_before`): a decimal 64-bit id; empty or absent: from the newest.
+    #[param(pattern = "^[0-9]{0,19}$")]
     pub before: Option<String>,
-    /// Page size, 1 to `logic.max_sync_page` (default and 0: the maximum).
-    pub limit: Option<usize>,
+    /// Page size: 0 (the default) or above `logic.max_sync_page` is the maximum.
+    // int64 in the schema: its int32 would stop at 2^31-1, and u32 takes more.
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 4294967295_u64)]
+    pub limit: Option<u32>,
 }
 
 /// A page of a conversation, newest first.
@@ -242,9 +270,13 @@ pub struct HistoryResponse {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct TimelineQuery {
-    /// Entries after this sequence (default 0: from the start).
+    /// Entries after this sequence (default 0: from the start); sequences
+    /// are 0 to 2^63-1 (int64), larger is `BAD_QUERY`.
+    #[param(minimum = 0, maximum = 9223372036854775807_u64)]
     pub since: Option<u64>,
-    /// Page size, 1 to `logic.max_sync_page` (default and 0: the maximum).
+    /// Page size: 0 (the default) or above `logic.max_sync_page` is the maximum.
+    // int64 in the schema: its int32 would stop at 2^31-1, and u32 takes more.
+    #[param(value_type = Option<i64>, minimum = 0, maximum = 4294967295_u64)]
     pub limit: Option<u32>,
 }
 
@@ -308,6 +340,21 @@ pub struct KickResponse {
 
 // --------------------------------------------------------------- helpers ---
 
+/// The largest sequence the API takes: the schema says int64.
+const MAX_SEQ: u64 = i64::MAX as u64;
+
+/// Optional fields may be absent, but an explicit `null` is not a value for
+/// them (the schema says so): this makes a present key `Some`, so
+/// `Option<String>` refuses `null` and `Option<Value>` keeps it as
+/// `Some(Null)`.
+fn given<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
 /// The body rule (see the module docs).
 fn body_bytes(
     body: Option<serde_json::Value>,
@@ -316,6 +363,7 @@ fn body_bytes(
     match (body, body_base64) {
         (Some(_), Some(_)) => Err(ApiError::invalid("give body or body_base64, not both")),
         (Some(serde_json::Value::String(s)), None) => Ok(Bytes::from(s)),
+        (Some(serde_json::Value::Null), None) => Ok(Bytes::new()),
         (Some(v), None) => Ok(Bytes::from(v.to_string())),
         (None, Some(b)) => BASE64
             .decode(b.as_bytes())
@@ -367,9 +415,27 @@ fn targets(state: &ApiState, app: &str, uids: &[String]) -> Result<Vec<UserKey>,
     Ok(uids.iter().map(|u| UserKey::new(app, u.as_str())).collect())
 }
 
+/// A msg_id given in a query: up to 19 decimal digits (every such number
+/// is a u64; ids are below 2^63), as the schema's pattern says.
 fn parse_msg_id(s: &str, what: &str) -> Result<u64, ApiError> {
-    s.parse()
-        .map_err(|_| ApiError::bad_request(codes::BAD_QUERY, format!("{what} must be a msg_id")))
+    let bad = || {
+        ApiError::bad_request(
+            codes::BAD_QUERY,
+            format!("{what} must be a msg_id (up to 19 decimal digits)"),
+        )
+    };
+    if s.len() > 19 || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    s.parse().map_err(|_| bad())
+}
+
+/// A uid in a path: 1 to 128 bytes.
+fn check_uid(uid: &str) -> Result<(), ApiError> {
+    if uid.is_empty() || uid.len() > 128 {
+        return Err(ApiError::invalid("uid must be 1 to 128 bytes"));
+    }
+    Ok(())
 }
 
 // -------------------------------------------------------------- handlers ---
@@ -463,7 +529,7 @@ pub async fn push(
         (status = 400, description = "BAD_JSON, INVALID_ARGUMENT", body = ErrorBody),
         (status = 401, description = "UNAUTHORIZED, INVALID_API_KEY", body = ErrorBody),
         (status = 403, description = "CROSS_APP_FORBIDDEN", body = ErrorBody),
-        (status = 404, description = "UNKNOWN_APP", body = ErrorBody),
+        (status = 404, description = "UNKNOWN_APP (the path's app or `to_app`)", body = ErrorBody),
         (status = 413, description = "PAYLOAD_TOO_LARGE", body = ErrorBody),
         (status = 422, description = "REJECTED by the before-send hook or word filter", body = ErrorBody),
         (status = 503, description = "UNAVAILABLE, HOOK_UNAVAILABLE", body = ErrorBody),
@@ -476,10 +542,15 @@ pub async fn send_as_user(
     _key: AppKey,
     JsonBody(req): JsonBody<SendRequest>,
 ) -> ApiResult<SendResponse> {
-    if uid.is_empty() || uid.len() > 128 {
-        return Err(ApiError::invalid("uid must be 1 to 128 bytes"));
-    }
+    check_uid(&uid)?;
     let body = body_bytes(req.body, req.body_base64)?;
+    // An app that is not configured is not there, as in the path (the
+    // schema cannot list apps, so this is a 404 and not a bad argument).
+    if let Some(to_app) = req.to_app.as_deref()
+        && state.gate.logic.apps().get(to_app).is_none()
+    {
+        return Err(ApiError::unknown_app(to_app));
+    }
     let from = UserKey::new(app.as_str(), uid);
     let to_app = req.to_app.unwrap_or_else(|| app.clone());
     let r = state
@@ -516,6 +587,7 @@ pub async fn send_as_user(
         (status = 400, description = "BAD_JSON, INVALID_ARGUMENT, TOO_MANY_TARGETS", body = ErrorBody),
         (status = 401, description = "UNAUTHORIZED, INVALID_API_KEY", body = ErrorBody),
         (status = 404, description = "UNKNOWN_APP", body = ErrorBody),
+        (status = 413, description = "PAYLOAD_TOO_LARGE", body = ErrorBody),
         (status = 503, description = "UNAVAILABLE", body = ErrorBody),
     ),
     security(("api_key" = []))
@@ -596,7 +668,7 @@ pub async fn history(
             &UserKey::new(app.as_str(), a),
             &UserKey::new(app.as_str(), b),
             before,
-            q.limit.unwrap_or(0),
+            q.limit.unwrap_or(0) as usize,
         )
         .await?;
     Ok(Json(HistoryResponse {
@@ -630,14 +702,19 @@ pub async fn timeline(
     _key: AppKey,
     QueryParams(q): QueryParams<TimelineQuery>,
 ) -> ApiResult<TimelineResponse> {
-    if uid.is_empty() || uid.len() > 128 {
-        return Err(ApiError::invalid("uid must be 1 to 128 bytes"));
+    check_uid(&uid)?;
+    let since = q.since.unwrap_or(0);
+    if since > MAX_SEQ {
+        return Err(ApiError::bad_request(
+            codes::BAD_QUERY,
+            format!("since must be 0 to {MAX_SEQ}"),
+        ));
     }
     let user = UserKey::new(app.as_str(), uid);
     let page = state
         .gate
         .logic
-        .sync(&user, q.since.unwrap_or(0), q.limit.unwrap_or(0))
+        .sync(&user, since, q.limit.unwrap_or(0))
         .await?;
     Ok(Json(TimelineResponse {
         entries: page.entries.iter().map(entry_view).collect(),

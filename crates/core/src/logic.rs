@@ -532,7 +532,11 @@ impl Logic {
             body,
             time_ms: crate::now_ms(),
         };
-        Ok(self.bus.publish(event, client_msg_id).await?)
+        let receipt = self.bus.publish(event, client_msg_id).await?;
+        if !receipt.duplicate {
+            metrics::counter!(crate::stats::C2S).increment(1);
+        }
+        Ok(receipt)
     }
 
     /// The user's timeline entries after `since`, one page.

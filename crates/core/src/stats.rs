@@ -46,8 +46,23 @@ pub const STORE_COMMIT_SECONDS: &str = "switchboard_store_commit_seconds";
 /// writer) | `writer` (between two groups, so the WAL can start over).
 pub const STORE_CHECKPOINT_SECONDS: &str = "switchboard_store_checkpoint_seconds";
 /// Histogram: commands (appends; in the embedded stores also outbox events, ...) in one
-/// group commit, label `store`.
-pub const STORE_GROUP_COMMANDS: &str = "switchboard_store_group_commands";
+/// group commit, label `store`. (Was `switchboard_store_group_commands`: the
+/// unit, commands, now ends the name like every other.)
+pub const STORE_GROUP_COMMANDS: &str = "switchboard_store_group_size_commands";
+/// Counter: successful logins (the login ack was sent).
+pub const LOGINS: &str = "switchboard_logins_total";
+/// Counter: logins refused, label `code` (`TOKEN_INVALID`, `LOGIN_TIMEOUT`, ...).
+pub const LOGIN_FAILURES: &str = "switchboard_login_failures_total";
+/// Counter: error frames sent to clients, label `code`.
+pub const ERRORS_SENT: &str = "switchboard_errors_sent_total";
+/// Counter: requests refused for a connection's rate limit.
+pub const RATE_LIMITED: &str = "switchboard_rate_limited_requests_total";
+/// Counter: c2s reports the bus accepted (duplicates not counted).
+pub const C2S: &str = "switchboard_c2s_messages_total";
+/// Gauge: open connections (logged in or not), label `transport` = `tcp` | `ws`.
+pub const OPEN_CONNECTIONS: &str = "switchboard_open_connections";
+/// Counter: connections accepted, label `transport` = `tcp` | `ws`.
+pub const CONNECTIONS_ACCEPTED: &str = "switchboard_connections_accepted_total";
 
 /// Totals of one node's logic, since start.
 #[derive(Debug, Default)]
@@ -88,4 +103,43 @@ impl NodeStats {
 /// Records a kick by its code (the gate calls it when it closes a connection).
 pub fn record_kick(code: u32) {
     metrics::counter!(KICKS, "code" => switchboard_proto::code::name(code)).increment(1);
+}
+
+/// A login was accepted.
+pub fn record_login() {
+    metrics::counter!(LOGINS).increment(1);
+}
+
+/// A login was refused with `code`.
+pub fn record_login_failure(code: u32) {
+    metrics::counter!(LOGIN_FAILURES, "code" => switchboard_proto::code::name(code)).increment(1);
+}
+
+/// An error frame with `code` was sent to a client.
+pub fn record_error_sent(code: u32) {
+    metrics::counter!(ERRORS_SENT, "code" => switchboard_proto::code::name(code)).increment(1);
+}
+
+/// A request was refused for the connection's rate limit.
+pub fn record_rate_limited() {
+    metrics::counter!(RATE_LIMITED).increment(1);
+}
+
+/// Counts a connection open on `transport` while it lives (the gauge goes
+/// down when this is dropped, whichever way the connection ends).
+#[derive(Debug)]
+pub struct OpenConnection(&'static str);
+
+impl OpenConnection {
+    pub fn new(transport: &'static str) -> OpenConnection {
+        metrics::counter!(CONNECTIONS_ACCEPTED, "transport" => transport).increment(1);
+        metrics::gauge!(OPEN_CONNECTIONS, "transport" => transport).increment(1.0);
+        OpenConnection(transport)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics::gauge!(OPEN_CONNECTIONS, "transport" => self.0).decrement(1.0);
+    }
 }

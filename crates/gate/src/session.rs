@@ -77,15 +77,24 @@ pub fn serve<T: Transport>(
     let span = tracing::info_span!("conn", conn_id, %peer, user = tracing::field::Empty);
     let mut transport = transport;
     async move {
+        let _open = switchboard_core::stats::OpenConnection::new(T::KIND);
         // Login, request handling, closing and every handler are boxed
         // where they are awaited: an async fn is as large as its largest
         // state, and inline these sized every connection's task for its
         // whole life (7.6 KB at first), though an idle connection is never
         // in them. `future_sizes` in lib.rs keeps an eye on it.
         let end = match Box::pin(login(&gate, &mut transport, conn_id, login_deadline)).await {
-            Ok(Some(session)) => session.run(&mut transport).await,
+            Ok(Some(session)) => {
+                switchboard_core::stats::record_login();
+                session.run(&mut transport).await
+            }
             Ok(None) => End::PeerClosed,
-            Err(end) => end,
+            Err(end) => {
+                if let End::Fatal(code) = end {
+                    switchboard_core::stats::record_login_failure(code);
+                }
+                end
+            }
         };
         match end {
             End::Fatal(code) => info!(
@@ -104,6 +113,9 @@ pub fn serve<T: Transport>(
 
 /// Sends one packet; errors end the session anyway, so they are only logged.
 async fn send<T: Transport>(t: &mut T, seq: u32, p: Packet) -> Result<(), End> {
+    if let Packet::Error(e) = &p {
+        switchboard_core::stats::record_error_sent(e.code);
+    }
     t.send(&[p.encode(seq)])
         .await
         .map_err(|e| End::Io(e.to_string()))
@@ -347,6 +359,9 @@ impl Pipeline {
 
     /// An answer that is known now; it still waits for the ones before it.
     fn ready(&mut self, seq: u32, reply: Packet) {
+        if let Packet::Error(e) = &reply {
+            switchboard_core::stats::record_error_sent(e.code);
+        }
         self.push(Box::pin(std::future::ready((seq, reply))));
     }
 
@@ -693,6 +708,7 @@ impl Session {
                 ),
             ),
             Packet::C2c(_) | Packet::C2s(_) | Packet::Sync(_) if !self.rate.try_take() => {
+                switchboard_core::stats::record_rate_limited();
                 self.pipeline.ready(
                     seq,
                     Packet::error(
@@ -757,5 +773,6 @@ fn error_packet(e: LogicError) -> Packet {
     if e.code() == code::UNAVAILABLE || e.code() == code::INTERNAL {
         tracing::warn!(error = %e, "request failed");
     }
+    switchboard_core::stats::record_error_sent(e.code());
     Packet::error(e.code(), e.to_string(), false)
 }

@@ -35,6 +35,9 @@ pub enum TransportError {
 }
 
 pub trait Transport: Send {
+    /// The transport's name in metrics (`tcp`, TLS or not; `ws`).
+    const KIND: &'static str;
+
     /// The next packet; `Ok(None)` when the peer closed. Cancel-safe: it is
     /// polled inside `select!`, and bytes read so far stay buffered.
     fn recv(&mut self) -> impl Future<Output = Result<Option<Incoming>, TransportError>> + Send;
@@ -124,6 +127,8 @@ impl<S> StreamTransport<S> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for StreamTransport<S> {
+    const KIND: &'static str = "tcp";
+
     async fn recv(&mut self) -> Result<Option<Incoming>, TransportError> {
         loop {
             if let Some(frame) = decode(&mut self.rbuf, self.max_frame)? {
@@ -218,6 +223,8 @@ impl WsTransport {
 }
 
 impl Transport for WsTransport {
+    const KIND: &'static str = "ws";
+
     async fn recv(&mut self) -> Result<Option<Incoming>, TransportError> {
         loop {
             let msg = match self.socket.next().await {

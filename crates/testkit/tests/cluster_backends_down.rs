@@ -232,7 +232,7 @@ async fn postgres_down_means_no_c2c_ack_and_nothing_acked_is_lost() {
     for needle in [
         "switchboard_store_group_seconds_count{store=\"postgres\"}",
         "switchboard_store_commit_seconds_count{store=\"postgres\"}",
-        "switchboard_store_group_commands_count{store=\"postgres\"}",
+        "switchboard_store_group_size_commands_count{store=\"postgres\"}",
     ] {
         assert!(
             metrics.contains(needle),

@@ -550,7 +550,7 @@ async fn metrics_and_openapi_are_served() {
         // (fjall, the default).
         "switchboard_store_group_seconds_bucket{store=\"fjall\",le=\"0.001\"}",
         "switchboard_store_commit_seconds_count{store=\"fjall\"}",
-        "switchboard_store_group_commands_bucket{store=\"fjall\",le=\"1\"}",
+        "switchboard_store_group_size_commands_bucket{store=\"fjall\",le=\"1\"}",
     ] {
         assert!(text.contains(needle), "/metrics lacks {needle}:\n{text}");
     }
@@ -595,7 +595,7 @@ async fn the_sqlite_store_reports_commits_and_checkpoints() {
     for needle in [
         "switchboard_store_group_seconds_bucket{store=\"sqlite\",le=\"0.001\"}",
         "switchboard_store_commit_seconds_count{store=\"sqlite\"}",
-        "switchboard_store_group_commands_bucket{store=\"sqlite\",le=\"1\"}",
+        "switchboard_store_group_size_commands_bucket{store=\"sqlite\",le=\"1\"}",
     ] {
         assert!(text.contains(needle), "/metrics lacks {needle}:\n{text}");
     }
@@ -826,5 +826,257 @@ async fn operator_endpoints_are_off_without_an_admin_key() {
         )
         .await;
     assert_error(&r, 403, "ADMIN_DISABLED");
+    s.stop().await;
+}
+
+/// The schema says what the server takes, and the server takes what the
+/// schema says (each case found by schemathesis, scripts/schemathesis).
+#[tokio::test]
+async fn the_server_accepts_exactly_what_the_schema_says() {
+    let s = start().await;
+    let http = Http::new(&s);
+
+    // `body` is any JSON value: a string as its bytes, null as no bytes,
+    // anything else (an array of nulls too) as its JSON text.
+    let (_c, mut events) = connect(&s.tcp_url(), "reader", "r1").await;
+    for body in [json!("hi"), json!(null), json!([null, null]), json!(7)] {
+        let r = http
+            .post(
+                "/v1/apps/demo/push",
+                json!({"to": ["reader"], "type": "t", "body": body}),
+            )
+            .await;
+        assert_eq!(r.0, 200, "{body}: {}", r.1);
+    }
+    let got = bodies(&messages(&mut events, 4, T).await);
+    assert_eq!(got, ["hi", "", "[null,null]", "7"]);
+
+    // Optional fields may be left out, never null (the schema types them
+    // as strings); both body keys, even one of them null, is refused.
+    for extra in [
+        json!({"client_msg_id": null}),
+        json!({"body_base64": null}),
+        json!({"body": null, "body_base64": "eA=="}),
+    ] {
+        let mut req = json!({"to": ["reader"], "type": "t"});
+        for (k, v) in extra.as_object().expect("object") {
+            req[k] = v.clone();
+        }
+        let r = http.post("/v1/apps/demo/push", req).await;
+        assert_eq!(r.0, 400, "{extra}: {}", r.1);
+    }
+    // Base64 the decoder refuses is outside the schema's pattern too.
+    assert_error(
+        &http
+            .post(
+                "/v1/apps/demo/push",
+                json!({"to": ["reader"], "type": "t", "body_base64": "eB=="}),
+            )
+            .await,
+        400,
+        "INVALID_ARGUMENT",
+    );
+    // An unknown `to_app` is an unknown app (404), as in the path.
+    assert_error(
+        &http
+            .post(
+                "/v1/apps/demo/users/alice/messages",
+                json!({"to": "bob", "to_app": "nope", "type": "t", "client_msg_id": "c1"}),
+            )
+            .await,
+        404,
+        "UNKNOWN_APP",
+    );
+
+    // Sequences are int64: past it is a bad query, not an empty page.
+    let r = http
+        .get("/v1/apps/demo/users/reader/timeline?since=9223372036854775807")
+        .await;
+    assert_eq!(r.0, 200, "{}", r.1);
+    assert_error(
+        &http
+            .get("/v1/apps/demo/users/reader/timeline?since=9223372036854775808")
+            .await,
+        400,
+        "BAD_QUERY",
+    );
+    // `before` is a msg_id: up to 19 digits; empty means none.
+    for (before, status) in [("", 200), ("9999999999999999999", 200), ("+1", 400)] {
+        let r = http
+            .get(&format!(
+                "/v1/apps/demo/conversations/a/b/messages?before={before}"
+            ))
+            .await;
+        assert_eq!(r.0, status, "before={before}: {}", r.1);
+    }
+    assert_error(
+        &http
+            .get("/v1/apps/demo/conversations/a/b/messages?before=12345678901234567890")
+            .await,
+        400,
+        "BAD_QUERY",
+    );
+
+    // The document states the limits the server enforces.
+    let (_, doc) = http
+        .call(reqwest::Method::GET, "/openapi.json", None, None)
+        .await;
+    let push = &doc["components"]["schemas"]["PushRequest"]["properties"];
+    assert_eq!(push["to"]["minItems"], 1, "{push}");
+    assert_eq!(push["to"]["maxItems"], 10_000, "{push}");
+    assert_eq!(push["to"]["items"]["maxLength"], 128, "{push}");
+    assert_eq!(push["type"]["maxLength"], 64, "{push}");
+    assert!(push["body_base64"]["pattern"].is_string(), "{push}");
+    let since = doc["paths"]["/v1/apps/{app}/users/{uid}/timeline"]["get"]["parameters"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "since"))
+        .expect("since")
+        .clone();
+    assert_eq!(
+        since["schema"]["maximum"],
+        json!(9_223_372_036_854_775_807_u64),
+        "{since}"
+    );
+    s.stop().await;
+}
+
+/// The value of the first sample of `family` whose labels contain every
+/// one of `labels`, or None.
+fn sample(text: &str, family: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| {
+            l.strip_prefix(family)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// What an operator watches, from a real node after logins (one refused),
+/// c2s (some over the rate limit), a kick and a refused HTTP request. The
+/// recorder is the process's, shared with the other tests of this file, so
+/// values are checked as at least what this test did.
+#[tokio::test]
+async fn metrics_an_operator_expects() {
+    let s = TestServer::start_with(|c| {
+        c.api.admin_key = Some(ADMIN.into());
+        c.gate.rate_per_sec = 2;
+        c.gate.rate_burst = 1;
+    })
+    .await;
+    let http = Http::new(&s);
+
+    // A login refused (a token signed with another secret) and two accepted,
+    // on each transport.
+    let bad = sdk::config(
+        &s.tcp_url(),
+        &switchboard_core::auth::issue_token("not-the-secret", "demo", "mallory", 3600)
+            .expect("token"),
+        "m1",
+    );
+    assert!(Client::connect(bad).await.is_err(), "a forged token logs in");
+    let (tcp, _tcp_events) = connect(&s.tcp_url(), "metered", "d1").await;
+    let (_ws, mut ws_events) = connect(&s.ws_url(), "kicked-user", "d2").await;
+
+    // Three c2s at once against a burst of 1: the server refuses some
+    // (RATE_LIMITED) and the SDK resends them until they are taken.
+    let (a, b, c) = tokio::join!(
+        tcp.c2s("gps", "1"),
+        tcp.c2s("gps", "2"),
+        tcp.c2s("gps", "3")
+    );
+    for r in [a, b, c] {
+        r.expect("c2s taken in the end");
+    }
+
+    // A kick, and a refused HTTP request.
+    let r = http
+        .post("/v1/apps/demo/users/kicked-user/kick", json!({}))
+        .await;
+    assert_eq!(r.0, 200, "{}", r.1);
+    assert_eq!(kicked(&mut ws_events).await, code::KICK_ADMIN);
+    let r = http
+        .call(reqwest::Method::GET, "/v1/admin/stats", Some("wrong"), None)
+        .await;
+    assert_eq!(r.0, 401);
+    stored_push_delivered(&s, &http).await;
+
+    let (status, text) = http.text("/metrics").await;
+    assert_eq!(status, 200);
+    let at_least = |family: &str, labels: &[&str], min: f64| {
+        let v = sample(&text, family, labels)
+            .unwrap_or_else(|| panic!("/metrics lacks {family}{labels:?}:\n{text}"));
+        assert!(v >= min, "{family}{labels:?} = {v}, expected at least {min}");
+        v
+    };
+    at_least("switchboard_logins_total", &[], 2.0);
+    at_least(
+        "switchboard_login_failures_total",
+        &["code=\"TOKEN_INVALID\""],
+        1.0,
+    );
+    at_least(
+        "switchboard_errors_sent_total",
+        &["code=\"TOKEN_INVALID\""],
+        1.0,
+    );
+    at_least(
+        "switchboard_errors_sent_total",
+        &["code=\"RATE_LIMITED\""],
+        1.0,
+    );
+    at_least("switchboard_rate_limited_requests_total", &[], 1.0);
+    at_least("switchboard_c2s_messages_total", &[], 3.0);
+    at_least(
+        "switchboard_open_connections",
+        &["transport=\"tcp\""],
+        1.0,
+    );
+    at_least(
+        "switchboard_connections_accepted_total",
+        &["transport=\"ws\""],
+        1.0,
+    );
+    at_least("switchboard_kicks_total", &["code=\"KICK_ADMIN\""], 1.0);
+    at_least(
+        "switchboard_http_errors_total",
+        &["code=\"INVALID_API_KEY\""],
+        1.0,
+    );
+    at_least(
+        "switchboard_store_commit_seconds_count",
+        &["store=\"fjall\""],
+        1.0,
+    );
+    at_least(
+        "switchboard_store_group_size_commands_count",
+        &["store=\"fjall\""],
+        1.0,
+    );
+    // The process: some memory, some descriptors within the limit, some CPU.
+    let rss = at_least("process_resident_memory_bytes", &[], 1_000_000.0);
+    assert!(rss < 64e9, "resident memory {rss}");
+    let fds = at_least("process_open_fds", &[], 3.0);
+    let max = at_least("process_max_fds", &[], 1.0);
+    assert!(fds <= max, "{fds} open fds over the limit {max}");
+    at_least("process_cpu_seconds_total", &[], 0.0);
+    let version = format!("version=\"{}\"", env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        sample(&text, "switchboard_build_info", &[&version]),
+        Some(1.0),
+        "{text}"
+    );
+    // The commit embedded at build time: a git hash, or "unknown" outside git.
+    let commit = text
+        .lines()
+        .find(|l| l.starts_with("switchboard_build_info{"))
+        .and_then(|l| l.split("commit=\"").nth(1))
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no commit label:\n{text}"));
+    assert!(
+        commit == "unknown" || (commit.len() == 40 && commit.bytes().all(|b| b.is_ascii_hexdigit())),
+        "commit {commit:?}"
+    );
     s.stop().await;
 }
