@@ -10,8 +10,10 @@
 //!
 //! - [`scenario`]: `connections`, `c2c`, `fanout`, `reconnect`;
 //! - [`target`]: the systems under test; [`raw`]: light raw-frame clients;
+//! - [`cpu`]: what a run cost (CPU of server and generator, RSS);
 //! - [`stats`]: histograms, timelines, the result record; [`report`]: table and charts.
 
+pub mod cpu;
 pub mod http;
 pub mod raw;
 pub mod report;
@@ -40,6 +42,8 @@ pub enum BenchError {
     Sdk(#[from] switchboard_sdk::SdkError),
     #[error("mqtt: {0}")]
     Mqtt(String),
+    #[error("amqp: {0}")]
+    Amqp(String),
     #[error("server under test: {0}")]
     Server(String),
     #[error("refused: {0}")]
@@ -83,6 +87,10 @@ pub enum Scenario {
 #[derive(Debug, Clone, clap::Args)]
 pub struct Common {
     /// A running node's TCP URL (`tcp://host:port`); default: start one.
+    /// Several, comma-separated, are the nodes of a cluster: senders (and
+    /// fan-out's API requests, through `--http`) use the first, receivers
+    /// are spread over the others, so every message crosses the route
+    /// between nodes.
     #[arg(long)]
     pub url: Option<String>,
     /// That node's HTTP address (API, /ws).
@@ -97,9 +105,10 @@ pub struct Common {
     /// API key of that app (with --url), for the HTTP API.
     #[arg(long)]
     pub api_key: Option<String>,
-    /// Pid of the node (with --url), for its RSS.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
+    /// Pid of the node (with --url), for its CPU and RSS; comma-separated
+    /// for the nodes of a cluster (their CPU and RSS are summed).
+    #[arg(long, value_delimiter = ',')]
+    pub server_pid: Vec<u32>,
     /// The `switchboard` binary to start (default: this one).
     #[arg(long)]
     pub server_bin: Option<PathBuf>,
@@ -118,9 +127,19 @@ pub struct Common {
     /// Also run the scenario against the MQTT broker at this address (Mosquitto).
     #[arg(long)]
     pub mqtt: Option<SocketAddr>,
-    /// Pid of the MQTT broker, for its RSS.
+    /// Pid of the MQTT broker, for its CPU and RSS (default: the process
+    /// listening on --mqtt's port, when it is visible).
     #[arg(long)]
     pub mqtt_pid: Option<u32>,
+    /// Also run the scenario against RabbitMQ at this AMQP URL
+    /// (`amqp://guest:guest@127.0.0.1:5672/%2f`): quorum queues, publisher
+    /// confirms, manual consumer acks (`c2c` and stored `fanout`).
+    #[arg(long)]
+    pub amqp: Option<String>,
+    /// Pid of the RabbitMQ broker (`beam.smp`), for its CPU and RSS
+    /// (default: the process listening on --amqp's port).
+    #[arg(long)]
+    pub amqp_pid: Option<u32>,
     /// Append the results (a JSON array) to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -168,6 +187,7 @@ pub async fn run(args: BenchArgs) -> Result<Vec<RunResult>, BenchError> {
             r.param("store", c.store.as_str());
         }
     }
+    add_ratios(&mut results);
     for r in &results {
         r.print();
     }
@@ -216,19 +236,41 @@ pub fn headline(r: &RunResult) -> Option<(&'static str, f64, bool)> {
     }
 }
 
-fn print_ratios(results: &[RunResult]) {
-    let Some(sb) = results.iter().find(|r| r.system == "switchboard") else {
+/// Writes into every peer's result how Switchboard (the same run) compares:
+/// `switchboard_ratio` (headline, > 1 in Switchboard's favour) and
+/// `switchboard_cpu_ratio` (Switchboard's server CPU per message or
+/// delivery ÷ the peer's: > 1 means Switchboard spends more).
+pub fn add_ratios(results: &mut [RunResult]) {
+    let Some(sb) = results.iter().find(|r| r.system == "switchboard").cloned() else {
         return;
     };
-    let Some((name, v, higher)) = headline(sb) else {
-        return;
-    };
-    for peer in results.iter().filter(|r| r.system != "switchboard") {
-        if let Some((_, p, _)) = headline(peer)
+    for peer in results.iter_mut().filter(|r| r.system != "switchboard") {
+        if let (Some((_, v, higher)), Some((_, p, _))) = (headline(&sb), headline(peer))
             && p > 0.0
             && v > 0.0
         {
             let ratio = if higher { v / p } else { p / v };
+            peer.metric("switchboard_ratio", (ratio * 1000.0).round() / 1000.0);
+        }
+        if let (Some((u, v)), Some((pu, p))) = (cpu::server_cost(&sb), cpu::server_cost(peer))
+            && u == pu
+            && p > 0.0
+        {
+            peer.metric("switchboard_cpu_ratio", (v / p * 1000.0).round() / 1000.0);
+        }
+    }
+}
+
+fn print_ratios(results: &[RunResult]) {
+    let Some(sb) = results.iter().find(|r| r.system == "switchboard") else {
+        return;
+    };
+    for peer in results.iter().filter(|r| r.system != "switchboard") {
+        if let (Some((name, v, _)), Some((_, p, _)), Some(ratio)) = (
+            headline(sb),
+            headline(peer),
+            peer.metrics.get("switchboard_ratio"),
+        ) {
             eprintln!(
                 "ratio: switchboard {} {} vs {} {}: {:.2}× {}",
                 stats::fmt_num(v),
@@ -236,11 +278,21 @@ fn print_ratios(results: &[RunResult]) {
                 peer.system,
                 stats::fmt_num(p),
                 ratio,
-                if ratio >= 1.0 {
+                if *ratio >= 1.0 {
                     "in switchboard's favour"
                 } else {
                     "in the peer's favour"
                 }
+            );
+        }
+        if let (Some((unit, v)), Some((_, p)), Some(ratio)) = (
+            cpu::server_cost(sb),
+            cpu::server_cost(peer),
+            peer.metrics.get("switchboard_cpu_ratio"),
+        ) {
+            eprintln!(
+                "cpu ratio: switchboard {v:.1} µs per {unit} vs {} {p:.1} µs: {ratio:.2}× the peer's CPU",
+                peer.system,
             );
         }
     }

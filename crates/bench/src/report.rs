@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
 
+use crate::cpu::{generator_cost, server_cost};
 use crate::stats::{RunResult, fmt_num};
 use crate::{BenchError, headline};
 
@@ -58,18 +59,27 @@ pub fn run(a: &Args) -> Result<(), BenchError> {
     );
     let _ = writeln!(
         section,
-        "| run | scenario | system | parameters | headline | p50 | p99 | p99.9 | max | loss check | switchboard ÷ peer |"
+        "| run | scenario | system | parameters | headline | p50 | p99 | p99.9 | max | server CPU | generator CPU | server RSS at end | loss check | switchboard ÷ peer | switchboard CPU ÷ peer |"
     );
-    let _ = writeln!(section, "|---|---|---|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(
+        section,
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
     let mut by_run: BTreeMap<String, Vec<&RunResult>> = BTreeMap::new();
     for (label, r) in &results {
         by_run.entry(label.clone()).or_default().push(r);
     }
     for (label, r) in &results {
-        let sb = by_run
+        let sb_result = by_run
             .get(label)
-            .and_then(|v| v.iter().find(|x| x.system == "switchboard"))
-            .and_then(|x| headline(x));
+            .and_then(|v| v.iter().find(|x| x.system == "switchboard"));
+        let sb = sb_result.and_then(|x| headline(x));
+        let cpu_ratio = match (sb_result.and_then(|x| server_cost(x)), server_cost(r)) {
+            (Some((u, s)), Some((pu, p))) if r.system != "switchboard" && u == pu && p > 0.0 => {
+                format!("{:.2}×", s / p)
+            }
+            _ => String::new(),
+        };
         let head = headline(r);
         let ratio = match (sb, head) {
             (Some((_, s, higher)), Some((_, p, _)))
@@ -92,7 +102,7 @@ pub fn run(a: &Args) -> Result<(), BenchError> {
             .collect();
         let _ = writeln!(
             section,
-            "| {label} | {} | {} ({}) | {} | {} | {} | {} | {} | {} | {} | {ratio} |",
+            "| {label} | {} | {} ({}) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {ratio} | {cpu_ratio} |",
             r.scenario,
             r.system,
             r.transport,
@@ -103,6 +113,21 @@ pub fn run(a: &Args) -> Result<(), BenchError> {
             lat(|l| l.p99),
             lat(|l| l.p999),
             lat(|l| l.max),
+            server_cost(r)
+                .map(|(unit, us)| format!(
+                    "{us:.1} µs/{unit} ({} cores)",
+                    r.metrics
+                        .get("server_cores")
+                        .map_or(String::new(), |c| format!("{c:.2}"))
+                ))
+                .unwrap_or_default(),
+            generator_cost(r)
+                .map(|(unit, us)| format!("{us:.1} µs/{unit}"))
+                .unwrap_or_default(),
+            r.metrics
+                .get("server_rss_end_bytes")
+                .map(|b| format!("{:.0} MiB", b / (1024.0 * 1024.0)))
+                .unwrap_or_default(),
             if r.loss.ok {
                 format!(
                     "ok ({}/{})",

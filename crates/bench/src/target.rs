@@ -1,6 +1,8 @@
 //! The systems under test: a Switchboard node (started here as a child
 //! `switchboard serve` with a temporary data dir and raised limits, or one
-//! already running at `--url`), and the Mosquitto peer at `--mqtt`.
+//! already running at `--url`, or the nodes of a cluster at several
+//! `--url`s), the Mosquitto peer at `--mqtt` and the RabbitMQ peer at
+//! `--amqp`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,6 +12,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+use crate::cpu::{CpuMeter, pid_listening_on};
 use crate::{BenchError, Common};
 
 /// HS256 secret of the app a spawned node is configured with.
@@ -17,13 +20,19 @@ const BENCH_SECRET: &str = "bench-secret-0123456789abcdef";
 
 /// A Switchboard node under test.
 pub struct Target {
+    /// The first node's TCP address: senders and logins of one-node scenarios.
     pub tcp: SocketAddr,
+    /// Every node's TCP address (one unless several `--url`s were given).
+    pub tcps: Vec<SocketAddr>,
     pub http: SocketAddr,
     pub app: String,
     secret: String,
     pub api_key: String,
-    /// The server process, for its RSS (`/proc/<pid>/status`).
+    /// The server process, for its RSS (`/proc/<pid>/status`): the first
+    /// of `pids`.
     pub pid: Option<u32>,
+    /// Every node process, for CPU and RSS summed over the cluster.
+    pub pids: Vec<u32>,
     pub ws: bool,
     child: Option<Child>,
     _dir: Option<tempfile::TempDir>,
@@ -33,16 +42,11 @@ impl Target {
     /// Starts a node, or describes the one at `--url`.
     pub async fn start(c: &Common) -> Result<Target, BenchError> {
         match &c.url {
-            Some(url) => {
-                let tcp = url
-                    .strip_prefix("tcp://")
-                    .ok_or_else(|| {
-                        BenchError::Usage(format!("--url {url}: expected tcp://host:port"))
-                    })?
-                    .parse()
-                    .map_err(|_| BenchError::Usage(format!("--url {url}: not host:port")))?;
+            Some(urls) => {
+                let tcps = parse_urls(urls)?;
                 Ok(Target {
-                    tcp,
+                    tcp: tcps[0],
+                    tcps,
                     http: c
                         .http
                         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
@@ -51,7 +55,8 @@ impl Target {
                         BenchError::Usage("--url needs --secret (the app's HS256 secret)".into())
                     })?,
                     api_key: c.api_key.clone().unwrap_or_default(),
-                    pid: c.server_pid,
+                    pid: c.server_pid.first().copied(),
+                    pids: c.server_pid.clone(),
                     ws: c.ws,
                     child: None,
                     _dir: None,
@@ -142,11 +147,13 @@ api_key = "bench-api-key"
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Ok(Target {
             tcp,
+            tcps: vec![tcp],
             http,
             app: "bench".into(),
             secret: BENCH_SECRET.into(),
             api_key: "bench-api-key".into(),
             pid,
+            pids: pid.into_iter().collect(),
             ws: c.ws,
             child: Some(child),
             _dir: Some(dir),
@@ -160,6 +167,30 @@ api_key = "bench-api-key"
         } else {
             format!("tcp://{}", self.tcp)
         }
+    }
+
+    /// The TCP address receiver `i` connects to: with one node, that node;
+    /// with several, the nodes after the first in turn (senders are on the
+    /// first), so each message is routed from one node to another.
+    pub fn receiver_tcp(&self, i: usize) -> SocketAddr {
+        match self.tcps.len() {
+            0 | 1 => self.tcp,
+            n => self.tcps[1 + i % (n - 1)],
+        }
+    }
+
+    /// The SDK URL of receiver `i` (see [`Target::receiver_tcp`]).
+    pub fn receiver_url(&self, i: usize) -> String {
+        if self.ws {
+            self.url()
+        } else {
+            format!("tcp://{}", self.receiver_tcp(i))
+        }
+    }
+
+    /// Nodes under test (1 unless the bench drives a cluster).
+    pub fn nodes(&self) -> usize {
+        self.tcps.len().max(1)
     }
 
     pub fn transport(&self) -> &'static str {
@@ -179,6 +210,11 @@ api_key = "bench-api-key"
     /// The server's resident memory now, in bytes.
     pub fn rss(&self) -> Option<u64> {
         self.pid.and_then(rss_of)
+    }
+
+    /// Starts measuring the CPU of every node and of the generator.
+    pub fn cpu_meter(&self) -> CpuMeter {
+        CpuMeter::start(&self.pids)
     }
 
     /// Where the spawned server's log is.
@@ -204,6 +240,19 @@ api_key = "bench-api-key"
             }
         }
     }
+}
+
+/// `tcp://host:port[,tcp://host:port...]`: at least one address.
+fn parse_urls(urls: &str) -> Result<Vec<SocketAddr>, BenchError> {
+    urls.split(',')
+        .map(|url| {
+            let url = url.trim();
+            url.strip_prefix("tcp://")
+                .ok_or_else(|| BenchError::Usage(format!("--url {url}: expected tcp://host:port")))?
+                .parse()
+                .map_err(|_| BenchError::Usage(format!("--url {url}: not host:port")))
+        })
+        .collect()
 }
 
 fn parse_listen_line(line: &str) -> Option<(SocketAddr, SocketAddr)> {
@@ -232,12 +281,51 @@ impl Mqtt {
     pub fn from(c: &Common) -> Option<Mqtt> {
         c.mqtt.map(|addr| Mqtt {
             addr,
-            pid: c.mqtt_pid,
+            pid: c.mqtt_pid.or_else(|| pid_listening_on(addr.port())),
         })
     }
 
     pub fn rss(&self) -> Option<u64> {
         self.pid.and_then(rss_of)
+    }
+
+    /// Starts measuring the broker's CPU and the generator's.
+    pub fn cpu_meter(&self) -> CpuMeter {
+        CpuMeter::start(&self.pid.into_iter().collect::<Vec<_>>())
+    }
+}
+
+/// The RabbitMQ peer (the durable one): an AMQP URL and the broker's pid.
+#[derive(Debug, Clone)]
+pub struct Amqp {
+    pub url: String,
+    pub pid: Option<u32>,
+}
+
+impl Amqp {
+    pub fn from(c: &Common) -> Option<Amqp> {
+        c.amqp.as_ref().map(|url| Amqp {
+            url: url.clone(),
+            pid: c
+                .amqp_pid
+                .or_else(|| amqp_port(url).and_then(pid_listening_on)),
+        })
+    }
+
+    /// Starts measuring the broker's CPU and the generator's.
+    pub fn cpu_meter(&self) -> CpuMeter {
+        CpuMeter::start(&self.pid.into_iter().collect::<Vec<_>>())
+    }
+}
+
+/// The port of an `amqp://[user:pass@]host[:port][/vhost]` URL (5672 when absent).
+pub fn amqp_port(url: &str) -> Option<u16> {
+    let rest = url.strip_prefix("amqp://")?;
+    let authority = rest.split('/').next()?;
+    let host_port = authority.rsplit('@').next()?;
+    match host_port.rsplit_once(':') {
+        Some((_, port)) => port.parse().ok(),
+        None => Some(5672),
     }
 }
 
@@ -253,5 +341,23 @@ mod tests {
         .unwrap();
         assert_eq!(t.port(), 4000);
         assert_eq!(h.port(), 4001);
+    }
+
+    #[test]
+    fn several_urls_are_a_cluster() {
+        let v = parse_urls("tcp://127.0.0.1:1,tcp://127.0.0.1:2, tcp://127.0.0.1:3").unwrap();
+        assert_eq!(v.iter().map(|a| a.port()).collect::<Vec<_>>(), [1, 2, 3]);
+        assert!(parse_urls("tcp://127.0.0.1:1,http://x").is_err());
+        assert!(parse_urls("").is_err());
+    }
+
+    #[test]
+    fn amqp_url_port() {
+        assert_eq!(
+            amqp_port("amqp://guest:guest@127.0.0.1:5673/%2f"),
+            Some(5673)
+        );
+        assert_eq!(amqp_port("amqp://127.0.0.1"), Some(5672));
+        assert_eq!(amqp_port("http://x"), None);
     }
 }

@@ -73,6 +73,23 @@ async fn scenarios_run_against_a_real_node() {
     assert_eq!(r.len(), 1);
     assert!(r[0].loss.ok && r[0].loss.expected > 0, "{:?}", r[0].loss);
     assert!(r[0].latency_us.is_some());
+    // What it cost: the node is this process here, so both CPU figures are
+    // positive, and per message they are finite.
+    for k in [
+        "server_cpu_s",
+        "generator_cpu_s",
+        "server_cpu_us_per_msg",
+        "generator_cpu_us_per_msg",
+        "server_rss_end_bytes",
+    ] {
+        assert!(
+            r[0].metrics
+                .get(k)
+                .is_some_and(|v| v.is_finite() && *v > 0.0),
+            "{k}: {:?}",
+            r[0].metrics
+        );
+    }
 
     let r = bench(
         &[
@@ -146,7 +163,78 @@ async fn scenarios_run_against_a_real_node() {
         .expect("report runs");
     let text = std::fs::read_to_string(&md).expect("md written");
     assert!(text.contains("| smoke | c2c | switchboard"), "{text}");
+    assert!(
+        text.contains("| server CPU | generator CPU | server RSS at end |"),
+        "{text}"
+    );
+    assert!(text.contains(" µs/msg ("), "{text}");
     assert!(text.contains("analysis kept"));
     assert!(charts.join("smoke-latency.png").exists());
+    server.stop().await;
+}
+
+/// The durable peer: the same c2c pairs against RabbitMQ quorum queues with
+/// publisher confirms and manual acks, ~1 s, and its loss check passes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_c2c_peer_runs() {
+    // Skipped only when no broker listens (CI's .ci/services starts one).
+    if std::net::TcpStream::connect_timeout(
+        &"127.0.0.1:5672".parse().expect("address"),
+        std::time::Duration::from_secs(2),
+    )
+    .is_err()
+    {
+        eprintln!("SKIPPED rabbitmq_c2c_peer_runs: nothing listens on 127.0.0.1:5672 (RabbitMQ)");
+        return;
+    }
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("amqp.json");
+    let common = common(&server, &out);
+    let r = bench(
+        &[
+            "c2c",
+            "--pairs",
+            "2",
+            "--rate",
+            "20",
+            "--window",
+            "4",
+            "--duration",
+            "1.5",
+            "--drain",
+            "10",
+            "--amqp",
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+        ],
+        &common,
+    )
+    .await;
+    assert_eq!(r.len(), 2, "switchboard and rabbitmq");
+    let rabbit = &r[1];
+    assert_eq!(rabbit.system, "rabbitmq-quorum");
+    assert!(
+        rabbit.loss.ok && rabbit.loss.expected > 0,
+        "{:?}",
+        rabbit.loss
+    );
+    assert_eq!(rabbit.loss.received, rabbit.loss.expected);
+    assert!(rabbit.latency_us.is_some());
+    // The broker was found by its listening port and measured.
+    assert!(
+        rabbit.metrics.contains_key("server_cpu_us_per_msg"),
+        "{:?}",
+        rabbit.metrics
+    );
+    assert!(
+        rabbit.metrics.contains_key("switchboard_ratio"),
+        "{:?}",
+        rabbit.metrics
+    );
+    assert!(
+        rabbit.metrics.contains_key("switchboard_cpu_ratio"),
+        "{:?}",
+        rabbit.metrics
+    );
     server.stop().await;
 }

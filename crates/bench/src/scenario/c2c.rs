@@ -14,7 +14,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::{Received, body, check_stream, parse_body, run_id};
 use crate::stats::{self, LossCheck, RunResult, Timeline};
-use crate::target::{Mqtt, Target};
+use crate::target::{Amqp, Mqtt, Target};
 use crate::{BenchError, Common, bar};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -30,6 +30,11 @@ pub struct Args {
     /// Seconds of sending.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
+    /// Exactly this many messages per pair instead of `--duration` of
+    /// sending: a fixed workload (scripts/bench-instructions counts the
+    /// node's instructions per message with it; 0 = logins only).
+    #[arg(long)]
+    pub per_pair: Option<u64>,
     /// Requests in flight per sender.
     #[arg(long, default_value_t = 1)]
     pub window: usize,
@@ -45,10 +50,14 @@ pub struct Args {
 }
 
 impl Args {
-    fn describe(&self, r: &mut RunResult) {
+    /// The parameters every system's result of this run carries.
+    pub fn describe(&self, r: &mut RunResult) {
         r.param("pairs", self.pairs);
         r.param("rate_per_pair", self.rate);
-        r.param("duration_s", self.duration);
+        match self.per_pair {
+            Some(k) => r.param("per_pair", k),
+            None => r.param("duration_s", self.duration),
+        }
         r.param("window", self.window);
         r.param("body_bytes", self.size);
         r.param("mode", if self.rate == 0 { "flat out" } else { "paced" });
@@ -56,10 +65,26 @@ impl Args {
 }
 
 impl Args {
+    /// When sending stops: after `--duration`, or (with `--per-pair`) once
+    /// every pair sent its count, bounded by a day.
+    pub fn end(&self, t0: Instant) -> Instant {
+        match self.per_pair {
+            Some(_) => t0 + Duration::from_secs(86_400),
+            None => t0 + Duration::from_secs_f64(self.duration),
+        }
+    }
+
+    /// Whether a pair that sent `n` messages sends another (before `end`).
+    pub fn more(&self, n: u64, end: Instant) -> bool {
+        Instant::now() < end && self.per_pair.is_none_or(|k| n < k)
+    }
+
     /// Messages the run will send when paced (0, unknown, when flat out):
     /// the progress bar's length.
     pub fn planned_sends(&self) -> u64 {
-        if self.rate > 0 {
+        if let Some(k) = self.per_pair {
+            k * self.pairs as u64
+        } else if self.rate > 0 {
             (self.rate as f64 * self.pairs as f64 * self.duration) as u64
         } else {
             0
@@ -82,6 +107,9 @@ pub async fn run(a: &Args) -> Result<Vec<RunResult>, BenchError> {
             results.push(super::mqtt::c2c(a, &mqtt, qos).await?);
         }
     }
+    if let Some(amqp) = Amqp::from(&a.common) {
+        results.push(super::amqp::c2c(a, &amqp).await?);
+    }
     Ok(results)
 }
 
@@ -90,9 +118,8 @@ type Acks = Vec<(u64, u64)>;
 
 async fn switchboard(a: &Args, target: &Target) -> Result<RunResult, BenchError> {
     let run = run_id();
-    let url = target.url();
-    let cfg = |uid: &str| -> Result<ClientConfig, BenchError> {
-        Ok(ClientConfig::new(url.clone(), target.token(uid)?)
+    let cfg = |uid: &str, url: String| -> Result<ClientConfig, BenchError> {
+        Ok(ClientConfig::new(url, target.token(uid)?)
             .with_device_id(format!("{uid}-dev"))
             .with_compression(false)
             .with_request_timeout(Duration::from_secs(30))
@@ -102,8 +129,11 @@ async fn switchboard(a: &Args, target: &Target) -> Result<RunResult, BenchError>
     let mut receivers = Vec::with_capacity(a.pairs);
     let mut senders = Vec::with_capacity(a.pairs);
     for i in 0..a.pairs {
-        let (rx_client, events) = Client::connect(cfg(&format!("{run}-r{i}"))?).await?;
-        let (tx_client, tx_events) = Client::connect(cfg(&format!("{run}-s{i}"))?).await?;
+        // Senders on the first node, receivers on the others (one node: the same).
+        let (rx_client, events) =
+            Client::connect(cfg(&format!("{run}-r{i}"), target.receiver_url(i))?).await?;
+        let (tx_client, tx_events) =
+            Client::connect(cfg(&format!("{run}-s{i}"), target.url())?).await?;
         // The sender's own event stream is not read: drop it so the SDK never waits on it.
         drop(tx_events);
         receivers.push((rx_client, events));
@@ -112,6 +142,7 @@ async fn switchboard(a: &Args, target: &Target) -> Result<RunResult, BenchError>
     }
     setup.finish_and_clear();
 
+    let meter = target.cpu_meter();
     let start_ns = stats::now_ns();
     let received_total = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -147,7 +178,7 @@ async fn switchboard(a: &Args, target: &Target) -> Result<RunResult, BenchError>
     let failed = Arc::new(AtomicU64::new(0));
     let progress = bar(a.common.quiet, a.planned_sends(), "c2c sent");
     let t0 = Instant::now();
-    let end = t0 + Duration::from_secs_f64(a.duration);
+    let end = a.end(t0);
     let mut send_tasks = Vec::new();
     for (i, client) in senders.iter().enumerate() {
         let next = Arc::new(AtomicU64::new(0));
@@ -162,6 +193,7 @@ async fn switchboard(a: &Args, target: &Target) -> Result<RunResult, BenchError>
                 uid: format!("{run}-r{i}"),
             };
             let (rate, window, pairs, size) = (a.rate, a.window, a.pairs, a.size);
+            let a = a.clone();
             send_tasks.push(tokio::spawn(async move {
                 let mut acks: Acks = Vec::new();
                 let mut ack_hist = stats::histogram();
@@ -177,10 +209,10 @@ async fn switchboard(a: &Args, target: &Target) -> Result<RunResult, BenchError>
                     if let Some(t) = tick.as_mut() {
                         t.tick().await;
                     }
-                    if Instant::now() >= end {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    if !a.more(n, end) {
                         break;
                     }
-                    let n = next.fetch_add(1, Ordering::Relaxed);
                     attempted.fetch_add(1, Ordering::Relaxed);
                     let sent = stats::now_ns();
                     match client
@@ -237,6 +269,8 @@ async fn switchboard(a: &Args, target: &Target) -> Result<RunResult, BenchError>
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = stop_tx.send(true);
+    let mut r = RunResult::new("c2c", "switchboard", target.transport());
+    meter.finish(&mut r, received_total.load(Ordering::Relaxed), "msg");
     let mut hist = stats::histogram();
     let mut timeline = Timeline::new(start_ns);
     let mut loss = LossCheck {
@@ -271,8 +305,14 @@ async fn switchboard(a: &Args, target: &Target) -> Result<RunResult, BenchError>
     }
     loss.ok = loss.lost == 0 && loss.duplicates == 0 && loss.out_of_order == 0;
 
-    let mut r = RunResult::new("c2c", "switchboard", target.transport());
     a.describe(&mut r);
+    if target.nodes() > 1 {
+        r.param("nodes", target.nodes());
+        r.notes.push(format!(
+            "cluster: senders on node 1, receivers on nodes 2..{}: every message routed between nodes",
+            target.nodes()
+        ));
+    }
     let span_s = (last_ns.saturating_sub(start_ns) as f64 / 1e9).max(send_elapsed.as_secs_f64());
     r.metric("sent", attempted as f64);
     r.metric("acked", acked as f64);

@@ -22,6 +22,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use crate::cpu::CpuMeter;
 use crate::stats::{self, LossCheck, RunResult};
 use crate::target::{Mqtt, Target, rss_of};
 use crate::{BenchError, Common, bar};
@@ -137,6 +138,7 @@ async fn measure(a: &Args, kind: Kind<'_>, pid: Option<u32>) -> Result<RunResult
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_before = pid.and_then(rss_of);
+    let meter = CpuMeter::start(&pid.into_iter().collect::<Vec<_>>());
 
     let mut hist = stats::histogram();
     let mut total = Opened::default();
@@ -150,10 +152,12 @@ async fn measure(a: &Args, kind: Kind<'_>, pid: Option<u32>) -> Result<RunResult
         tokio::time::sleep(Duration::from_secs_f64(a.settle)).await;
         let rss_after = pid.and_then(rss_of);
         alive = count_alive(&conns);
-        close_now(conns);
-        return Ok(finish(
+        let mut r = finish(
             a, system, transport, procs, total, alive, rss_before, rss_after, hist,
-        ));
+        );
+        meter.finish(&mut r, alive, "conn");
+        close_now(conns);
+        return Ok(r);
     }
     let per = a.n.div_ceil(procs);
     let exe = std::env::current_exe()?;
@@ -231,9 +235,12 @@ async fn measure(a: &Args, kind: Kind<'_>, pid: Option<u32>) -> Result<RunResult
         drop(c.stdin.take());
         let _ = tokio::time::timeout(Duration::from_secs(30), c.wait()).await;
     }
-    Ok(finish(
+    let mut r = finish(
         a, system, transport, procs, total, alive, rss_before, rss_after, hist,
-    ))
+    );
+    // After the workers were waited for, so their CPU counts as the generator's.
+    meter.finish(&mut r, alive, "conn");
+    Ok(r)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -19,7 +19,7 @@ use super::mqtt::{RawSub, drain};
 use super::{Received, check_stream, run_id, text_body};
 use crate::raw::RawClient;
 use crate::stats::{self, LossCheck, RunResult, Timeline};
-use crate::target::{Mqtt, Target};
+use crate::target::{Amqp, Mqtt, Target};
 use crate::{BenchError, Common, bar};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -58,6 +58,12 @@ pub async fn run(a: &Args) -> Result<Vec<RunResult>, BenchError> {
         let q = if a.mode == "stored" { 1 } else { 0 };
         results.push(mqtt(a, &m, q).await?);
     }
+    // The durable peer stores what it fans out: compared with stored only.
+    if let Some(m) = Amqp::from(&a.common)
+        && a.mode == "stored"
+    {
+        results.push(super::amqp::fanout(a, &m).await?);
+    }
     Ok(results)
 }
 
@@ -66,10 +72,12 @@ async fn switchboard(a: &Args, target: &Target) -> Result<RunResult, BenchError>
     let uids: Vec<String> = (0..a.users).map(|i| format!("{run}-f{i}")).collect();
     let setup = bar(a.common.quiet, a.users as u64, "logging in");
     let mut clients = Vec::with_capacity(a.users);
-    let mut logins = futures::stream::iter(uids.iter().cloned())
-        .map(|uid| async move {
+    // Receivers on the nodes after the first (one node: that one); the API
+    // requests go to the first node's --http, so a cluster routes every push.
+    let mut logins = futures::stream::iter(uids.iter().cloned().enumerate())
+        .map(|(i, uid)| async move {
             let token = target.token(&uid)?;
-            RawClient::login(None, target.tcp, token, format!("{uid}-dev")).await
+            RawClient::login(None, target.receiver_tcp(i), token, format!("{uid}-dev")).await
         })
         .buffer_unordered(a.concurrency.max(1));
     while let Some(r) = logins.next().await {
@@ -79,6 +87,7 @@ async fn switchboard(a: &Args, target: &Target) -> Result<RunResult, BenchError>
     drop(logins);
     setup.finish_and_clear();
 
+    let meter = target.cpu_meter();
     let start_ns = stats::now_ns();
     let received = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -161,7 +170,13 @@ async fn switchboard(a: &Args, target: &Target) -> Result<RunResult, BenchError>
     }
     progress.finish_and_clear();
     let _ = stop_tx.send(true);
+    let mut cost = RunResult::default();
+    meter.finish(&mut cost, received.load(Ordering::Relaxed), "delivery");
     let mut r = collect(tasks, start_ns, a, expected).await;
+    r.metrics.extend(cost.metrics);
+    if target.nodes() > 1 {
+        r.param("nodes", target.nodes());
+    }
     r.system = "switchboard".into();
     r.transport = "tcp".into();
     r.metric("api_requests", requests as f64);
@@ -174,7 +189,7 @@ async fn switchboard(a: &Args, target: &Target) -> Result<RunResult, BenchError>
 }
 
 /// Joins the receivers and computes figures and the loss check.
-async fn collect(
+pub(crate) async fn collect(
     tasks: Vec<tokio::task::JoinHandle<Received>>,
     start_ns: u64,
     a: &Args,
@@ -239,6 +254,7 @@ async fn mqtt(a: &Args, m: &Mqtt, q: u8) -> Result<RunResult, BenchError> {
     drop(connects);
     setup.finish_and_clear();
 
+    let meter = m.cpu_meter();
     let start_ns = stats::now_ns();
     let received = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -305,9 +321,12 @@ async fn mqtt(a: &Args, m: &Mqtt, q: u8) -> Result<RunResult, BenchError> {
     drain(&received, expected, expected, 0.0).await;
     progress.finish_and_clear();
     let _ = stop_tx.send(true);
+    let mut cost = RunResult::default();
+    meter.finish(&mut cost, received.load(Ordering::Relaxed), "delivery");
     let _ = client.disconnect().await;
     poller.abort();
     let mut r = collect(tasks, start_ns, a, expected).await;
+    r.metrics.extend(cost.metrics);
     r.system = format!("mosquitto-qos{q}");
     r.transport = "mqtt".into();
     if q == 0 {

@@ -1,6 +1,7 @@
 //! The scenarios, each with its own `Args` and `run`, and what they share:
 //! the message body that carries a timestamp, and the receiver's record.
 
+pub mod amqp;
 pub mod c2c;
 pub mod connections;
 pub mod disk;

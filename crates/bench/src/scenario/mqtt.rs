@@ -95,8 +95,9 @@ pub async fn c2c(a: &super::c2c::Args, m: &Mqtt, q: u8) -> Result<RunResult, Ben
     setup.finish_and_clear();
 
     let progress = bar(a.common.quiet, a.planned_sends(), "mqtt published");
+    let meter = m.cpu_meter();
     let t0 = Instant::now();
-    let end = t0 + Duration::from_secs_f64(a.duration);
+    let end = a.end(t0);
     let mut send_tasks = Vec::new();
     for i in 0..a.pairs {
         let topic = format!("sb-bench/{run}/c2c/{i}");
@@ -132,6 +133,7 @@ pub async fn c2c(a: &super::c2c::Args, m: &Mqtt, q: u8) -> Result<RunResult, Ben
             }
         });
         let (rate, pairs, size) = (a.rate, a.pairs, a.size);
+        let a = a.clone();
         let progress = progress.clone();
         send_tasks.push(tokio::spawn(async move {
             let mut tick = (rate > 0).then(|| {
@@ -146,7 +148,7 @@ pub async fn c2c(a: &super::c2c::Args, m: &Mqtt, q: u8) -> Result<RunResult, Ben
                 if let Some(t) = tick.as_mut() {
                     t.tick().await;
                 }
-                if Instant::now() >= end {
+                if !a.more(n, end) {
                     break;
                 }
                 let Ok(p) = permits.acquire().await else {
@@ -185,6 +187,8 @@ pub async fn c2c(a: &super::c2c::Args, m: &Mqtt, q: u8) -> Result<RunResult, Ben
     let acked: u64 = sent.iter().map(|s| s.1).sum();
     drain(&received_total, attempted, acked, a.drain).await;
     let _ = stop_tx.send(true);
+    let mut r = RunResult::new("c2c", &format!("mosquitto-qos{q}"), "mqtt");
+    meter.finish(&mut r, received_total.load(Ordering::Relaxed), "msg");
 
     let mut hist = stats::histogram();
     let mut timeline = Timeline::new(start_ns);
@@ -215,13 +219,7 @@ pub async fn c2c(a: &super::c2c::Args, m: &Mqtt, q: u8) -> Result<RunResult, Ben
     } else {
         true
     };
-    let mut r = RunResult::new("c2c", &format!("mosquitto-qos{q}"), "mqtt");
-    r.param("pairs", a.pairs);
-    r.param("rate_per_pair", a.rate);
-    r.param("duration_s", a.duration);
-    r.param("window", a.window);
-    r.param("body_bytes", a.size);
-    r.param("mode", if a.rate == 0 { "flat out" } else { "paced" });
+    a.describe(&mut r);
     let span_s = (last_ns.saturating_sub(start_ns) as f64 / 1e9).max(send_elapsed.as_secs_f64());
     r.metric("sent", attempted as f64);
     r.metric("acked", acked as f64);

@@ -142,6 +142,7 @@ async fn switchboard(a: &Args, target: &Target) -> Result<RunResult, BenchError>
 
     // Everyone reconnects at once.
     let progress = bar(a.common.quiet, a.clients as u64, "current");
+    let meter = target.cpu_meter();
     let t0 = Instant::now();
     let deadline = t0 + Duration::from_secs_f64(a.timeout);
     let backlog = a.backlog;
@@ -231,11 +232,13 @@ async fn switchboard(a: &Args, target: &Target) -> Result<RunResult, BenchError>
         }
     }
     progress.finish_and_clear();
+    let mut r = RunResult::new("reconnect", "switchboard", target.transport());
+    // Per synced backlog message: the logins are part of the cost.
+    meter.finish(&mut r, loss.received, "msg");
     loss.ok = loss.lost == 0 && loss.duplicates == 0 && loss.out_of_order == 0 && errors == 0;
     for c in &clients {
         c.close().await;
     }
-    let mut r = RunResult::new("reconnect", "switchboard", target.transport());
     r.param("clients", a.clients);
     r.param("backlog", a.backlog);
     r.param("concurrency", a.concurrency);
