@@ -34,11 +34,13 @@ export interface Node {
 /** Starts a node; `env` adds settings (SWITCHBOARD_GATE__…). */
 export async function startNode(env: Record<string, string> = {}): Promise<Node> {
   const dataDir = mkdtempSync(join(tmpdir(), "sb-ts-"));
+  // Every SWITCHBOARD_* variable is a setting to `serve`: ours (the binary's path) is not one.
+  const { SWITCHBOARD_BIN: _, ...inherited } = process.env;
   const child: ChildProcess = spawn(
     BIN,
     ["serve", "--data-dir", dataDir, "--http", "127.0.0.1:0", "--tcp", "127.0.0.1:0"],
     {
-      env: { ...process.env, SWITCHBOARD_LOG: process.env.SWITCHBOARD_LOG ?? "warn", ...env },
+      env: { ...inherited, SWITCHBOARD_LOG: process.env.SWITCHBOARD_LOG ?? "warn", ...env },
       stdio: ["ignore", "pipe", "inherit"],
     },
   );
