@@ -183,6 +183,42 @@ it("a connection cut mid-stream loses and duplicates nothing acknowledged", asyn
   await proxyB.close();
 });
 
+it("pushes from the business server arrive as stored messages and online-only ones", async () => {
+  const c = await clientFor(node, "s2c-u");
+  const got = inbox(c);
+  const online: Message[] = [];
+  c.on("online", (e) => online.push(e.message));
+  await c.connect();
+  const key = await node.apiKey();
+  for (const mode of ["stored", "online_only"]) {
+    const res = await fetch(`${node.httpUrl}/v1/apps/demo/push`, {
+      method: "POST",
+      headers: { Authorization: `Bearer ${key}`, "content-type": "application/json" },
+      body: JSON.stringify({ to: ["s2c-u"], type: "order.status", body: { mode }, mode }),
+    });
+    expect(res.status).toBe(200);
+  }
+  await until(() => got.length === 1 && online.length === 1, 10_000, "both pushes");
+  expect(JSON.parse(bodyText(got[0]!.message))).toEqual({ mode: "stored" });
+  expect(got[0]?.seq).toBe(1n);
+  expect(JSON.parse(bodyText(online[0]!))).toEqual({ mode: "online_only" });
+  c.close();
+});
+
+it("a refused send rejects with the server's code and the client carries on", async () => {
+  const a = await clientFor(node, "bad-send-a");
+  await a.connect();
+  const err = await a.send(demo("bad-send-b"), "x", { type: "t".repeat(65) }).catch((e: unknown) => e);
+  expect(err).toBeInstanceOf(ServerError);
+  expect((err as ServerError).code).toBe(Code.INVALID_ARGUMENT);
+  expect((err as ServerError).retryable).toBe(false);
+  const ok = await a.send(demo("bad-send-b"), "fine");
+  expect(ok.seq).toBe(1n);
+  await a.logout();
+  expect(a.state).toBe("closed");
+  await expect(a.send(demo("bad-send-b"), "after")).rejects.toBeInstanceOf(ClosedError);
+});
+
 it("a bad token is a typed TOKEN_INVALID error and the client closes", async () => {
   const c = await clientFor(node, "bad", { token: "not-a-jwt" });
   const err = await c.connect().catch((e: unknown) => e);

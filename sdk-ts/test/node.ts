@@ -28,6 +28,8 @@ export interface Node {
   dataDir: string;
   token(uid: string): Promise<string>;
   adminKey(): Promise<string>;
+  /** The demo app's HTTP API key. */
+  apiKey(): Promise<string>;
   stop(): Promise<void>;
 }
 
@@ -72,6 +74,10 @@ export async function startNode(env: Record<string, string> = {}): Promise<Node>
     },
     async adminKey() {
       const { stdout } = await run(BIN, ["api-key", "--admin", "--data-dir", dataDir]);
+      return stdout.trim();
+    },
+    async apiKey() {
+      const { stdout } = await run(BIN, ["api-key", "--data-dir", dataDir]);
       return stdout.trim();
     },
     async stop() {
