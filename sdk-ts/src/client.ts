@@ -297,7 +297,13 @@ export class Client {
     try {
       await this.loadCursor();
       const token = await this.fetchToken(true);
-      return this.startSession(await this.establish(token));
+      const established = await this.establish(token);
+      if (this.isClosed()) {
+        // close() was called while the login was on its way.
+        safeClose(established.ws);
+        throw new ClosedError();
+      }
+      return this.startSession(established);
     } catch (e) {
       const err = asSdkError(e);
       this.finish(err);
@@ -901,6 +907,8 @@ export class Client {
     const offer = this.timeline.offer(seq, entry);
     for (let next = this.timeline.pop(); next !== undefined; next = this.timeline.pop()) {
       const [s, e] = next;
+      // A listener closed the client: what is left is not delivered (nor acknowledged).
+      if (this.isClosed()) break;
       if (!e.own) this.emit("message", { seq: s, message: e.message });
       this.delivered = s;
     }

@@ -2,7 +2,18 @@
 // byte for byte against the server's codec): same bytes, same JSON.
 
 import { describe, expect, it } from "vitest";
-import { decodeBinary, decodeJson, encodeBinary, encodeJson, packet } from "../src/index.js";
+import { closeError } from "../src/errors.js";
+import {
+  Code,
+  ConnectionError,
+  KickedError,
+  ServerError,
+  decodeBinary,
+  decodeJson,
+  encodeBinary,
+  encodeJson,
+  packet,
+} from "../src/index.js";
 
 const hex = (s: string) => Uint8Array.from(s.replace(/\s+/g, "").match(/../g) ?? [], (h) => Number.parseInt(h, 16));
 
@@ -47,5 +58,23 @@ describe("frames", () => {
     expect(decodeBinary(hex("00000010 0010 0001 00000063 00000001"), 65536)).toBeNull();
     expect(() => decodeJson("[1]")).toThrow(/object/);
     expect(decodeJson('{"cmd":"future_thing","seq":3}')).toBeNull();
+  });
+});
+
+describe("close codes", () => {
+  it("name the kick or error when no frame said it first", () => {
+    const kick = closeError(4006, "KICK_ADMIN");
+    expect(kick).toBeInstanceOf(KickedError);
+    expect(kick.code).toBe(Code.KICK_ADMIN);
+    // A server error's name in the reason wins over the close code.
+    const err = closeError(4001, "TOKEN_INVALID: bad signature");
+    expect(err).toBeInstanceOf(ServerError);
+    expect(err.code).toBe(Code.TOKEN_INVALID);
+    // A private close code with no name: a kick code as is.
+    expect(closeError(4004, "").code).toBe(Code.KICK_IDLE_TIMEOUT);
+    const dropped = closeError(1006, "");
+    expect(dropped).toBeInstanceOf(ConnectionError);
+    expect((dropped as ConnectionError).closeCode).toBe(1006);
+    expect(dropped.retryable).toBe(true);
   });
 });
