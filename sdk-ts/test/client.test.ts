@@ -219,6 +219,18 @@ it("a refused send rejects with the server's code and the client carries on", as
   await expect(a.send(demo("bad-send-b"), "after")).rejects.toBeInstanceOf(ClosedError);
 });
 
+it("a token refused on reconnect closes the client with the login's error", async () => {
+  const proxy = await startProxy(node.httpAddr);
+  const c = await clientFor(node, "expiring", { url: `ws://${proxy.addr}/ws`, getToken: () => "expired-or-revoked" });
+  const closed = new Promise<unknown>((ok) => c.on("state", (e) => e.state === "closed" && ok(e.error)));
+  await c.connect();
+  proxy.cut();
+  const err = await closed;
+  expect(err).toBeInstanceOf(ServerError);
+  expect((err as ServerError).code).toBe(Code.TOKEN_INVALID);
+  await proxy.close();
+});
+
 it("a bad token is a typed TOKEN_INVALID error and the client closes", async () => {
   const c = await clientFor(node, "bad", { token: "not-a-jwt" });
   const err = await c.connect().catch((e: unknown) => e);
