@@ -145,7 +145,7 @@ function timelineForm(): HTMLElement {
 
 /** The operator page. */
 export function operatorPage(el: HTMLElement): void {
-  const input = h("input", { id: "admin-key", type: "password", placeholder: "operator key", value: key() });
+  const input = h("input", { id: "admin-key", type: "password", placeholder: "operator key", autocomplete: "off", value: key() });
   const stats = h("div", { id: "stats-out" });
   const keyForm = h("form", { id: "admin" }, input, h("button", { type: "submit" }, "Use key"));
   keyForm.addEventListener("submit", (ev) => {
@@ -158,7 +158,7 @@ export function operatorPage(el: HTMLElement): void {
     h(
       "div",
       { class: "operator" },
-      h("section", { class: "card" }, h("h2", {}, "Operator key"), keyForm, h("p", { class: "hint" }, "`switchboard api-key --admin` prints it in demo mode.")),
+      h("section", { class: "card" }, h("h2", {}, "Operator key"), keyForm, h("p", { class: "hint" }, h("code", {}, "switchboard api-key --admin"), " prints it in demo mode.")),
       h("section", { class: "card" }, h("h2", {}, "Node"), stats),
       h("section", { class: "card" }, h("h2", {}, "Presence"), presenceForm()),
       h("section", { class: "card" }, h("h2", {}, "Timeline"), timelineForm()),
