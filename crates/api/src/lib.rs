@@ -2,6 +2,7 @@
 //! `/readyz`, `/metrics`, `/openapi.json`, and the `/v1` API for business
 //! servers and operators ([`v1`]; errors in [`error`], docs/http-api.md).
 
+pub mod console;
 pub mod error;
 mod extract;
 pub mod metrics;
@@ -36,6 +37,7 @@ pub fn router(gate: Arc<Gate>) -> Router {
 /// The node's HTTP routes.
 pub fn router_with(gate: Arc<Gate>, config: ApiConfig) -> Router {
     let max_body = config.max_body_bytes;
+    let console_secret = config.console_token_secret.clone();
     let api = Arc::new(ApiState {
         rates: RateWindow::new(gate.logic.stats().messages_stored(), gate.hub.push_count()),
         gate: gate.clone(),
@@ -59,6 +61,14 @@ pub fn router_with(gate: Arc<Gate>, config: ApiConfig) -> Router {
         .route("/v1/apps/{app}/users/{uid}/kick", post(v1::kick))
         .route("/v1/admin/stats", get(v1::stats))
         .with_state(api);
+    let console = Router::new()
+        .route("/console", get(console::index))
+        .route("/console/", get(console::index))
+        .route("/console/{*path}", get(console::asset))
+        // Routed in every mode (else POST would meet the GET wildcard and
+        // get a 405), answering 404 unless the node runs the demo app.
+        .route("/console/token", post(console::token))
+        .with_state(Arc::new(console::DemoSecret(console_secret)));
     Router::new()
         .route("/ws", get(switchboard_gate::ws_handler))
         .route("/healthz", get(healthz))
@@ -67,6 +77,7 @@ pub fn router_with(gate: Arc<Gate>, config: ApiConfig) -> Router {
         .route("/openapi.json", get(openapi_json))
         .with_state(gate)
         .merge(v1)
+        .merge(console)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
