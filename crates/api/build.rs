@@ -1,7 +1,7 @@
 //! Embeds the git commit of the build as `SWITCHBOARD_GIT_COMMIT` (for the
 //! `switchboard_build_info` metric): the variable of that name when set (a
 //! packager building from a tarball), else `git rev-parse HEAD`, else
-//! "unknown".
+//! "unknown"; and reruns when the embedded console's `dist/` changes.
 
 use std::process::Command;
 
@@ -34,4 +34,7 @@ fn main() {
         println!("cargo:rerun-if-changed={p}");
     }
     println!("cargo:rustc-env=SWITCHBOARD_GIT_COMMIT={commit}");
+    // include_dir! does not tell cargo which files it read: rebuild when the
+    // console's build output changes (cargo scans a directory recursively).
+    println!("cargo:rerun-if-changed=../../console/dist");
 }

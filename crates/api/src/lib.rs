@@ -2,6 +2,7 @@
 //! `/readyz`, `/metrics`, `/openapi.json`, and the `/v1` API for business
 //! servers and operators ([`v1`]; errors in [`error`], docs/http-api.md).
 
+pub mod console;
 pub mod error;
 mod extract;
 mod listener;
@@ -39,6 +40,7 @@ pub fn router_with(gate: Arc<Gate>, config: ApiConfig) -> Router {
         max_targets: config.max_targets,
         max_body_bytes: config.max_body_bytes,
     }));
+    let console_secret = config.console_token_secret.clone();
     let api = Arc::new(ApiState {
         rates: RateWindow::new(gate.logic.stats().messages_stored(), gate.hub.push_count()),
         gate: gate.clone(),
@@ -63,6 +65,14 @@ pub fn router_with(gate: Arc<Gate>, config: ApiConfig) -> Router {
         .route("/v1/apps/{app}/users/{uid}/revoke", post(revoke::revoke))
         .route("/v1/admin/stats", get(v1::stats))
         .with_state(api);
+    let console = Router::new()
+        .route("/console", get(console::index))
+        .route("/console/", get(console::index))
+        .route("/console/{*path}", get(console::asset))
+        // Routed in every mode (else POST would meet the GET wildcard and
+        // get a 405), answering 404 unless the node runs the demo app.
+        .route("/console/token", post(console::token))
+        .with_state(Arc::new(console::DemoSecret(console_secret)));
     Router::new()
         .route("/ws", get(ws))
         .route("/healthz", get(healthz))
@@ -71,6 +81,7 @@ pub fn router_with(gate: Arc<Gate>, config: ApiConfig) -> Router {
         .route("/openapi.json", get(move || openapi_json(doc.clone())))
         .with_state(gate)
         .merge(v1)
+        .merge(console)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))

@@ -17,6 +17,10 @@ pub struct ApiConfig {
     pub max_body_bytes: usize,
     /// Most users in one push or presence request; past it `400 TOO_MANY_TARGETS`.
     pub max_targets: usize,
+    /// The embedded demo app's token secret, set only when the node runs it
+    /// (no `[[apps]]`): turns on `POST /console/token`, which mints tokens
+    /// of the demo app only. `None`: the endpoint does not exist.
+    pub console_token_secret: Option<String>,
 }
 
 impl Default for ApiConfig {
@@ -25,6 +29,7 @@ impl Default for ApiConfig {
             admin_key: None,
             max_body_bytes: 1024 * 1024,
             max_targets: 10_000,
+            console_token_secret: None,
         }
     }
 }

@@ -434,6 +434,7 @@ impl Config {
             admin_key: self.api.admin_key.clone().filter(|k| !k.is_empty()),
             max_body_bytes: self.api.max_body_bytes.max(1),
             max_targets: self.api.max_targets.max(1),
+            console_token_secret: None,
         }
     }
 

@@ -174,6 +174,10 @@ impl Server {
         if config.apps.is_empty() && api_config.admin_key.is_none() {
             api_config.admin_key = Some(demo_admin_key(&config.data_dir)?);
         }
+        if config.apps.is_empty() {
+            // The console may mint tokens of the embedded demo app only.
+            api_config.console_token_secret = Some(demo_secret(&config.data_dir)?);
+        }
         let router = switchboard_api::router_with(gate.clone(), api_config);
         listeners.push(tokio::spawn(switchboard_api::serve(
             http,

@@ -1,0 +1,127 @@
+// The console as the node serves it (/console, embedded in the binary), in
+// headless Chromium (Debian's /usr/bin/chromium driven by playwright-core;
+// scripts/test-ts installs it when missing). Two users in two browser
+// contexts log in with demo tokens, chat with delivery marks, one closes
+// its page while the other writes, and the reopened page shows what it
+// missed once, in order. Then the operator page. Screenshots go to docs/.
+
+import { mkdirSync } from "node:fs";
+import { fileURLToPath } from "node:url";
+import { type Browser, type Page, chromium } from "playwright-core";
+import { afterAll, beforeAll, expect, it } from "vitest";
+import { type Node, startNode } from "../../sdk-ts/test/node.js";
+
+const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
+const DOCS = fileURLToPath(new URL("../../docs/", import.meta.url));
+const VIEW = { width: 1000, height: 560 };
+
+let node: Node;
+let browser: Browser;
+
+beforeAll(async () => {
+  node = await startNode();
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: ["--no-sandbox"] });
+  mkdirSync(DOCS, { recursive: true });
+});
+
+afterAll(async () => {
+  await browser?.close();
+  await node?.stop();
+});
+
+async function logIn(page: Page, uid: string): Promise<void> {
+  page.on("pageerror", (e) => console.error(`page error (${uid}):`, e));
+  await page.goto(`${node.httpUrl}/console/`);
+  await page.fill("#uid", uid);
+  await page.click("#login button[type=submit]");
+  await page.waitForSelector('#conn[data-state="connected"]');
+  expect(await page.textContent("#who")).toBe(`demo/${uid}`);
+}
+
+async function say(page: Page, text: string): Promise<void> {
+  const before = await page.locator("#messages li.mine").count();
+  await page.fill("#text", text);
+  await page.press("#text", "Enter");
+  // The delivery mark: the server stored it (the send was acked).
+  await expect.poll(() => page.locator("#messages li.mine").count()).toBe(before + 1);
+  await expect
+    .poll(() => page.locator("#messages li.mine").nth(before).getAttribute("data-status"))
+    .toBe("stored");
+}
+
+const texts = (page: Page) => page.locator("#messages li .text").allTextContents();
+const badge = (page: Page, peer: string) => page.locator(`li.conv[data-peer="${peer}"] .badge`).textContent();
+
+it("two users chat in the console; the one that went offline sees what it missed once, in order", async () => {
+  const alice = await browser.newContext({ viewport: VIEW });
+  const bob = await browser.newContext({ viewport: VIEW });
+  const pa = await alice.newPage();
+  let pb = await bob.newPage();
+  await logIn(pa, "alice");
+  await logIn(pb, "bob");
+
+  await pa.fill("#new-peer", "bob");
+  await pa.press("#new-peer", "Enter");
+  await say(pa, "hi bob");
+  await say(pa, "are you there?");
+
+  // Bob's list shows the new conversation with its unread count.
+  await pb.waitForSelector('li.conv[data-peer="alice"] .badge');
+  await expect.poll(() => badge(pb, "alice")).toBe("2");
+  await expect.poll(() => pb.locator('li.conv[data-peer="alice"] .last').textContent()).toBe("are you there?");
+  await pb.click('li.conv[data-peer="alice"]');
+  expect(await pb.locator('li.conv[data-peer="alice"] .badge').count()).toBe(0);
+  expect(await texts(pb)).toEqual(["hi bob", "are you there?"]);
+  await say(pb, "yes!");
+  await expect.poll(() => texts(pa)).toEqual(["hi bob", "are you there?", "yes!"]);
+  await pa.screenshot({ path: `${DOCS}console-chat.png` });
+
+  // Bob closes the page; Alice keeps writing.
+  await pb.close();
+  for (const t of ["you left", "here is the order", "bye"]) await say(pa, t);
+
+  // Bob comes back in the same browser profile (same device id and cursor).
+  pb = await bob.newPage();
+  await logIn(pb, "bob");
+  await expect.poll(() => badge(pb, "alice")).toBe("3");
+  await pb.click('li.conv[data-peer="alice"]');
+  await expect.poll(() => texts(pb)).toHaveLength(6);
+  // A moment for anything delivered twice to show.
+  await new Promise((r) => setTimeout(r, 500));
+  expect(await texts(pb)).toEqual(["hi bob", "are you there?", "yes!", "you left", "here is the order", "bye"]);
+  const seqs = await pb.locator("#messages li:not(.mine)").evaluateAll((els) => els.map((e) => e.getAttribute("data-seq")));
+  expect(seqs).toEqual(["1", "2", "4", "5", "6"]);
+  await pb.screenshot({ path: `${DOCS}console-catchup.png` });
+
+  // The operator page (Alice's tab, still logged in): both online, Bob's
+  // timeline as the HTTP API has it.
+  await pa.click("#nav-operator");
+  await pa.fill("#admin-key", await node.adminKey());
+  await pa.click("#admin button");
+  await pa.waitForSelector("#stats");
+  await expect.poll(() => pa.locator("#stats").textContent()).toContain("2 logged in");
+  await pa.fill("#presence-users", "alice, bob, nobody");
+  await pa.click("#presence button");
+  await pa.waitForSelector("#presence-table");
+  expect(await pa.locator("#presence-table tbody tr td:nth-child(2)").allTextContents()).toEqual(["online", "online", "offline"]);
+  await pa.fill("#timeline-uid", "bob");
+  await pa.click("#timeline button");
+  await pa.waitForSelector("#timeline-table");
+  expect(await pa.locator("#timeline-table tbody tr td:nth-child(6)").allTextContents()).toEqual(
+    ["hi bob", "are you there?", "yes!", "you left", "here is the order", "bye"].map((text) => JSON.stringify({ text })),
+  );
+  await pa.screenshot({ path: `${DOCS}console-operator.png`, fullPage: true });
+
+  await alice.close();
+  await bob.close();
+});
+
+it("a wrong operator key is refused with its code", async () => {
+  const ctx = await browser.newContext();
+  const page = await ctx.newPage();
+  await page.goto(`${node.httpUrl}/console/#/operator`);
+  await page.fill("#admin-key", "not-the-key");
+  await page.click("#admin button");
+  await expect.poll(() => page.locator("#stats-out .error").textContent()).toContain("INVALID_API_KEY");
+  await ctx.close();
+});

@@ -1,0 +1,39 @@
+// Switchboard's TypeScript SDK: a client for browsers and Node.js >= 20
+// over WebSocket, with the same delivery contract as the Rust SDK.
+
+export {
+  Client,
+  CLIENT_VERSION,
+  bodyText,
+  type ClientEvents,
+  type ClientOptions,
+  type ConnectionState,
+  type LoginInfo,
+  type ReportReceipt,
+  type SendOptions,
+  type SendReceipt,
+  type WebSocketConstructor,
+  type WebSocketLike,
+} from "./client.js";
+export {
+  BusyError,
+  ClosedError,
+  Code,
+  type CodeName,
+  ConnectionError,
+  type ErrorKind,
+  KickedError,
+  ProtocolError,
+  ServerError,
+  SwitchboardError,
+  TimeoutError,
+  TokenError,
+  TooLargeError,
+  codeName,
+  isAuthFailure,
+  isRetryableCode,
+  isTerminalKick,
+} from "./errors.js";
+export { type CursorStorage, LocalStorageCursor, MemoryStorage, type WebStorageLike } from "./storage.js";
+export type { Message, User } from "./gen/switchboard_pb.js";
+export { decodeBinary, decodeJson, encodeBinary, encodeJson, packet, type Packet, type CommandName } from "./frame.js";

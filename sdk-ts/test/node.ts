@@ -1,0 +1,171 @@
+// A real Switchboard node for the tests: `switchboard serve` on ephemeral
+// ports with a temporary data dir; tokens and keys come from the binary's
+// own CLI (`token`, `api-key`), so the tests don't depend on how the demo
+// app keeps its secrets. Plus a TCP proxy whose connections a test can cut.
+
+import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import net from "node:net";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
+import WebSocket from "ws";
+import { Client, type ClientOptions, type WebSocketConstructor } from "../src/index.js";
+
+const run = promisify(execFile);
+
+/** The binary under test: $SWITCHBOARD_BIN, default ../target/release/switchboard. */
+export const BIN = resolve(
+  process.env.SWITCHBOARD_BIN ?? fileURLToPath(new URL("../../target/release/switchboard", import.meta.url)),
+);
+
+export interface Node {
+  wsUrl: string;
+  httpUrl: string;
+  /** host:port of HTTP and WebSocket. */
+  httpAddr: string;
+  dataDir: string;
+  token(uid: string): Promise<string>;
+  adminKey(): Promise<string>;
+  /** The demo app's HTTP API key. */
+  apiKey(): Promise<string>;
+  stop(): Promise<void>;
+}
+
+/** Starts a node; `env` adds settings (SWITCHBOARD_GATE__…). */
+export async function startNode(env: Record<string, string> = {}): Promise<Node> {
+  const dataDir = mkdtempSync(join(tmpdir(), "sb-ts-"));
+  // Every SWITCHBOARD_* variable is a setting to `serve`: ours (the binary's path) is not one.
+  const { SWITCHBOARD_BIN: _, ...inherited } = process.env;
+  const child: ChildProcess = spawn(
+    BIN,
+    ["serve", "--data-dir", dataDir, "--http", "127.0.0.1:0", "--tcp", "127.0.0.1:0"],
+    {
+      env: { ...inherited, SWITCHBOARD_LOG: process.env.SWITCHBOARD_LOG ?? "warn", ...env },
+      stdio: ["ignore", "pipe", "inherit"],
+    },
+  );
+  const httpAddr = await new Promise<string>((ok, fail) => {
+    let out = "";
+    const timer = setTimeout(() => fail(new Error(`switchboard did not start: ${out}`)), 30_000);
+    child.stdout?.on("data", (chunk: Buffer) => {
+      out += chunk.toString();
+      const m = out.match(/HTTP and WebSocket on http:\/\/([0-9.:]+)\/ws/);
+      if (m?.[1] !== undefined) {
+        clearTimeout(timer);
+        ok(m[1]);
+      }
+    });
+    child.once("exit", (code) => {
+      clearTimeout(timer);
+      fail(new Error(`switchboard exited with ${code}: ${out}`));
+    });
+  });
+  child.stdout?.resume();
+  return {
+    wsUrl: `ws://${httpAddr}/ws`,
+    httpUrl: `http://${httpAddr}`,
+    httpAddr,
+    dataDir,
+    async token(uid) {
+      const { stdout } = await run(BIN, ["token", "--uid", uid, "--data-dir", dataDir]);
+      return stdout.trim();
+    },
+    async adminKey() {
+      const { stdout } = await run(BIN, ["api-key", "--admin", "--data-dir", dataDir]);
+      return stdout.trim();
+    },
+    async apiKey() {
+      const { stdout } = await run(BIN, ["api-key", "--data-dir", dataDir]);
+      return stdout.trim();
+    },
+    async stop() {
+      if (child.exitCode === null) {
+        const exited = new Promise((ok) => child.once("exit", ok));
+        child.kill("SIGTERM");
+        const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
+        await exited;
+        clearTimeout(timer);
+      }
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** A TCP proxy to `target` whose live connections `cut()` destroys (a dropped network). */
+export interface Proxy {
+  addr: string;
+  cut(): void;
+  /** Connections accepted so far. */
+  accepted(): number;
+  close(): Promise<void>;
+}
+
+export async function startProxy(target: string): Promise<Proxy> {
+  const [host, port] = splitAddr(target);
+  const live = new Set<net.Socket>();
+  let accepted = 0;
+  const server = net.createServer((inbound) => {
+    accepted += 1;
+    const outbound = net.connect(port, host);
+    live.add(inbound);
+    live.add(outbound);
+    const drop = () => {
+      inbound.destroy();
+      outbound.destroy();
+      live.delete(inbound);
+      live.delete(outbound);
+    };
+    inbound.on("error", drop).on("close", drop);
+    outbound.on("error", drop).on("close", drop);
+    inbound.pipe(outbound);
+    outbound.pipe(inbound);
+  });
+  await new Promise<void>((ok) => server.listen(0, "127.0.0.1", ok));
+  const address = server.address() as net.AddressInfo;
+  const cut = () => {
+    for (const s of live) s.resetAndDestroy();
+    live.clear();
+  };
+  return {
+    addr: `127.0.0.1:${address.port}`,
+    cut,
+    accepted: () => accepted,
+    close() {
+      cut();
+      return new Promise((ok) => server.close(() => ok()));
+    },
+  };
+}
+
+function splitAddr(addr: string): [string, number] {
+  const i = addr.lastIndexOf(":");
+  return [addr.slice(0, i), Number(addr.slice(i + 1))];
+}
+
+/** A client of `node` for `uid` (ws from the `ws` package: Node.js 20 has no global WebSocket). */
+export async function clientFor(
+  node: Node,
+  uid: string,
+  opts: Partial<ClientOptions> = {},
+): Promise<Client> {
+  return new Client({
+    url: node.wsUrl,
+    token: await node.token(uid),
+    deviceId: `${uid}-device`,
+    WebSocket: WebSocket as unknown as WebSocketConstructor,
+    reconnectMinMs: 50,
+    reconnectMaxMs: 500,
+    ...opts,
+  });
+}
+
+/** Resolves once `pred` holds, polling; rejects after `ms`. */
+export async function until(pred: () => boolean, ms = 10_000, what = "condition"): Promise<void> {
+  const end = Date.now() + ms;
+  while (!pred()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
