@@ -478,3 +478,58 @@ async fn kill_9_of_a_node_under_traffic_loses_and_duplicates_nothing() {
         killed_at.elapsed()
     );
 }
+
+/// A revocation through one node's API kicks the user's devices on every
+/// node with `KICK_TOKEN_REVOKED`, and every node refuses the old token
+/// (the revocation is in PostgreSQL) while a token issued after it logs in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revocation_holds_on_every_node() {
+    let ns = Namespace::new();
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(&ns, dir.path()).await;
+    let (n1, n2, n3) = (&nodes[0], &nodes[1], &nodes[2]);
+    let old = switchboard_testkit::server::token("demo", "dave");
+    let (_d1, mut d1) = connect(&n1.url(), "dave", "d1").await;
+    let (_d2, mut d2) = connect(&n2.url(), "dave", "d2").await;
+
+    let r = api(n3, "/v1/apps/demo/users/dave/revoke", json!({})).await;
+    assert_eq!(r["kicked"], 2, "{r}");
+    let issued_before = r["issued_before"].as_u64().expect("issued_before");
+    for ev in [&mut d1, &mut d2] {
+        let deadline = tokio::time::Instant::now() + T;
+        loop {
+            match tokio::time::timeout_at(deadline, ev.recv()).await {
+                Ok(Some(switchboard_sdk::Event::Kicked { code, .. })) => {
+                    assert_eq!(code, switchboard_sdk::code::KICK_TOKEN_REVOKED);
+                    break;
+                }
+                Ok(Some(switchboard_sdk::Event::Closed)) | Ok(None) => {
+                    panic!("closed without a kick")
+                }
+                Ok(Some(_)) => {}
+                Err(_) => panic!("no kick within {T:?}"),
+            }
+        }
+    }
+    // A token issued at or after the revocation time logs in: wait for
+    // the clock to reach it (under a second: the time is rounded up).
+    while switchboard_core::now_ms() < issued_before as i64 * 1000 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let fresh = switchboard_core::auth::issue_token(SECRET, "demo", "dave", 600).expect("token");
+    for n in &nodes {
+        let cfg = |t: &str| switchboard_testkit::sdk::config(&n.url(), t, "probe");
+        let refused = switchboard_sdk::Client::connect(cfg(&old)).await;
+        assert_eq!(
+            refused.err().and_then(|e| e.code()),
+            Some(switchboard_sdk::code::TOKEN_INVALID),
+            "old token on {}",
+            n.name
+        );
+        let (c, _) = switchboard_sdk::Client::connect(cfg(&fresh))
+            .await
+            .unwrap_or_else(|e| panic!("a fresh token on {}: {e}", n.name));
+        c.close().await;
+    }
+    let _ = (n1, n2);
+}
