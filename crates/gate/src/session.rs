@@ -98,7 +98,11 @@ pub fn serve<T: Transport>(
             End::Io(e) => debug!(error = %e, "connection closed on an i/o error"),
             End::PeerClosed | End::Logout => debug!(?end, "connection closed"),
         }
-        let _ = Box::pin(tokio::time::timeout(FAREWELL_TIMEOUT, transport.close(close_code))).await;
+        let _ = Box::pin(tokio::time::timeout(
+            FAREWELL_TIMEOUT,
+            transport.close(close_code),
+        ))
+        .await;
         drop(permit);
     }
     .instrument(span)
@@ -146,7 +150,9 @@ async fn login<T: Transport>(
             Ok(None) => return Ok(None),
             Err(e) => return Err(transport_error(t, e).await),
             // Every error answering a login is fatal (protocol.md §6).
-            Ok(Some(Incoming::BadLogin(seq, code, msg))) => return Err(fatal(t, seq, code, msg).await),
+            Ok(Some(Incoming::BadLogin(seq, code, msg))) => {
+                return Err(fatal(t, seq, code, msg).await);
+            }
             Ok(Some(Incoming::Bad(seq, code, msg))) => {
                 send(t, seq, Packet::error(code, msg, false)).await?;
                 continue;

@@ -245,6 +245,13 @@ impl Transport for WsTransport {
             match msg {
                 WsMessage::Binary(data) => {
                     self.json.get_or_insert(false);
+                    if data.len() > self.max_frame {
+                        return Err(ProtoError::TooLarge {
+                            len: data.len(),
+                            max: self.max_frame,
+                        }
+                        .into());
+                    }
                     let mut buf = BytesMut::from(&data[..]);
                     let frame = decode(&mut buf, self.max_frame)?.ok_or(ProtoError::Malformed(
                         "incomplete frame in a binary message",
@@ -317,7 +324,22 @@ impl Transport for WsTransport {
                 reason: "".into(),
             },
         };
-        let _ = self.socket.send(WsMessage::Close(Some(frame))).await;
+        if self
+            .socket
+            .send(WsMessage::Close(Some(frame)))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        // Wait for the peer's close (the caller bounds the wait): closing
+        // with its frames still unread would reset the connection, and a
+        // reset can discard our error and close frames before it reads them.
+        while let Some(Ok(m)) = self.socket.next().await {
+            if matches!(m, WsMessage::Close(_)) {
+                break;
+            }
+        }
     }
 }
 

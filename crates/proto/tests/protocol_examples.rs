@@ -366,7 +366,7 @@ const SYNC_REPLY_HEX: &str = r#"0000  00 00 00 5e  00 10  00 01  00 00 00 0c  00
 "#;
 const ERROR_HEX: &str = r#"0000  00 00 00 48  00 10  00 01  00 00 00 0f  00 00 00 03  len=72 hdrlen=16 version=1 cmd=15 (error) seq=3
 0010  08 b8 17                                             1 code = 3000
-0013  12 33 75 73 65 72 73 20 6f 66 20 61 70 70 20 64      2 message = "users of app demo may not message users of app shop"
+0013  12 33 75 73 65 72 73 20 6f 66 20 61 70 70 20 64      2 message = "users of app demo ma…" (51 bytes)
 0023  65 6d 6f 20 6d 61 79 20 6e 6f 74 20 6d 65 73 73
 0033  61 67 65 20 75 73 65 72 73 20 6f 66 20 61 70 70
 0043  20 73 68 6f 70
@@ -380,8 +380,7 @@ const PUSH_JSON: &str = r#"{"cmd":"push","seq":0,"body":{"seq":"7","message":{"m
 const PUSH_ACK_JSON: &str = r#"{"cmd":"push_ack","seq":5,"body":{"seq":"7"}}"#;
 const SYNC_JSON: &str = r#"{"cmd":"sync","seq":6,"body":{"since":"6","limit":100}}"#;
 const SYNC_REPLY_JSON: &str = r#"{"cmd":"sync_reply","seq":6,"body":{"entries":[{"seq":"7","message":{"msgId":"4194304000000001","from":{"app":"demo","uid":"alice"},"to":{"app":"demo","uid":"bob"},"type":"text","body":"eyJ0ZXh0IjoiaGkifQ==","clientMsgId":"m-1","serverTimeMs":"1767225600000"}}],"timelineHead":"7"}}"#;
-const ERROR_JSON: &str =
-    r#"{"cmd":"error","seq":3,"body":{"code":3000,"message":"users of app demo may not message users of app shop"}}"#;
+const ERROR_JSON: &str = r#"{"cmd":"error","seq":3,"body":{"code":3000,"message":"users of app demo may not message users of app shop"}}"#;
 
 fn expected(name: &str) -> (&'static str, &'static str) {
     match name {

@@ -299,7 +299,8 @@ async fn a_push_ack_beyond_the_head_never_moves_the_cursor_past_it() {
     let (mut alice, _) = RawClient::login(s.tcp, &s.token("alice"), "a").await;
     let (mut bob, ack) = RawClient::login(s.tcp, &s.token("bob"), "b").await;
     assert_eq!((ack.timeline_head, ack.cursor), (0, 0));
-    bob.send(Packet::PushAck(pb::PushAck { seq: 999_999 })).await;
+    bob.send(Packet::PushAck(pb::PushAck { seq: 999_999 }))
+        .await;
     // The ack has no answer: a ping behind it proves it was handled.
     assert!(matches!(
         bob.request(Packet::Ping(pb::Ping {})).await,
@@ -367,7 +368,8 @@ async fn a_resent_c2c_pushes_the_same_entry_again_even_to_devices_that_acked_it(
     let Some((0, Packet::Push(first))) = bob.recv_within(T).await else {
         panic!("bob got no push")
     };
-    bob.send(Packet::PushAck(pb::PushAck { seq: first.seq })).await;
+    bob.send(Packet::PushAck(pb::PushAck { seq: first.seq }))
+        .await;
     bob.request(Packet::Ping(pb::Ping {})).await;
     let Packet::C2cAck(ack) = alice.request(c2c("again", "bob", "once")).await else {
         panic!()

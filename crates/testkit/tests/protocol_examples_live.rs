@@ -47,9 +47,11 @@ fn doc_frames() -> HashMap<String, Vec<u8>> {
                 frames.insert(n, bytes);
             }
         } else if let Some(bytes) = hex.as_mut() {
-            // "OOOO  bb bb …" : the bytes fill columns 6..53, the rest is notes.
-            let cols = line.get(6..line.len().min(53)).unwrap_or("");
-            for b in cols.split_whitespace() {
+            // "OOOO  bb bb …  notes": the bytes are the two-digit hex
+            // tokens after the offset; the notes start with a field number
+            // or `len=`, never with two hex digits.
+            let hex_byte = |t: &&str| t.len() == 2 && t.bytes().all(|b| b.is_ascii_hexdigit());
+            for b in line.split_whitespace().skip(1).take_while(hex_byte) {
                 bytes.push(u8::from_str_radix(b, 16).expect("a hex byte"));
             }
         }
@@ -63,7 +65,10 @@ fn decode_all(bytes: &[u8]) -> (u32, Packet) {
         .expect("a frame")
         .expect("a whole frame");
     assert!(buf.is_empty(), "one frame per example");
-    (frame.seq, Packet::from_frame(&frame).expect("a known packet"))
+    (
+        frame.seq,
+        Packet::from_frame(&frame).expect("a known packet"),
+    )
 }
 
 /// The next frame from the server, as bytes (re-encoded: the codec is
@@ -145,8 +150,8 @@ async fn every_example_of_the_protocol_doc_is_what_a_running_node_sends() {
         demo.cross_app.clear();
     })
     .await;
-    let bob_token = switchboard_core::auth::issue_token(DOC_SECRET, "demo", "bob", 3600)
-        .expect("token");
+    let bob_token =
+        switchboard_core::auth::issue_token(DOC_SECRET, "demo", "bob", 3600).expect("token");
 
     // Alice logs in with the document's own frame (its token verifies).
     let mut alice = RawClient::connect(s.tcp).await;

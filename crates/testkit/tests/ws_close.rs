@@ -89,7 +89,8 @@ async fn send_packet(ws: &mut Ws, seq: u32, p: Packet) {
 async fn an_oversized_binary_message_gets_frame_too_large_then_a_close_code() {
     let s = TestServer::start().await;
     let mut c = ws(&s).await;
-    // An honest header saying 70,000 bytes, and the body: over the 64 KiB limit.
+    // An honest header saying 70,000 bytes, and the body: over the 64 KiB
+    // limit (and under twice it, which the WebSocket layer reads whole).
     let len = 70_000usize;
     let mut big = BytesMut::with_capacity(len);
     big.extend_from_slice(&(len as u32).to_be_bytes());
@@ -119,7 +120,11 @@ async fn an_oversized_json_text_message_gets_frame_too_large_then_a_close_code()
     ))
     .await
     .unwrap();
-    let pong = tokio::time::timeout(T, c.next()).await.unwrap().unwrap().unwrap();
+    let pong = tokio::time::timeout(T, c.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(json_of(&pong)["cmd"], "pong");
     let padding = "x".repeat(70_000);
     let big = json!({"cmd": "ping", "seq": 2, "body": {"pad": padding}});
@@ -141,7 +146,11 @@ async fn a_kick_closes_the_websocket_with_the_kick_code() {
     let s = TestServer::start().await;
     let mut c = ws(&s).await;
     send_packet(&mut c, 1, Packet::Login(login(&s.token("kicked"), "tab"))).await;
-    let ack = tokio::time::timeout(T, c.next()).await.unwrap().unwrap().unwrap();
+    let ack = tokio::time::timeout(T, c.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert!(matches!(packet(&ack), Packet::LoginAck(_)), "{ack:?}");
 
     let resp = reqwest::Client::new()
@@ -181,7 +190,11 @@ async fn a_logout_closes_the_websocket_normally() {
     let s = TestServer::start().await;
     let mut c = ws(&s).await;
     send_packet(&mut c, 1, Packet::Login(login(&s.token("leaving"), "tab"))).await;
-    let _ack = tokio::time::timeout(T, c.next()).await.unwrap().unwrap().unwrap();
+    let _ack = tokio::time::timeout(T, c.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     send_packet(&mut c, 2, Packet::Logout(pb::Logout {})).await;
     let end = ending(&mut c).await;
     assert!(matches!(packet(&end.frames[0]), Packet::LogoutAck(_)));
@@ -238,7 +251,13 @@ async fn a_json_login_offering_deflate_gets_no_compression() {
     c.send(WsMessage::Text(login_json.to_string().into()))
         .await
         .unwrap();
-    let ack = json_of(&tokio::time::timeout(T, c.next()).await.unwrap().unwrap().unwrap());
+    let ack = json_of(
+        &tokio::time::timeout(T, c.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap(),
+    );
     assert_eq!(ack["cmd"], "login_ack");
     assert_eq!(ack["body"].get("compression"), None, "{ack}");
 
@@ -246,7 +265,13 @@ async fn a_json_login_offering_deflate_gets_no_compression() {
     let mut l = login(&token("demo", "bin"), "tab");
     l.compression = vec!["deflate".into()];
     send_packet(&mut b, 1, Packet::Login(l)).await;
-    let ack = packet(&tokio::time::timeout(T, b.next()).await.unwrap().unwrap().unwrap());
+    let ack = packet(
+        &tokio::time::timeout(T, b.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap(),
+    );
     let Packet::LoginAck(ack) = ack else {
         panic!("{ack:?}")
     };
