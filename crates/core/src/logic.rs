@@ -560,8 +560,19 @@ impl Logic {
     }
 
     /// Moves a device's cursor: everything up to `seq` was received.
+    ///
+    /// A cursor never passes the timeline head: an ack beyond it (a buggy or
+    /// hostile client) is clamped to the head, or the device would see
+    /// nothing to sync and never get the entries stored next. The rule lives
+    /// here, not in a store, so every store and every path obeys it. Reading
+    /// the head first is race-free: the head only grows, so the head read is
+    /// never above the head at the moment the cursor moves.
     pub async fn ack(&self, user: &UserKey, device_id: &str, seq: u64) -> Result<(), LogicError> {
-        Ok(self.store.advance_cursor(user, device_id, seq).await?)
+        let head = self.store.timeline_head(user).await?;
+        Ok(self
+            .store
+            .advance_cursor(user, device_id, seq.min(head))
+            .await?)
     }
 }
 

@@ -307,10 +307,15 @@ pub fn ws_upgrade(
     // the default 128 KiB cost ~137 KB per idle connection, 4 KiB ~3.2 KB
     // more than 1 KiB (`switchboard bench connections --ws`: 14.9 -> 11.7 KB
     // per connection at 5,000).
+    // Messages up to twice the frame limit are read whole, so one over the
+    // limit is answered with FRAME_TOO_LARGE and a close code after the
+    // socket was drained (`WsTransport::recv`); beyond that the WebSocket
+    // layer refuses it from its header and the unread rest of it may reset
+    // the connection before the client reads the error.
     ws.read_buffer_size(1024)
         .write_buffer_size(0)
-        .max_message_size(max)
-        .max_frame_size(max)
+        .max_message_size(max.saturating_mul(2))
+        .max_frame_size(max.saturating_mul(2))
         .on_upgrade(move |socket| {
             // Built here, not inside another `async move`: a block that
             // captures the socket and then moves it into the session would

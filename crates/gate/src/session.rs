@@ -96,6 +96,10 @@ pub fn serve<T: Transport>(
                 end
             }
         };
+        let close_code = match end {
+            End::Fatal(code) | End::Kicked(code) => Some(code),
+            _ => None,
+        };
         match end {
             End::Fatal(code) => info!(
                 code = code::name(code),
@@ -105,7 +109,11 @@ pub fn serve<T: Transport>(
             End::Io(e) => debug!(error = %e, "connection closed on an i/o error"),
             End::PeerClosed | End::Logout => debug!(?end, "connection closed"),
         }
-        let _ = Box::pin(tokio::time::timeout(FAREWELL_TIMEOUT, transport.close())).await;
+        let _ = Box::pin(tokio::time::timeout(
+            FAREWELL_TIMEOUT,
+            transport.close(close_code),
+        ))
+        .await;
         drop(permit);
     }
     .instrument(span)
@@ -155,6 +163,10 @@ async fn login<T: Transport>(
         let (seq, packet) = match incoming {
             Ok(None) => return Ok(None),
             Err(e) => return Err(transport_error(t, e).await),
+            // Every error answering a login is fatal (protocol.md §6).
+            Ok(Some(Incoming::BadLogin(seq, code, msg))) => {
+                return Err(fatal(t, seq, code, msg).await);
+            }
             Ok(Some(Incoming::Bad(seq, code, msg))) => {
                 send(t, seq, Packet::error(code, msg, false)).await?;
                 continue;
@@ -239,7 +251,11 @@ async fn accept_login<T: Transport>(
             return Err(fatal(t, seq, e.code(), e.to_string()).await);
         }
     };
-    let compression = Compression::negotiate(&login.compression, gate.config.compression_threshold);
+    let compression = if t.can_compress() {
+        Compression::negotiate(&login.compression, gate.config.compression_threshold)
+    } else {
+        Compression::None
+    };
     let LoginState {
         timeline_head,
         cursor,
@@ -601,7 +617,7 @@ impl Session {
         match r {
             Ok(None) => Err(End::PeerClosed),
             Err(e) => Err(transport_error(t, e).await),
-            Ok(Some(Incoming::Bad(seq, code, msg))) => {
+            Ok(Some(Incoming::Bad(seq, code, msg) | Incoming::BadLogin(seq, code, msg))) => {
                 self.pipeline.ready(seq, Packet::error(code, msg, false));
                 Ok(())
             }

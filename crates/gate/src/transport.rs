@@ -9,10 +9,12 @@
 use std::future::Future;
 use std::io;
 
-use axum::extract::ws::{Message as WsMessage, WebSocket};
+use axum::extract::ws::{CloseFrame, Message as WsMessage, WebSocket, close_code};
 use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
-use switchboard_proto::{Compression, Frame, HEADER_LEN, Packet, ProtoError, decode, json};
+use switchboard_proto::{
+    Command, Compression, Frame, HEADER_LEN, Packet, ProtoError, code, decode, json,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// What one received frame turned into.
@@ -22,6 +24,9 @@ pub enum Incoming {
     /// A well-framed request that could not be understood (unknown command,
     /// bad body, bad compression); answered with an error, the connection stays.
     Bad(u32, u32, String),
+    /// As `Bad`, for a `login` frame: before login that error is fatal,
+    /// since every error answering a login is (protocol.md §6).
+    BadLogin(u32, u32, String),
 }
 
 /// Why a connection's stream ended badly.
@@ -48,22 +53,34 @@ pub trait Transport: Send {
     /// Sets the compression negotiated at login.
     fn set_compression(&mut self, c: Compression);
 
-    /// Closes the stream politely.
-    fn close(&mut self) -> impl Future<Output = ()> + Send;
+    /// Whether frames on this connection can be compressed: not JSON text
+    /// frames, which have no flag bit for it (protocol.md §8), so a JSON
+    /// login offering deflate is answered with no compression.
+    fn can_compress(&self) -> bool {
+        true
+    }
+
+    /// Closes the stream politely. `code` is the fatal error or kick code
+    /// that ends the connection, if any (a WebSocket names it in its close
+    /// frame; a byte stream has no place for it: the frame before said it).
+    fn close(&mut self, code: Option<u32>) -> impl Future<Output = ()> + Send;
 }
 
 /// Inflates and decodes a binary frame.
 fn packet_of(frame: Frame, compression: Compression, max: usize) -> Incoming {
     let seq = frame.seq;
+    let bad = if frame.cmd == Command::Login as u16 {
+        Incoming::BadLogin
+    } else {
+        Incoming::Bad
+    };
     let frame = match compression.inflate(frame, max) {
         Ok(f) => f,
-        Err(e) => {
-            return Incoming::Bad(seq, switchboard_proto::code::BAD_COMPRESSION, e.to_string());
-        }
+        Err(e) => return bad(seq, switchboard_proto::code::BAD_COMPRESSION, e.to_string()),
     };
     match Packet::from_frame(&frame) {
         Ok(p) => Incoming::Packet(seq, p),
-        Err(e) => Incoming::Bad(seq, e.code(), e.to_string()),
+        Err(e) => bad(seq, e.code(), e.to_string()),
     }
 }
 
@@ -183,7 +200,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin + Send> Transport for StreamTransport<S> 
         self.compression = c;
     }
 
-    async fn close(&mut self) {
+    async fn close(&mut self, _code: Option<u32>) {
         let _ = self.stream.flush().await;
         let _ = self.stream.shutdown().await;
     }
@@ -229,12 +246,19 @@ impl Transport for WsTransport {
         loop {
             let msg = match self.socket.next().await {
                 None => return Ok(None),
-                Some(Err(e)) => return Err(io::Error::other(e).into()),
+                Some(Err(e)) => return Err(ws_read_error(e, self.max_frame)),
                 Some(Ok(m)) => m,
             };
             match msg {
                 WsMessage::Binary(data) => {
                     self.json.get_or_insert(false);
+                    if data.len() > self.max_frame {
+                        return Err(ProtoError::TooLarge {
+                            len: data.len(),
+                            max: self.max_frame,
+                        }
+                        .into());
+                    }
                     let mut buf = BytesMut::from(&data[..]);
                     let frame = decode(&mut buf, self.max_frame)?.ok_or(ProtoError::Malformed(
                         "incomplete frame in a binary message",
@@ -258,6 +282,11 @@ impl Transport for WsTransport {
                     }
                     return Ok(Some(match json::decode(text.as_str()) {
                         Ok((seq, p)) => Incoming::Packet(seq, p),
+                        Err((seq, e @ ProtoError::Body { cmd, .. }))
+                            if Command::from_json_name(cmd) == Some(Command::Login) =>
+                        {
+                            Incoming::BadLogin(seq, e.code(), e.to_string())
+                        }
                         Err((seq, e)) if !e.is_fatal() => {
                             Incoming::Bad(seq, e.code(), e.to_string())
                         }
@@ -283,7 +312,56 @@ impl Transport for WsTransport {
         self.compression = c;
     }
 
-    async fn close(&mut self) {
-        let _ = self.socket.send(WsMessage::Close(None)).await;
+    fn can_compress(&self) -> bool {
+        self.json != Some(true)
     }
+
+    async fn close(&mut self, code: Option<u32>) {
+        // A browser sees the close event even when it never parses the
+        // error or kick frame before it: the close code and reason name it
+        // (protocol.md §1). An ordinary end (logout, shutdown of a quiet
+        // connection, the peer leaving) closes with 1000.
+        let frame = match code {
+            Some(c) => CloseFrame {
+                code: code::ws_close_code(c),
+                reason: code::name(c).into(),
+            },
+            None => CloseFrame {
+                code: close_code::NORMAL,
+                reason: "".into(),
+            },
+        };
+        if self
+            .socket
+            .send(WsMessage::Close(Some(frame)))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        // Wait for the peer's close (the caller bounds the wait): closing
+        // with its frames still unread would reset the connection, and a
+        // reset can discard our error and close frames before it reads them.
+        while let Some(Ok(m)) = self.socket.next().await {
+            if matches!(m, WsMessage::Close(_)) {
+                break;
+            }
+        }
+    }
+}
+
+/// A WebSocket read error. A message over the limit is refused by the
+/// WebSocket layer from its header, before it is buffered: that is this
+/// protocol's `FRAME_TOO_LARGE`, answered like TCP's (the socket can still
+/// write). Anything else ends the connection as an I/O error.
+fn ws_read_error(e: axum::Error, max: usize) -> TransportError {
+    let inner = std::error::Error::source(&e).and_then(|s| s.downcast_ref::<tungstenite::Error>());
+    if let Some(tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong {
+        size,
+        ..
+    })) = inner
+    {
+        return ProtoError::TooLarge { len: *size, max }.into();
+    }
+    io::Error::other(e).into()
 }

@@ -107,3 +107,41 @@ pub fn name(code: u32) -> &'static str {
         _ => "UNKNOWN",
     }
 }
+
+/// The WebSocket close code that carries a protocol code when the server
+/// closes a WebSocket after a fatal error or a kick (the close reason is
+/// [`name`]), so a browser that only sees the close event still learns why.
+/// Close codes 4000-4999 are for applications (RFC 6455 §7.4.2): a kick
+/// (40xx) closes with its own code; any other code `c` closes with
+/// 4000 + 100 × (c / 1000) + c % 1000 (1001 → 4101, 2001 → 4201,
+/// 5002 → 4502); a code that fits no slot closes with 4999.
+pub fn ws_close_code(code: u32) -> u16 {
+    let (class, number) = (code / 1000, code % 1000);
+    let close = match class {
+        4 if number < 100 => code,
+        1..=3 | 5..=9 if number < 100 => 4000 + 100 * class + number,
+        _ => 4999,
+    };
+    close as u16
+}
+
+#[cfg(test)]
+mod close_code_tests {
+    use super::*;
+
+    #[test]
+    fn close_codes_stay_in_the_application_range_and_do_not_collide() {
+        assert_eq!(ws_close_code(KICK_ADMIN), 4006);
+        assert_eq!(ws_close_code(FRAME_TOO_LARGE), 4101);
+        assert_eq!(ws_close_code(TOKEN_INVALID), 4201);
+        assert_eq!(ws_close_code(INVALID_ARGUMENT), 4301);
+        assert_eq!(ws_close_code(SERVER_FULL), 4502);
+        assert_eq!(ws_close_code(0), 4999);
+        let mut seen = std::collections::HashSet::new();
+        for c in (1000..6000).filter(|c| name(*c) != "UNKNOWN") {
+            let close = ws_close_code(c);
+            assert!((4000..=4999).contains(&close), "{c} -> {close}");
+            assert!(seen.insert(close), "{c} shares close code {close}");
+        }
+    }
+}

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use bytes::{Bytes, BytesMut};
 use switchboard_proto::{Packet, code, decode, json, pb};
 
-const TOKEN: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJhcHAiOiJkZW1vIiwic3ViIjoiYWxpY2UiLCJleHAiOjQxMDI0NDQ4MDB9.El3zYF1iNkPua4HnUeuydcLDvGSZZfTCVWs_OIf0Etc";
+const TOKEN: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJhcHAiOiJkZW1vIiwic3ViIjoiYWxpY2UiLCJleHAiOjQxMDI0NDQ4MDB9.OKl-q2HyyEOmh7Kl4WXKu7zxG67RCCO79xLgmnuuzEk";
 const MSG_ID: u64 = 4_194_304_000_000_001;
 const TIME_MS: i64 = 1_767_225_600_000;
 
@@ -118,7 +118,7 @@ fn examples() -> Vec<(&'static str, u32, Packet)> {
             3,
             Packet::error(
                 code::CROSS_APP_FORBIDDEN,
-                "demo may not message shop",
+                "users of app demo may not message users of app shop",
                 false,
             ),
         ),
@@ -291,9 +291,9 @@ const LOGIN_HEX: &str = r#"0000  00 00 00 c7  00 10  00 01  00 00 00 01  00 00 0
 0040  4f 69 4a 6b 5a 57 31 76 49 69 77 69 63 33 56 69
 0050  49 6a 6f 69 59 57 78 70 59 32 55 69 4c 43 4a 6c
 0060  65 48 41 69 4f 6a 51 78 4d 44 49 30 4e 44 51 34
-0070  4d 44 42 39 2e 45 6c 33 7a 59 46 31 69 4e 6b 50
-0080  75 61 34 48 6e 55 65 75 79 64 63 4c 44 76 47 53
-0090  5a 5a 66 54 43 56 57 73 5f 4f 49 66 30 45 74 63
+0070  4d 44 42 39 2e 4f 4b 6c 2d 71 32 48 79 79 45 4f
+0080  6d 68 37 4b 6c 34 57 58 4b 75 37 7a 78 47 36 37
+0090  52 43 43 4f 37 39 78 4c 67 6d 6e 75 75 7a 45 6b
 00a0  12 06 6d 6f 62 69 6c 65                              2 platform = "mobile"
 00a8  1a 07 70 68 6f 6e 65 2d 31                           3 device_id = "phone-1"
 00b1  22 07 64 65 66 6c 61 74 65                           4 compression = "deflate"
@@ -364,13 +364,15 @@ const SYNC_REPLY_HEX: &str = r#"0000  00 00 00 5e  00 10  00 01  00 00 00 0c  00
 0055  38 80 d0 ea b6 b7 33                                     7 server_time_ms = 1767225600000
 005c  10 07                                                2 timeline_head = 7
 "#;
-const ERROR_HEX: &str = r#"0000  00 00 00 2e  00 10  00 01  00 00 00 0f  00 00 00 03  len=46 hdrlen=16 version=1 cmd=15 (error) seq=3
+const ERROR_HEX: &str = r#"0000  00 00 00 48  00 10  00 01  00 00 00 0f  00 00 00 03  len=72 hdrlen=16 version=1 cmd=15 (error) seq=3
 0010  08 b8 17                                             1 code = 3000
-0013  12 19 64 65 6d 6f 20 6d 61 79 20 6e 6f 74 20 6d      2 message = "demo may not message shop"
-0023  65 73 73 61 67 65 20 73 68 6f 70
+0013  12 33 75 73 65 72 73 20 6f 66 20 61 70 70 20 64      2 message = "users of app demo ma…" (51 bytes)
+0023  65 6d 6f 20 6d 61 79 20 6e 6f 74 20 6d 65 73 73
+0033  61 67 65 20 75 73 65 72 73 20 6f 66 20 61 70 70
+0043  20 73 68 6f 70
 "#;
 
-const LOGIN_JSON: &str = r#"{"cmd":"login","seq":1,"body":{"token":"eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJhcHAiOiJkZW1vIiwic3ViIjoiYWxpY2UiLCJleHAiOjQxMDI0NDQ4MDB9.El3zYF1iNkPua4HnUeuydcLDvGSZZfTCVWs_OIf0Etc","platform":"mobile","deviceId":"phone-1","compression":["deflate"],"clientVersion":"sb-demo/1.0"}}"#;
+const LOGIN_JSON: &str = r#"{"cmd":"login","seq":1,"body":{"token":"eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJhcHAiOiJkZW1vIiwic3ViIjoiYWxpY2UiLCJleHAiOjQxMDI0NDQ4MDB9.OKl-q2HyyEOmh7Kl4WXKu7zxG67RCCO79xLgmnuuzEk","platform":"mobile","deviceId":"phone-1","compression":["deflate"],"clientVersion":"sb-demo/1.0"}}"#;
 const LOGIN_ACK_JSON: &str = r#"{"cmd":"login_ack","seq":1,"body":{"user":{"app":"demo","uid":"alice"},"timelineHead":"42","cursor":"40","compression":"deflate","keepaliveSecs":30,"maxFrameBytes":65536,"serverTimeMs":"1767225600000","node":"local"}}"#;
 const C2C_JSON: &str = r#"{"cmd":"c2c","seq":2,"body":{"clientMsgId":"m-1","to":{"app":"demo","uid":"bob"},"type":"text","body":"eyJ0ZXh0IjoiaGkifQ=="}}"#;
 const C2C_ACK_JSON: &str = r#"{"cmd":"c2c_ack","seq":2,"body":{"clientMsgId":"m-1","msgId":"4194304000000001","seq":"43","serverTimeMs":"1767225600000"}}"#;
@@ -378,8 +380,7 @@ const PUSH_JSON: &str = r#"{"cmd":"push","seq":0,"body":{"seq":"7","message":{"m
 const PUSH_ACK_JSON: &str = r#"{"cmd":"push_ack","seq":5,"body":{"seq":"7"}}"#;
 const SYNC_JSON: &str = r#"{"cmd":"sync","seq":6,"body":{"since":"6","limit":100}}"#;
 const SYNC_REPLY_JSON: &str = r#"{"cmd":"sync_reply","seq":6,"body":{"entries":[{"seq":"7","message":{"msgId":"4194304000000001","from":{"app":"demo","uid":"alice"},"to":{"app":"demo","uid":"bob"},"type":"text","body":"eyJ0ZXh0IjoiaGkifQ==","clientMsgId":"m-1","serverTimeMs":"1767225600000"}}],"timelineHead":"7"}}"#;
-const ERROR_JSON: &str =
-    r#"{"cmd":"error","seq":3,"body":{"code":3000,"message":"demo may not message shop"}}"#;
+const ERROR_JSON: &str = r#"{"cmd":"error","seq":3,"body":{"code":3000,"message":"users of app demo may not message users of app shop"}}"#;
 
 fn expected(name: &str) -> (&'static str, &'static str) {
     match name {

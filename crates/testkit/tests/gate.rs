@@ -291,6 +291,47 @@ async fn acked_pushes_are_not_resent_and_move_the_cursor() {
     s.stop().await;
 }
 
+/// Issue 15 item 1: a push_ack past the head must not move the cursor past
+/// it, or the device would see nothing to sync and miss the next message.
+#[tokio::test]
+async fn a_push_ack_beyond_the_head_never_moves_the_cursor_past_it() {
+    let s = TestServer::start().await;
+    let (mut alice, _) = RawClient::login(s.tcp, &s.token("alice"), "a").await;
+    let (mut bob, ack) = RawClient::login(s.tcp, &s.token("bob"), "b").await;
+    assert_eq!((ack.timeline_head, ack.cursor), (0, 0));
+    bob.send(Packet::PushAck(pb::PushAck { seq: 999_999 }))
+        .await;
+    // The ack has no answer: a ping behind it proves it was handled.
+    assert!(matches!(
+        bob.request(Packet::Ping(pb::Ping {})).await,
+        Packet::Pong(_)
+    ));
+    drop(bob);
+    alice.request(c2c("m1", "bob", "after the bad ack")).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (mut bob, ack) = RawClient::login(s.tcp, &s.token("bob"), "b").await;
+    assert_eq!(ack.timeline_head, 1);
+    assert_eq!(ack.cursor, 0, "clamped to the head (0) at ack time");
+    let Packet::SyncReply(r) = bob
+        .request(Packet::Sync(pb::Sync {
+            since: ack.cursor,
+            limit: 0,
+        }))
+        .await
+    else {
+        panic!()
+    };
+    assert_eq!(r.entries.len(), 1, "the new message is there to sync");
+    // An ack past the head now clamps to the head, 1.
+    bob.send(Packet::PushAck(pb::PushAck { seq: 50 })).await;
+    bob.request(Packet::Ping(pb::Ping {})).await;
+    drop(bob);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, ack) = RawClient::login(s.tcp, &s.token("bob"), "b").await;
+    assert_eq!((ack.timeline_head, ack.cursor), (1, 1));
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn a_resent_c2c_is_stored_once_and_answered_with_the_first_ack() {
     let s = TestServer::start().await;
@@ -312,6 +353,32 @@ async fn a_resent_c2c_is_stored_once_and_answered_with_the_first_ack() {
         panic!()
     };
     assert_eq!(r.entries.len(), 1);
+    s.stop().await;
+}
+
+/// Issue 15 item 6, decided: a resent c2c pushes the stored entry again, to
+/// every online device, even one that acked it (the first attempt may have
+/// stored and not pushed: a crash in between); devices drop it by seq.
+#[tokio::test]
+async fn a_resent_c2c_pushes_the_same_entry_again_even_to_devices_that_acked_it() {
+    let s = TestServer::start().await;
+    let (mut alice, _) = RawClient::login(s.tcp, &s.token("alice"), "a").await;
+    let (mut bob, _) = RawClient::login(s.tcp, &s.token("bob"), "b").await;
+    alice.request(c2c("again", "bob", "once")).await;
+    let Some((0, Packet::Push(first))) = bob.recv_within(T).await else {
+        panic!("bob got no push")
+    };
+    bob.send(Packet::PushAck(pb::PushAck { seq: first.seq }))
+        .await;
+    bob.request(Packet::Ping(pb::Ping {})).await;
+    let Packet::C2cAck(ack) = alice.request(c2c("again", "bob", "once")).await else {
+        panic!()
+    };
+    assert!(ack.duplicate);
+    let Some((0, Packet::Push(again))) = bob.recv_within(T).await else {
+        panic!("bob got no second push")
+    };
+    assert_eq!(again, first, "the same entry, same seq and message id");
     s.stop().await;
 }
 
