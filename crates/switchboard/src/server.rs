@@ -42,6 +42,7 @@ impl Server {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
         let apps = if config.apps.is_empty() {
+            ensure_demo_secret(&config.data_dir)?;
             vec![demo_app(&config.data_dir)?]
         } else {
             config.apps.clone()
@@ -235,20 +236,39 @@ pub fn demo_admin_key(data_dir: &Path) -> anyhow::Result<String> {
     Ok(format!("admin-{tail}"))
 }
 
-/// Reads (creating on first use) the demo app's token secret.
+/// The file holding the demo app's token secret, in the data dir.
+pub const DEMO_SECRET_FILE: &str = "demo.secret";
+
+/// Reads the demo app's token secret. Never creates it: only `serve`
+/// does ([`ensure_demo_secret`]); a command run against the wrong directory
+/// that made a new secret would sign tokens the node refuses.
 pub fn demo_secret(data_dir: &Path) -> anyhow::Result<String> {
-    let path = data_dir.join("demo.secret");
-    if let Ok(s) = std::fs::read_to_string(&path) {
-        let s = s.trim().to_string();
-        if s.len() >= 16 {
-            return Ok(s);
-        }
+    let path = data_dir.join(DEMO_SECRET_FILE);
+    let s = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "cannot read the demo secret {} (it is created by `switchboard serve` in its data dir)",
+            path.display()
+        )
+    })?;
+    let s = s.trim().to_string();
+    if s.len() < 16 {
+        bail!("{} is too short to be a demo secret", path.display());
     }
+    Ok(s)
+}
+
+/// Creates the demo app's token secret unless the data dir has one
+/// (`serve` in demo mode, before anything reads it).
+pub fn ensure_demo_secret(data_dir: &Path) -> anyhow::Result<()> {
+    if demo_secret(data_dir).is_ok() {
+        return Ok(());
+    }
+    let path = data_dir.join(DEMO_SECRET_FILE);
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let secret: String = (0..32)
         .map(|_| format!("{:x}", rand::random::<u8>() % 16))
         .collect();
     std::fs::write(&path, &secret).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(secret)
+    Ok(())
 }
