@@ -5,20 +5,29 @@
 //! scripts: each stdin line is either plain text (sent to `--to`) or a JSON
 //! object `{"to": "bob", "body": "hi", "type": "text", "id": "..."}`, and every
 //! event is printed as one JSON object per line on stdout.
+//!
+//! Exit code: 0 when stdin ends (or `/quit`) and every line was sent;
+//! non-zero, with the reason on stderr, when the connection could not be
+//! made, the session was ended by a kick, or a line was not sent. A push of
+//! the app's business server shows as `[system APP] TYPE: body`.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
 use serde_json::json;
+use switchboard::node_file::{self, NodeFile};
+use switchboard_core::SYSTEM_UID;
 use switchboard_sdk::{Client, ClientConfig, Event, Message, User};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[derive(Args)]
 pub struct ChatArgs {
-    /// Server URL: tcp://host:port, tls://host:port, ws://host:port/ws or wss://host:port/ws.
-    #[arg(long, env = "SWITCHBOARD_URL", default_value = "tcp://127.0.0.1:9090")]
-    url: String,
+    /// Server URL: tcp://host:port, tls://host:port, ws://host:port/ws or
+    /// wss://host:port/ws. Default: the TCP listener of the node running on
+    /// the data dir (its node.json), else tcp://127.0.0.1:9090.
+    #[arg(long, env = "SWITCHBOARD_URL")]
+    url: Option<String>,
     /// Your user id.
     #[arg(long)]
     uid: String,
@@ -28,17 +37,16 @@ pub struct ChatArgs {
     /// Login token; by default one is signed with the demo app's secret from --data-dir.
     #[arg(long, env = "SWITCHBOARD_TOKEN")]
     token: Option<String>,
-    /// The server's data directory (for the demo app's secret).
-    #[arg(
-        long,
-        env = "SWITCHBOARD_DATA_DIR",
-        default_value = "./switchboard-data"
-    )]
-    data_dir: PathBuf,
+    /// The running node's data directory (the demo app's secret, its
+    /// node.json); default ./switchboard-data. Never created by this command.
+    #[arg(long, env = "SWITCHBOARD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
     /// Who to talk to (uid in the same app, or app/uid).
     #[arg(long)]
     to: Option<String>,
-    /// This device's id (a second device of the same user needs another one).
+    /// This device's id (a second device of the same user needs another
+    /// one). Default: `cli-UID` interactive, `cli-json-UID` with --json, so
+    /// a script and a person chatting as the same user don't kick each other.
     #[arg(long)]
     device: Option<String>,
     /// Platform reported at login.
@@ -53,6 +61,19 @@ pub struct ChatArgs {
     /// Sync from this sequence instead of the device's server-side cursor.
     #[arg(long)]
     since: Option<u64>,
+}
+
+impl ChatArgs {
+    /// Line-oriented JSON mode (for scripts).
+    pub fn json(&self) -> bool {
+        self.json
+    }
+
+    /// The device id used when `--device` is not given: one per mode.
+    fn default_device(&self) -> String {
+        let mode = if self.json { "cli-json" } else { "cli" };
+        format!("{mode}-{}", self.uid)
+    }
 }
 
 fn parse_user(s: &str, default_app: &str) -> User {
@@ -76,6 +97,7 @@ fn message_json(seq: Option<u64>, m: &Message) -> serde_json::Value {
         "seq": seq,
         "msg_id": m.msg_id.to_string(),
         "from": format!("{}/{}", from.app, from.uid),
+        "system": from.uid == SYSTEM_UID,
         "to": format!("{}/{}", to.app, to.uid),
         "type": m.r#type,
         "body": String::from_utf8_lossy(&m.body),
@@ -84,19 +106,32 @@ fn message_json(seq: Option<u64>, m: &Message) -> serde_json::Value {
     })
 }
 
+/// Chats until stdin ends or `/quit` (exit 0), or until the client stops on
+/// its own: a kick that ends the session (another device took this one's
+/// id, too many devices, an operator's kick, the token refused on
+/// reconnect). That is an error, with the reason, so the exit code is
+/// non-zero; so is any failure to start.
 pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
+    // Read only for what a given token or URL leaves unknown.
+    let data_dir = || node_file::find_data_dir(args.data_dir.as_deref());
     let token = match &args.token {
         Some(t) => t.clone(),
         None => {
-            let secret = switchboard::server::demo_secret(&args.data_dir)?;
+            let secret = switchboard::server::demo_secret(&data_dir()?)?;
             switchboard_core::auth::issue_token(&secret, &args.app, &args.uid, 24 * 3600)?
         }
     };
-    let device = args
-        .device
-        .clone()
-        .unwrap_or_else(|| format!("cli-{}", args.uid));
-    let mut config = ClientConfig::new(args.url.clone(), token)
+    let node = match (&args.url, data_dir()) {
+        (None, Ok(dir)) => NodeFile::read(&dir)?,
+        _ => None,
+    };
+    let url = match (&args.url, node) {
+        (Some(u), _) => u.clone(),
+        (None, Some(node)) => node.tcp_url(),
+        (None, None) => "tcp://127.0.0.1:9090".into(),
+    };
+    let device = args.device.clone().unwrap_or_else(|| args.default_device());
+    let mut config = ClientConfig::new(url.clone(), token)
         .with_platform(args.platform.clone())
         .with_device_id(device)
         .with_since(args.since);
@@ -105,7 +140,9 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
             std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?,
         );
     }
-    let (client, mut events) = Client::connect(config).await.context("cannot connect")?;
+    let (client, mut events) = Client::connect(config)
+        .await
+        .with_context(|| format!("cannot connect to {url}"))?;
     let json_out = args.json;
     let mut peer = args.to.as_deref().map(|t| parse_user(t, &args.app));
     if !json_out {
@@ -118,17 +155,30 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         }
     }
 
-    let printer = tokio::spawn(async move {
+    // Ends with the reason the client stopped by itself (None: we closed it).
+    let mut printer = tokio::spawn(async move {
+        let mut kicked = None;
         while let Some(ev) = events.recv().await {
             print_event(&ev, json_out);
-            if matches!(ev, Event::Closed) {
-                break;
+            match ev {
+                Event::Kicked { code, reason } => kicked = Some((code, reason)),
+                Event::Disconnected { .. } | Event::Connected { .. } => kicked = None,
+                Event::Closed => return Some(kicked),
+                _ => {}
             }
         }
+        None
     });
 
+    // Lines that were not sent: the chat goes on, the exit code says so.
+    let mut failed = 0usize;
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    while let Some(line) = lines.next_line().await? {
+    loop {
+        let line = tokio::select! {
+            line = lines.next_line() => line?,
+            stopped = &mut printer => return Err(stop_error(stopped.ok().flatten())),
+        };
+        let Some(line) = line else { break };
         let line = line.trim();
         if line.is_empty() {
             continue;
@@ -144,10 +194,8 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
             let v: serde_json::Value = match serde_json::from_str(line) {
                 Ok(v) => v,
                 Err(e) => {
-                    println!(
-                        "{}",
-                        json!({"event": "error", "error": format!("bad JSON line: {e}")})
-                    );
+                    report(json_out, format!("bad JSON line: {e}"));
+                    failed += 1;
                     continue;
                 }
             };
@@ -169,6 +217,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
                 json_out,
                 "no peer: use /to UID (or \"to\" in the JSON line)".into(),
             );
+            failed += 1;
             continue;
         };
         let sent = match id {
@@ -186,12 +235,32 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
                        "msg_id": r.msg_id.to_string(), "seq": r.seq, "duplicate": r.duplicate})
             ),
             Ok(_) => {}
-            Err(e) => report(json_out, format!("not sent: {e}")),
+            Err(e) => {
+                report(json_out, format!("not sent: {e}"));
+                failed += 1;
+            }
         }
     }
     client.close().await;
-    let _ = printer.await;
+    // A stop of the client's own before ours (a kick) still counts.
+    if let Ok(Some(Some(kick))) = printer.await {
+        return Err(stop_error(Some(Some(kick))));
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} line(s) not sent");
+    }
     Ok(())
+}
+
+/// Why the client stopped by itself, as the command's error.
+fn stop_error(stopped: Option<Option<(u32, String)>>) -> anyhow::Error {
+    match stopped {
+        Some(Some((code, reason))) => anyhow::anyhow!(
+            "kicked: {} ({code}) {reason}",
+            switchboard_proto::code::name(code)
+        ),
+        _ => anyhow::anyhow!("the connection closed"),
+    }
 }
 
 fn report(json_out: bool, error: String) {
@@ -231,7 +300,13 @@ fn print_event(ev: &Event, json_out: bool) {
         }
         Event::Message { message, .. } | Event::Online { message } => {
             let from = message.from.clone().unwrap_or_default();
-            println!("[{}] {}", from.uid, String::from_utf8_lossy(&message.body));
+            let body = String::from_utf8_lossy(&message.body);
+            if from.uid == SYSTEM_UID {
+                // A push of the app's business server (s2c): no user sent it.
+                println!("[system {}] {}: {body}", from.app, message.r#type);
+            } else {
+                println!("[{}] {body}", from.uid);
+            }
         }
         Event::Disconnected { reason } => println!("* disconnected ({reason}); reconnecting"),
         Event::Kicked { code, reason } => println!(

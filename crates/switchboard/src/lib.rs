@@ -3,6 +3,8 @@
 
 pub mod cluster;
 pub mod config;
+pub mod config_doc;
+pub mod node_file;
 pub mod server;
 
 pub use config::Config;

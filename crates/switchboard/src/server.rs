@@ -45,6 +45,7 @@ impl Server {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("cannot create the data dir {}", config.data_dir.display()))?;
         let apps = if config.apps.is_empty() {
+            ensure_demo_secret(&config.data_dir)?;
             vec![demo_app(&config.data_dir)?]
         } else {
             config.apps.clone()
@@ -224,14 +225,15 @@ impl Server {
 }
 
 /// The demo app's JWT secret in the data dir (kept from older installs).
-const DEMO_SECRET_FILE: &str = "demo.secret";
+pub const DEMO_SECRET_FILE: &str = "demo.secret";
 /// The demo app's API key in the data dir.
 const DEMO_API_KEY_FILE: &str = "demo.api_key";
 /// The operator (admin) key of demo mode in the data dir.
 const DEMO_ADMIN_KEY_FILE: &str = "admin.key";
 
 /// The built-in `demo` app: its JWT secret and its API key are each
-/// generated once, independently, and kept in files of the data dir.
+/// generated once by `serve` ([`ensure_demo_secret`]), independently, and
+/// kept in files of the data dir.
 pub fn demo_app(data_dir: &Path) -> anyhow::Result<AppConfig> {
     Ok(AppConfig {
         name: "demo".into(),
@@ -244,37 +246,56 @@ pub fn demo_app(data_dir: &Path) -> anyhow::Result<AppConfig> {
 /// The operator key of demo mode (no `[[apps]]` and no `api.admin_key`),
 /// generated once, independently of the demo app's secret and API key.
 pub fn demo_admin_key(data_dir: &Path) -> anyhow::Result<String> {
-    Ok(format!(
-        "admin-{}",
-        demo_file(data_dir, DEMO_ADMIN_KEY_FILE)?
-    ))
+    Ok(format!("admin-{}", demo_file(data_dir, DEMO_ADMIN_KEY_FILE)?))
 }
 
-/// Reads (creating on first use) the demo app's token secret.
+/// Reads the demo app's token secret. Never creates it: only `serve`
+/// does ([`ensure_demo_secret`]); a command run against the wrong directory
+/// that made a new secret would sign tokens the node refuses.
 pub fn demo_secret(data_dir: &Path) -> anyhow::Result<String> {
     demo_file(data_dir, DEMO_SECRET_FILE)
 }
 
-/// Reads the secret in `data_dir/name`, creating it on first use from the
-/// OS's randomness (128 bits, hex) in a file only its owner may read.
+/// Reads one of the demo files (never creating it).
+fn demo_file(data_dir: &Path, name: &str) -> anyhow::Result<String> {
+    let path = data_dir.join(name);
+    read_secret(&path)?.with_context(|| {
+        format!(
+            "cannot read {} (it is created by `switchboard serve` in its data dir)",
+            path.display()
+        )
+    })
+}
+
+/// Creates the demo app's token secret, its API key and the demo operator
+/// key unless the data dir has them (`serve` in demo mode, before anything
+/// reads them): each from the OS's randomness (128 bits, hex), in a file
+/// only its owner may read.
 ///
 /// Before the keys were independent, only `demo.secret` existed (and the
 /// keys were derived from it): such a secret is kept, so tokens already
 /// issued stay valid, and the key files are generated next to it. A file
 /// that others may read (an older install wrote 0644) is narrowed to 0600.
-fn demo_file(data_dir: &Path, name: &str) -> anyhow::Result<String> {
+pub fn ensure_demo_secret(data_dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    for name in [DEMO_SECRET_FILE, DEMO_API_KEY_FILE, DEMO_ADMIN_KEY_FILE] {
+        ensure_demo_file(data_dir, name)?;
+    }
+    Ok(())
+}
+
+fn ensure_demo_file(data_dir: &Path, name: &str) -> anyhow::Result<String> {
     let path = data_dir.join(name);
     if let Some(secret) = read_secret(&path)? {
         return Ok(secret);
     }
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create {}", data_dir.display()))?;
     let mut bytes = [0u8; 16];
     rand::TryRngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut bytes)
         .map_err(|e| anyhow::anyhow!("no randomness from the OS for {name}: {e}"))?;
     let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     write_new_secret(&path, &secret)?;
-    // Another process (`switchboard token` next to a starting node) may have
+    // Another process (a second node starting on this data dir) may have
     // won the race: what is in the file is the secret.
     read_secret(&path)?.with_context(|| format!("{} is empty after writing it", path.display()))
 }
@@ -356,6 +377,8 @@ mod tests {
     #[test]
     fn demo_secrets_are_independent_and_private() {
         let dir = tempfile::tempdir().unwrap();
+        assert!(demo_secret(dir.path()).is_err(), "reading never creates");
+        ensure_demo_secret(dir.path()).unwrap();
         let app = demo_app(dir.path()).unwrap();
         let secret = app.jwt_secret.clone().unwrap();
         let api_key = app.api_key.clone().unwrap();
@@ -378,11 +401,13 @@ mod tests {
             assert_eq!(mode & 0o777, 0o600, "{name}");
         }
         // Read back, not generated again.
+        ensure_demo_secret(dir.path()).unwrap();
         assert_eq!(demo_app(dir.path()).unwrap(), app);
         assert_eq!(demo_admin_key(dir.path()).unwrap(), admin);
         assert_eq!(demo_secret(dir.path()).unwrap(), secret);
         // Two installs have nothing in common.
         let other = tempfile::tempdir().unwrap();
+        ensure_demo_secret(other.path()).unwrap();
         assert_ne!(demo_secret(other.path()).unwrap(), secret);
     }
 
@@ -393,6 +418,7 @@ mod tests {
         let path = dir.path().join(DEMO_SECRET_FILE);
         std::fs::write(&path, old).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        ensure_demo_secret(dir.path()).unwrap();
         let app = demo_app(dir.path()).unwrap();
         assert_eq!(app.jwt_secret.as_deref(), Some(old));
         let api_key = app.api_key.unwrap();

@@ -15,7 +15,7 @@
 //!
 //! #[test]
 //! fn kill_9_keeps_every_acknowledged_message() {
-//!     let path = …;
+//!     let path = std::env::temp_dir().join("crash-store");
 //!     store_crash::kill_9_and_check("crash_child", &path, || open(&path));
 //! }
 //! ```

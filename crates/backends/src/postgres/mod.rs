@@ -1,7 +1,7 @@
 //! [`PgStore`]: the clustered [`Store`] on PostgreSQL (tokio-postgres over a
 //! deadpool-postgres pool, no TLS yet). Several nodes share one database.
 //!
-//! - Appends go through a bounded queue to a few writer tasks ([`writer`]);
+//! - Appends go through a bounded queue to a few writer tasks (`writer`);
 //!   each takes every append already waiting (up to `max_batch`) and stores
 //!   them in ONE transaction: de-dup claims, messages, the per-user
 //!   `timeline_heads` bump that hands out gap-free seqs (its row lock
@@ -9,14 +9,14 @@
 //!   Nobody is answered before COMMIT returned, and every connection runs with
 //!   `synchronous_commit = on`, so an acknowledged append is durable.
 //! - Reads (`entries_after`, `timeline_head`, `cursor`, the outbox) run on the
-//!   pool directly ([`read`]), one statement each.
+//!   pool directly (`read`), one statement each.
 //! - Device cursors move in memory and are upserted (with `GREATEST`) by a
 //!   maintenance task every `cursor_flush_interval`, which also purges expired
 //!   de-dup rows every `purge_interval`.
 //! - Backend down: every call is bounded (connect, pool wait, statement and
 //!   whole-operation timeouts) and answers `StoreError::Unavailable`; the
 //!   pool drops broken connections and opens new ones when PostgreSQL is back.
-//! - The schema and its embedded migrations: [`schema`].
+//! - The schema and its embedded migrations: `schema`.
 
 mod read;
 mod schema;
