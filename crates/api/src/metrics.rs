@@ -161,14 +161,20 @@ fn describe() {
         "Connections accepted, by transport (tcp, ws)"
     );
     describe_counter!(HTTP_ERRORS, "HTTP API error answers, by code");
-    describe_gauge!(BUILD_INFO, "Always 1; labels version and commit of this build");
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; labels version and commit of this build"
+    );
     describe_gauge!(
         PROCESS_RESIDENT_MEMORY,
         Unit::Bytes,
         "Resident memory of the process"
     );
     describe_gauge!(PROCESS_OPEN_FDS, "Open file descriptors of the process");
-    describe_gauge!(PROCESS_MAX_FDS, "The process's limit of open file descriptors");
+    describe_gauge!(
+        PROCESS_MAX_FDS,
+        "The process's limit of open file descriptors"
+    );
     describe_gauge!(
         PROCESS_CPU_SECONDS,
         Unit::Seconds,

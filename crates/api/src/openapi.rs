@@ -179,13 +179,11 @@ mod tests {
         }
         for s in ["PushRequest", "SendRequest"] {
             assert_eq!(
-                doc["components"]["schemas"][s]["not"]["required"][1],
-                "body_base64",
+                doc["components"]["schemas"][s]["not"]["required"][1], "body_base64",
                 "{s}"
             );
         }
-        let params =
-            &doc["paths"]["/v1/apps/{app}/users/{uid}/timeline"]["get"]["parameters"];
+        let params = &doc["paths"]["/v1/apps/{app}/users/{uid}/timeline"]["get"]["parameters"];
         let uid = params
             .as_array()
             .and_then(|ps| ps.iter().find(|p| p["name"] == "uid"))

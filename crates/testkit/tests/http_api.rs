@@ -975,7 +975,10 @@ async fn metrics_an_operator_expects() {
             .expect("token"),
         "m1",
     );
-    assert!(Client::connect(bad).await.is_err(), "a forged token logs in");
+    assert!(
+        Client::connect(bad).await.is_err(),
+        "a forged token logs in"
+    );
     let (tcp, _tcp_events) = connect(&s.tcp_url(), "metered", "d1").await;
     let (_ws, mut ws_events) = connect(&s.ws_url(), "kicked-user", "d2").await;
 
@@ -1007,7 +1010,10 @@ async fn metrics_an_operator_expects() {
     let at_least = |family: &str, labels: &[&str], min: f64| {
         let v = sample(&text, family, labels)
             .unwrap_or_else(|| panic!("/metrics lacks {family}{labels:?}:\n{text}"));
-        assert!(v >= min, "{family}{labels:?} = {v}, expected at least {min}");
+        assert!(
+            v >= min,
+            "{family}{labels:?} = {v}, expected at least {min}"
+        );
         v
     };
     at_least("switchboard_logins_total", &[], 2.0);
@@ -1028,11 +1034,7 @@ async fn metrics_an_operator_expects() {
     );
     at_least("switchboard_rate_limited_requests_total", &[], 1.0);
     at_least("switchboard_c2s_messages_total", &[], 3.0);
-    at_least(
-        "switchboard_open_connections",
-        &["transport=\"tcp\""],
-        1.0,
-    );
+    at_least("switchboard_open_connections", &["transport=\"tcp\""], 1.0);
     at_least(
         "switchboard_connections_accepted_total",
         &["transport=\"ws\""],
@@ -1075,7 +1077,8 @@ async fn metrics_an_operator_expects() {
         .and_then(|rest| rest.split('"').next())
         .unwrap_or_else(|| panic!("no commit label:\n{text}"));
     assert!(
-        commit == "unknown" || (commit.len() == 40 && commit.bytes().all(|b| b.is_ascii_hexdigit())),
+        commit == "unknown"
+            || (commit.len() == 40 && commit.bytes().all(|b| b.is_ascii_hexdigit())),
         "commit {commit:?}"
     );
     s.stop().await;
