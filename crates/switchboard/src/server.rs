@@ -246,7 +246,10 @@ pub fn demo_app(data_dir: &Path) -> anyhow::Result<AppConfig> {
 /// The operator key of demo mode (no `[[apps]]` and no `api.admin_key`),
 /// generated once, independently of the demo app's secret and API key.
 pub fn demo_admin_key(data_dir: &Path) -> anyhow::Result<String> {
-    Ok(format!("admin-{}", demo_file(data_dir, DEMO_ADMIN_KEY_FILE)?))
+    Ok(format!(
+        "admin-{}",
+        demo_file(data_dir, DEMO_ADMIN_KEY_FILE)?
+    ))
 }
 
 /// Reads the demo app's token secret. Never creates it: only `serve`
