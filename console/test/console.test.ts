@@ -3,16 +3,23 @@
 // scripts/test-ts installs it when missing). Two users in two browser
 // contexts log in with demo tokens, chat with delivery marks, one closes
 // its page while the other writes, and the reopened page shows what it
-// missed once, in order. Then the operator page. Screenshots go to docs/.
+// missed once, in order. Then the operator page. Screenshots go to a temp
+// dir, or to docs/ (the README's pictures) with SWITCHBOARD_SCREENSHOTS=docs,
+// so a test run leaves the tracked pictures alone.
 
-import { mkdirSync } from "node:fs";
+import { mkdirSync, mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { type Browser, type Page, chromium } from "playwright-core";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { type Node, startNode } from "../../sdk-ts/test/node.js";
 
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
-const DOCS = fileURLToPath(new URL("../../docs/", import.meta.url));
+const DOCS =
+  process.env.SWITCHBOARD_SCREENSHOTS === "docs"
+    ? fileURLToPath(new URL("../../docs/", import.meta.url))
+    : `${mkdtempSync(join(tmpdir(), "console-shots-"))}/`;
 const VIEW = { width: 1000, height: 560 };
 
 let node: Node;
