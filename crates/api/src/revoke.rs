@@ -24,7 +24,29 @@ pub struct RevokeRequest {
     /// the next second, so every token issued before the request is covered.
     /// A time earlier than the user's current revocation changes nothing.
     #[schema(minimum = 0, maximum = 9_223_372_036_854_775_807_i64)]
+    #[serde(default, deserialize_with = "whole_seconds")]
     pub issued_before: Option<u64>,
+}
+
+/// A JSON integer as JSON Schema means it: `19598` and `19598.0` alike
+/// (schema-driven clients and fuzzers send both), never a fraction.
+fn whole_seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    use serde::de::Error;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if let Some(u) = n.as_u64() {
+        return Ok(Some(u));
+    }
+    match n.as_f64() {
+        // Exactly representable whole numbers only (below 2^53).
+        Some(f) if f.fract() == 0.0 && (0.0..9_007_199_254_740_992.0).contains(&f) => {
+            Ok(Some(f as u64))
+        }
+        _ => Err(D::Error::custom(format!(
+            "issued_before must be a whole number of seconds from 0, not {n}"
+        ))),
+    }
 }
 
 /// The answer.

@@ -216,6 +216,16 @@ async fn revoke_kicks_every_device_and_refuses_old_tokens_across_a_restart() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["issued_before"], issued_before, "{body}");
     assert_eq!(body["kicked"], 0, "nobody was online");
+    // A JSON Schema integer may be written 1000.0 (schemathesis found it refused).
+    let (status, body) = post(
+        &s,
+        "/v1/apps/demo/users/dave/revoke",
+        KEY,
+        r#"{"issued_before": 1000.0}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["issued_before"], issued_before, "{body}");
 
     // Bad input, and the key rules of every app endpoint.
     let (status, body) = post(
@@ -223,6 +233,18 @@ async fn revoke_kicks_every_device_and_refuses_old_tokens_across_a_restart() {
         "/v1/apps/demo/users/dave/revoke",
         KEY,
         r#"{"issued_before": -1}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("BAD_JSON")),
+        "{body}"
+    );
+    let (status, body) = post(
+        &s,
+        "/v1/apps/demo/users/dave/revoke",
+        KEY,
+        r#"{"issued_before": 1000.5}"#,
     )
     .await;
     assert_eq!(
