@@ -431,7 +431,7 @@ fn parse_msg_id(s: &str, what: &str) -> Result<u64, ApiError> {
 }
 
 /// A uid in a path: 1 to 128 bytes.
-fn check_uid(uid: &str) -> Result<(), ApiError> {
+pub(crate) fn check_uid(uid: &str) -> Result<(), ApiError> {
     if uid.is_empty() || uid.len() > 128 {
         return Err(ApiError::invalid("uid must be 1 to 128 bytes"));
     }

@@ -252,6 +252,12 @@ async fn revoke_kicks_every_device_and_refuses_old_tokens_across_a_restart() {
         (400, Some("BAD_JSON")),
         "{body}"
     );
+    let (status, body) = post(&s, "/v1/apps/demo/users/dave/revoke", KEY, "[]").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("BAD_JSON")),
+        "an array is not the request object: {body}"
+    );
     let wrong = post(&s, "/v1/apps/demo/users/dave/revoke", "wrong", "{}").await;
     assert_eq!(wrong.0, 401, "{}", wrong.1);
     assert_eq!(
