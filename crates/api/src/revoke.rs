@@ -12,7 +12,7 @@ use switchboard_core::UserKey;
 use utoipa::ToSchema;
 
 use crate::ApiState;
-use crate::error::{ApiError, ErrorBody, codes};
+use crate::error::{ApiError, ErrorBody};
 use crate::extract::{AppKey, JsonBody};
 
 /// The request body (`{}` revokes every token issued until now).
@@ -87,20 +87,9 @@ pub async fn revoke(
     State(state): State<Arc<ApiState>>,
     Path((app, uid)): Path<(String, String)>,
     _key: AppKey,
-    JsonBody(body): JsonBody<serde_json::Value>,
+    JsonBody(req): JsonBody<RevokeRequest>,
 ) -> Result<Json<RevokeResponse>, ApiError> {
     crate::v1::check_uid(&uid)?;
-    // Read from an object only: serde would also build this all-optional
-    // struct from an array (`[]`), which the schema does not allow (found
-    // by schemathesis).
-    if !body.is_object() {
-        return Err(ApiError::bad_request(
-            codes::BAD_JSON,
-            "request body: expected a JSON object",
-        ));
-    }
-    let req: RevokeRequest = serde_json::from_value(body)
-        .map_err(|e| ApiError::bad_request(codes::BAD_JSON, format!("request body: {e}")))?;
     let issued_before = match req.issued_before {
         Some(t) if t > i64::MAX as u64 => {
             return Err(ApiError::invalid("issued_before is at most 2^63 - 1"));
