@@ -106,18 +106,27 @@ pub async fn conversation(
 
 /// The highest seq on `user`'s timeline, 0 when empty.
 pub async fn head(conn: &Object, user: &UserKey) -> Result<u64, StoreError> {
-    let stmt = conn
-        .prepare_cached("SELECT head FROM timeline_heads WHERE app = $1 AND uid = $2")
-        .await
-        .map_err(unavailable)?;
+    let sql = "SELECT head FROM timeline_heads WHERE app = $1 AND uid = $2";
+    Ok(user_u64(conn, sql, user, "timeline_heads.head")
+        .await?
+        .unwrap_or(0))
+}
+
+/// One non-negative number kept per user (`sql` selects it by `$1` app and
+/// `$2` uid), `None` when the user has no row.
+async fn user_u64(
+    conn: &Object,
+    sql: &str,
+    user: &UserKey,
+    what: &str,
+) -> Result<Option<u64>, StoreError> {
+    let stmt = conn.prepare_cached(sql).await.map_err(unavailable)?;
     let row = conn
         .query_opt(&stmt, &[&user.app, &user.uid])
         .await
         .map_err(unavailable)?;
-    match row {
-        Some(row) => to_u64(row.try_get(0).map_err(corrupt)?, "timeline_heads.head"),
-        None => Ok(0),
-    }
+    row.map(|r| to_u64(r.try_get(0).map_err(corrupt)?, what))
+        .transpose()
 }
 
 /// The timeline head and the persisted cursor of a device (each 0 when
@@ -195,21 +204,8 @@ pub async fn tokens_revoked_before(
     conn: &Object,
     user: &UserKey,
 ) -> Result<Option<u64>, StoreError> {
-    let stmt = conn
-        .prepare_cached("SELECT issued_before FROM token_revocation WHERE app = $1 AND uid = $2")
-        .await
-        .map_err(unavailable)?;
-    let row = conn
-        .query_opt(&stmt, &[&user.app, &user.uid])
-        .await
-        .map_err(unavailable)?;
-    row.map(|r| {
-        to_u64(
-            r.try_get(0).map_err(corrupt)?,
-            "token_revocation.issued_before",
-        )
-    })
-    .transpose()
+    let sql = "SELECT issued_before FROM token_revocation WHERE app = $1 AND uid = $2";
+    user_u64(conn, sql, user, "token_revocation.issued_before").await
 }
 
 /// Upserts cursors (sorted by the caller); `GREATEST` keeps a stored cursor
