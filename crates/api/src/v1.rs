@@ -821,6 +821,7 @@ mod tests {
             body: Bytes::from_static(&[0xff, 0x00]),
             client_msg_id: String::new(),
             server_time_ms: 0,
+            group: String::new(),
         };
         let v = message_view(&m);
         assert_eq!((v.body, v.body_base64.as_str()), (None, "/wA="));

@@ -50,6 +50,7 @@ fn delivery(user: &UserKey, seq: u64, body: &str) -> Delivery {
                 body: Bytes::from(body.to_string()),
                 client_msg_id: String::new(),
                 server_time_ms: now_ms(),
+                group: String::new(),
             }),
         },
         skip_conn: None,

@@ -122,9 +122,12 @@ impl RawClient {
 
     /// Acknowledges every push up to `seq`.
     pub async fn ack(&mut self, seq: u64) -> Result<(), BenchError> {
-        self.send(&Packet::PushAck(pb::PushAck { seq }))
-            .await
-            .map(drop)
+        self.send(&Packet::PushAck(pb::PushAck {
+            seq,
+            group: String::new(),
+        }))
+        .await
+        .map(drop)
     }
 }
 

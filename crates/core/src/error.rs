@@ -3,6 +3,7 @@
 use switchboard_proto::code;
 
 use crate::bus::BusError;
+use crate::group::GroupRefusal;
 use crate::hooks::ScreenError;
 use crate::presence::PresenceError;
 use crate::route::RouteError;
@@ -50,6 +51,12 @@ impl LogicError {
             LogicError::CrossAppForbidden { .. } => code::CROSS_APP_FORBIDDEN,
             LogicError::Forbidden(_) => code::FORBIDDEN,
             LogicError::Store(StoreError::Invalid(_)) => code::INVALID_ARGUMENT,
+            LogicError::Store(StoreError::Group(r)) => match r {
+                GroupRefusal::NotFound => code::GROUP_NOT_FOUND,
+                GroupRefusal::NotMember => code::NOT_GROUP_MEMBER,
+                GroupRefusal::AdminsOnly => code::GROUP_ADMINS_ONLY,
+                GroupRefusal::Full => code::GROUP_FULL,
+            },
             LogicError::Store(_)
             | LogicError::Presence(_)
             | LogicError::Route(_)

@@ -18,11 +18,13 @@ pub mod auth;
 pub mod bus;
 pub mod error;
 pub mod events;
+pub mod group;
 pub mod hooks;
 pub mod hub;
 pub mod id;
 pub mod logic;
 pub mod logic_api;
+pub mod logic_group;
 pub mod model;
 pub mod presence;
 pub mod route;
@@ -32,6 +34,10 @@ pub mod store;
 pub use auth::{AppConfig, Apps};
 pub use bus::{Bus, BusError, BusEvent, BusReceipt, OutboxBus};
 pub use error::LogicError;
+pub use group::{
+    Group, GroupKey, GroupRefusal, GroupSpec, GroupState, Member, MembersChanged, NewGroupMessage,
+    PostPolicy, Role,
+};
 pub use hooks::{Screen, ScreenError, Verdict};
 pub use hub::{ConnHandle, Hub, Outbound};
 pub use logic::{Logic, LogicConfig};

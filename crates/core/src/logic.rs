@@ -384,6 +384,7 @@ impl Logic {
             body: req.body,
             client_msg_id: req.client_msg_id,
             server_time_ms: crate::now_ms(),
+            group: String::new(),
         };
         if let Some(screen) = &self.screen {
             match screen.screen(&message).await? {

@@ -176,6 +176,7 @@ impl Logic {
                 body: body.clone(),
                 client_msg_id,
                 server_time_ms: crate::now_ms(),
+                group: String::new(),
             };
             self.s2c_store_one(user, message)
         });
@@ -278,6 +279,7 @@ impl Logic {
             body,
             client_msg_id: client_msg_id.unwrap_or_default(),
             server_time_ms: crate::now_ms(),
+            group: String::new(),
         });
         let msg_id = message.id;
         let entry = Entry { seq: 0, message };

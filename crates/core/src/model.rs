@@ -50,6 +50,9 @@ pub struct Message {
     /// The sender's idempotency id; empty for server-originated messages.
     pub client_msg_id: String,
     pub server_time_ms: i64,
+    /// The group's id for a message to a group (then `to` is `(app, "")`
+    /// and the entry's sequence is on the group's timeline); empty otherwise.
+    pub group: String,
 }
 
 impl Message {
@@ -62,6 +65,7 @@ impl Message {
             body: self.body.clone(),
             client_msg_id: self.client_msg_id.clone(),
             server_time_ms: self.server_time_ms,
+            group: self.group.clone(),
         }
     }
 }

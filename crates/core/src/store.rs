@@ -25,6 +25,10 @@ use std::task::{Context, Poll};
 use async_trait::async_trait;
 
 use crate::bus::BusEvent;
+use crate::group::{
+    Group, GroupKey, GroupRefusal, GroupSpec, GroupState, Member, MembersChanged, NewGroupMessage,
+    Role,
+};
 use crate::model::{Entry, Message, NewMessage, UserKey};
 
 /// Why a store operation failed.
@@ -39,6 +43,10 @@ pub enum StoreError {
     /// Stored data could not be read back (corruption, schema mismatch).
     #[error("store data corrupt: {0}")]
     Corrupt(String),
+    /// A group operation was refused (no such group, not a member, ...);
+    /// nothing was stored.
+    #[error(transparent)]
+    Group(#[from] GroupRefusal),
 }
 
 /// The result of an append.
@@ -224,9 +232,145 @@ pub trait Store: Send + Sync + 'static {
     /// the user's tokens were never revoked.
     async fn tokens_revoked_before(&self, user: &UserKey) -> Result<Option<u64>, StoreError>;
 
+    // ---- Groups (see `crate::group`). Every group operation is atomic,
+    // and durable when it returns, like `append`.
+
+    /// Creates the group, or updates its settings (name, meta, post policy,
+    /// history) when it exists. Returns the group as stored and whether it
+    /// was created by this call.
+    async fn put_group(&self, spec: &GroupSpec) -> Result<(Group, bool), StoreError> {
+        let _ = spec;
+        Err(no_groups())
+    }
+
+    /// The group, `None` when there is no such group.
+    async fn group(&self, key: &GroupKey) -> Result<Option<Group>, StoreError> {
+        let _ = key;
+        Err(no_groups())
+    }
+
+    /// Deletes the group: its settings, members and timeline. False when
+    /// there was no such group. A group created again with the same id
+    /// starts empty, at head 0.
+    async fn delete_group(&self, key: &GroupKey) -> Result<bool, StoreError> {
+        let _ = key;
+        Err(no_groups())
+    }
+
+    /// Adds members (or changes the role of existing ones), atomically.
+    /// A new member's `joined_seq` is the group's head at this call. A
+    /// member already there with the same role is not changed. Refused
+    /// with [`GroupRefusal::NotFound`] for no such group and
+    /// [`GroupRefusal::Full`] when the group would have more than
+    /// `max_members` (nothing is added then).
+    async fn add_members(
+        &self,
+        key: &GroupKey,
+        members: &[(String, Role)],
+        max_members: u64,
+    ) -> Result<MembersChanged, StoreError> {
+        let _ = (key, members, max_members);
+        Err(no_groups())
+    }
+
+    /// Removes members, atomically; uids that are not members are skipped.
+    /// Refused with [`GroupRefusal::NotFound`] for no such group.
+    async fn remove_members(
+        &self,
+        key: &GroupKey,
+        uids: &[String],
+    ) -> Result<MembersChanged, StoreError> {
+        let _ = (key, uids);
+        Err(no_groups())
+    }
+
+    /// One member, `None` when `uid` is not a member (or no such group).
+    async fn member(&self, key: &GroupKey, uid: &str) -> Result<Option<Member>, StoreError> {
+        let _ = (key, uid);
+        Err(no_groups())
+    }
+
+    /// Members in ascending uid order, those after `after` when given, at
+    /// most `limit`.
+    async fn members(
+        &self,
+        key: &GroupKey,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Member>, StoreError> {
+        let _ = (key, after, limit);
+        Err(no_groups())
+    }
+
+    /// The ids of the user's groups in ascending order, those after
+    /// `after` when given, at most `limit`.
+    async fn user_groups(
+        &self,
+        user: &UserKey,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let _ = (user, after, limit);
+        Err(no_groups())
+    }
+
+    /// Every group of the user with its head, this device's cursor and
+    /// where the member's view starts, in ascending group id order: what a
+    /// device needs at login, in one call.
+    async fn group_states(
+        &self,
+        user: &UserKey,
+        device_id: &str,
+    ) -> Result<Vec<GroupState>, StoreError> {
+        let _ = (user, device_id);
+        Err(no_groups())
+    }
+
+    /// Stores a message once, as the next entry of the group's timeline
+    /// (`Appended::seqs` holds that one sequence), durably. With
+    /// `check_sender`, the sender must be a member allowed to post by the
+    /// group's policy, checked in the same atomic step (a member removed
+    /// before the append commits can't post). De-duplicates on
+    /// `(from, client_msg_id)` per group like [`Store::append`]: a resend
+    /// gets the first result with `duplicate = true`, even when the sender
+    /// was removed since.
+    async fn group_append(&self, msg: NewGroupMessage) -> Result<Appended, StoreError> {
+        let _ = msg;
+        Err(no_groups())
+    }
+
+    /// Group timeline entries with `seq > since`, in order, at most `limit`.
+    async fn group_entries_after(
+        &self,
+        key: &GroupKey,
+        since: u64,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        let _ = (key, since, limit);
+        Err(no_groups())
+    }
+
+    /// Moves the device's cursor on the group's timeline forward to `seq`
+    /// (never back). May be lazy, like [`Store::advance_cursor`].
+    async fn advance_group_cursor(
+        &self,
+        user: &UserKey,
+        device_id: &str,
+        key: &GroupKey,
+        seq: u64,
+    ) -> Result<(), StoreError> {
+        let _ = (user, device_id, key, seq);
+        Err(no_groups())
+    }
+
     /// Checks that the backend is reachable (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// Flushes lazy state (cursors) and stops background work. Idempotent.
     async fn close(&self) -> Result<(), StoreError>;
+}
+
+// Transitional (removed once every store implements groups).
+fn no_groups() -> StoreError {
+    StoreError::Unavailable("this store does not keep groups yet".into())
 }

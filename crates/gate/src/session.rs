@@ -269,6 +269,7 @@ async fn accept_login<T: Transport>(
         max_frame_bytes: gate.config.max_frame_bytes as u32,
         server_time_ms: switchboard_core::now_ms() as u64,
         node: gate.logic.config().node.clone(),
+        groups: Vec::new(),
     };
     let mut session = Box::new(Session {
         gate: gate.clone(),
@@ -455,6 +456,7 @@ impl Pipeline {
                     entries: page.entries.iter().map(|e| e.to_pb()).collect(),
                     timeline_head: page.timeline_head,
                     has_more: page.has_more,
+                    since: req.since,
                 }),
                 Err(e) => error_packet(e),
             };

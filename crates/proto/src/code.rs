@@ -41,6 +41,14 @@ pub const FORBIDDEN: u32 = 3003;
 /// The app's before-send hook or word filter refused the message; the
 /// message says why. Nothing was stored: do not resend it unchanged.
 pub const REJECTED: u32 = 3004;
+/// No such group in the app (never created, or deleted).
+pub const GROUP_NOT_FOUND: u32 = 3005;
+/// The user is not a member of the group (or no longer: removed).
+pub const NOT_GROUP_MEMBER: u32 = 3006;
+/// The group lets only its admins post (a broadcast channel).
+pub const GROUP_ADMINS_ONLY: u32 = 3007;
+/// Adding the members would take the group over its maximum size.
+pub const GROUP_FULL: u32 = 3008;
 
 /// Kick: the same device id logged in on another connection.
 pub const KICK_REPLACED: u32 = 4000;
@@ -92,6 +100,10 @@ pub fn name(code: u32) -> &'static str {
         RATE_LIMITED => "RATE_LIMITED",
         FORBIDDEN => "FORBIDDEN",
         REJECTED => "REJECTED",
+        GROUP_NOT_FOUND => "GROUP_NOT_FOUND",
+        NOT_GROUP_MEMBER => "NOT_GROUP_MEMBER",
+        GROUP_ADMINS_ONLY => "GROUP_ADMINS_ONLY",
+        GROUP_FULL => "GROUP_FULL",
         KICK_REPLACED => "KICK_REPLACED",
         KICK_TOO_MANY_DEVICES => "KICK_TOO_MANY_DEVICES",
         KICK_SLOW_CONSUMER => "KICK_SLOW_CONSUMER",

@@ -101,7 +101,16 @@ mod tests {
         let text =
             r#"{"cmd":"push_ack","seq":3,"body":{"seq":"9","addedLater":{"x":[1]}},"extra":1}"#;
         let (seq, p) = decode(text).unwrap();
-        assert_eq!((seq, p), (3, Packet::PushAck(pb::PushAck { seq: 9 })));
+        assert_eq!(
+            (seq, p),
+            (
+                3,
+                Packet::PushAck(pb::PushAck {
+                    group: Default::default(),
+                    seq: 9
+                })
+            )
+        );
     }
 
     #[test]

@@ -25,6 +25,7 @@ fn user(uid: &str) -> Option<pb::User> {
 
 fn message() -> pb::Message {
     pb::Message {
+        group: Default::default(),
         msg_id: MSG_ID,
         from: user("alice"),
         to: user("bob"),
@@ -53,6 +54,7 @@ fn examples() -> Vec<(&'static str, u32, Packet)> {
             "login_ack",
             1,
             Packet::LoginAck(pb::LoginAck {
+                groups: Default::default(),
                 user: user("alice"),
                 timeline_head: 42,
                 cursor: 40,
@@ -67,6 +69,7 @@ fn examples() -> Vec<(&'static str, u32, Packet)> {
             "c2c",
             2,
             Packet::C2c(pb::C2c {
+                group: Default::default(),
                 client_msg_id: "m-1".into(),
                 to: user("bob"),
                 r#type: "text".into(),
@@ -92,11 +95,19 @@ fn examples() -> Vec<(&'static str, u32, Packet)> {
                 message: Some(message()),
             }),
         ),
-        ("push_ack", 5, Packet::PushAck(pb::PushAck { seq: 7 })),
+        (
+            "push_ack",
+            5,
+            Packet::PushAck(pb::PushAck {
+                group: Default::default(),
+                seq: 7,
+            }),
+        ),
         (
             "sync",
             6,
             Packet::Sync(pb::Sync {
+                group: Default::default(),
                 since: 6,
                 limit: 100,
             }),
@@ -105,6 +116,7 @@ fn examples() -> Vec<(&'static str, u32, Packet)> {
             "sync_reply",
             6,
             Packet::SyncReply(pb::SyncReply {
+                since: Default::default(),
                 entries: vec![pb::Push {
                     seq: 7,
                     message: Some(message()),

@@ -42,6 +42,7 @@ fn message() -> impl Strategy<Value = pb::Message> {
     )
         .prop_map(
             |(msg_id, from, to, r#type, body, client_msg_id, server_time_ms)| pb::Message {
+                group: Default::default(),
                 msg_id,
                 from,
                 to,
@@ -97,6 +98,7 @@ fn packet_for(cmd: Command) -> BoxedStrategy<Packet> {
                     node,
                 )| {
                     Packet::LoginAck(pb::LoginAck {
+                        groups: Default::default(),
                         user,
                         timeline_head,
                         cursor,
@@ -118,6 +120,7 @@ fn packet_for(cmd: Command) -> BoxedStrategy<Packet> {
         Command::C2c => (text(), proptest::option::of(user()), text(), blob())
             .prop_map(|(client_msg_id, to, r#type, body)| {
                 Packet::C2c(pb::C2c {
+                    group: Default::default(),
                     client_msg_id,
                     to,
                     r#type,
@@ -144,14 +147,26 @@ fn packet_for(cmd: Command) -> BoxedStrategy<Packet> {
             .boxed(),
         Command::Push => push().prop_map(Packet::Push).boxed(),
         Command::PushAck => any::<u64>()
-            .prop_map(|seq| Packet::PushAck(pb::PushAck { seq }))
+            .prop_map(|seq| {
+                Packet::PushAck(pb::PushAck {
+                    group: Default::default(),
+                    seq,
+                })
+            })
             .boxed(),
         Command::Sync => (any::<u64>(), any::<u32>())
-            .prop_map(|(since, limit)| Packet::Sync(pb::Sync { since, limit }))
+            .prop_map(|(since, limit)| {
+                Packet::Sync(pb::Sync {
+                    group: Default::default(),
+                    since,
+                    limit,
+                })
+            })
             .boxed(),
         Command::SyncReply => (vec(push(), 0..4), any::<u64>(), any::<bool>())
             .prop_map(|(entries, timeline_head, has_more)| {
                 Packet::SyncReply(pb::SyncReply {
+                    since: Default::default(),
                     entries,
                     timeline_head,
                     has_more,

@@ -163,6 +163,7 @@ impl Client {
         body: impl Into<Bytes>,
     ) -> Result<SendReceipt, SdkError> {
         let packet = pb::C2c {
+            group: Default::default(),
             client_msg_id: client_msg_id.into(),
             to: Some(to),
             r#type: kind.into(),

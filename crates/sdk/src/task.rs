@@ -566,6 +566,7 @@ impl Actor {
             s.acked = self.delivered;
             s.send(
                 &Packet::PushAck(pb::PushAck {
+                    group: Default::default(),
                     seq: self.delivered,
                 }),
                 None,
@@ -648,6 +649,7 @@ impl Actor {
             s.acked = self.delivered;
             s.send(
                 &Packet::PushAck(pb::PushAck {
+                    group: Default::default(),
                     seq: self.delivered,
                 }),
                 None,
@@ -758,6 +760,7 @@ impl Actor {
         debug!(since, "sync");
         s.send(
             &Packet::Sync(pb::Sync {
+                group: Default::default(),
                 since,
                 limit: self.cfg.sync_page,
             }),

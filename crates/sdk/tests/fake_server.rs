@@ -30,6 +30,7 @@ fn bob() -> User {
 
 fn msg(from: User, id: u64, client_msg_id: &str) -> pb::Message {
     pb::Message {
+        group: Default::default(),
         msg_id: id,
         from: Some(from),
         to: Some(alice()),
@@ -110,6 +111,7 @@ impl Peer {
         peer.send(
             seq,
             Packet::SyncReply(pb::SyncReply {
+                since: Default::default(),
                 entries,
                 timeline_head: 0,
                 has_more: false,
@@ -121,7 +123,13 @@ impl Peer {
 
     async fn expect_ack(&mut self, want: u64) {
         let (_, p) = self.recv().await;
-        assert_eq!(p, Packet::PushAck(pb::PushAck { seq: want }));
+        assert_eq!(
+            p,
+            Packet::PushAck(pb::PushAck {
+                group: Default::default(),
+                seq: want
+            })
+        );
     }
 }
 
@@ -202,6 +210,7 @@ async fn gaps_are_filled_by_sync_duplicates_dropped_own_messages_skipped() {
         assert_eq!(
             p,
             Packet::Sync(pb::Sync {
+                group: Default::default(),
                 since: 1,
                 limit: 200
             })
@@ -217,6 +226,7 @@ async fn gaps_are_filled_by_sync_duplicates_dropped_own_messages_skipped() {
         peer.send(
             seq,
             Packet::SyncReply(pb::SyncReply {
+                since: Default::default(),
                 entries: page(&[2, 3]),
                 timeline_head: 3,
                 has_more: false,
@@ -496,6 +506,7 @@ async fn websocket_carries_one_frame_per_message() {
         };
         assert!(matches!(sync, Packet::Sync(_)));
         let reply = Packet::SyncReply(pb::SyncReply {
+            since: Default::default(),
             entries: vec![pb::Push {
                 seq: 1,
                 message: Some(msg(bob(), 101, "")),

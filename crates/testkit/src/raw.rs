@@ -119,6 +119,7 @@ pub fn login(token: &str, device: &str) -> pb::Login {
 /// A c2c packet to `uid` of the sender's app.
 pub fn c2c(client_msg_id: &str, to_uid: &str, body: &str) -> Packet {
     Packet::C2c(pb::C2c {
+        group: Default::default(),
         client_msg_id: client_msg_id.into(),
         to: Some(pb::User {
             app: String::new(),

@@ -60,6 +60,7 @@ pub fn c2c(
             body: body.into(),
             client_msg_id: client_msg_id.into(),
             server_time_ms: now_ms(),
+            group: String::new(),
         },
         // As logic does: a message to oneself takes one entry, not two.
         timelines: if from == to {
@@ -82,6 +83,7 @@ pub fn s2c(to: &UserKey, body: impl Into<Bytes>) -> NewMessage {
             body: body.into(),
             client_msg_id: String::new(),
             server_time_ms: now_ms(),
+            group: String::new(),
         },
         timelines: vec![to.clone()],
     }

@@ -252,6 +252,7 @@ async fn unacked_pushes_are_resent_then_the_connection_is_closed() {
     assert_eq!((ack.cursor, ack.timeline_head), (0, 1));
     match bob
         .request(Packet::Sync(pb::Sync {
+            group: Default::default(),
             since: ack.cursor,
             limit: 10,
         }))
@@ -277,7 +278,11 @@ async fn acked_pushes_are_not_resent_and_move_the_cursor() {
             last = p.seq;
         }
     }
-    bob.send(Packet::PushAck(pb::PushAck { seq: 3 })).await;
+    bob.send(Packet::PushAck(pb::PushAck {
+        group: Default::default(),
+        seq: 3,
+    }))
+    .await;
     // Nothing comes back within several ack timeouts but our own pong.
     tokio::time::sleep(Duration::from_millis(700)).await;
     assert!(matches!(
@@ -299,8 +304,11 @@ async fn a_push_ack_beyond_the_head_never_moves_the_cursor_past_it() {
     let (mut alice, _) = RawClient::login(s.tcp, &s.token("alice"), "a").await;
     let (mut bob, ack) = RawClient::login(s.tcp, &s.token("bob"), "b").await;
     assert_eq!((ack.timeline_head, ack.cursor), (0, 0));
-    bob.send(Packet::PushAck(pb::PushAck { seq: 999_999 }))
-        .await;
+    bob.send(Packet::PushAck(pb::PushAck {
+        group: Default::default(),
+        seq: 999_999,
+    }))
+    .await;
     // The ack has no answer: a ping behind it proves it was handled.
     assert!(matches!(
         bob.request(Packet::Ping(pb::Ping {})).await,
@@ -314,6 +322,7 @@ async fn a_push_ack_beyond_the_head_never_moves_the_cursor_past_it() {
     assert_eq!(ack.cursor, 0, "clamped to the head (0) at ack time");
     let Packet::SyncReply(r) = bob
         .request(Packet::Sync(pb::Sync {
+            group: Default::default(),
             since: ack.cursor,
             limit: 0,
         }))
@@ -323,7 +332,11 @@ async fn a_push_ack_beyond_the_head_never_moves_the_cursor_past_it() {
     };
     assert_eq!(r.entries.len(), 1, "the new message is there to sync");
     // An ack past the head now clamps to the head, 1.
-    bob.send(Packet::PushAck(pb::PushAck { seq: 50 })).await;
+    bob.send(Packet::PushAck(pb::PushAck {
+        group: Default::default(),
+        seq: 50,
+    }))
+    .await;
     bob.request(Packet::Ping(pb::Ping {})).await;
     drop(bob);
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -347,7 +360,11 @@ async fn a_resent_c2c_is_stored_once_and_answered_with_the_first_ack() {
     let (mut bob, ack) = RawClient::login(s.tcp, &s.token("bob"), "b").await;
     assert_eq!(ack.timeline_head, 1, "stored once");
     let Packet::SyncReply(r) = bob
-        .request(Packet::Sync(pb::Sync { since: 0, limit: 0 }))
+        .request(Packet::Sync(pb::Sync {
+            group: Default::default(),
+            since: 0,
+            limit: 0,
+        }))
         .await
     else {
         panic!()
@@ -368,8 +385,11 @@ async fn a_resent_c2c_pushes_the_same_entry_again_even_to_devices_that_acked_it(
     let Some((0, Packet::Push(first))) = bob.recv_within(T).await else {
         panic!("bob got no push")
     };
-    bob.send(Packet::PushAck(pb::PushAck { seq: first.seq }))
-        .await;
+    bob.send(Packet::PushAck(pb::PushAck {
+        group: Default::default(),
+        seq: first.seq,
+    }))
+    .await;
     bob.request(Packet::Ping(pb::Ping {})).await;
     let Packet::C2cAck(ack) = alice.request(c2c("again", "bob", "once")).await else {
         panic!()
@@ -433,6 +453,7 @@ async fn cross_app_messages_need_configuration() {
     let (mut alice, _) = RawClient::login(s.tcp, &s.token("alice"), "a").await;
     let to = |app: &str| {
         Packet::C2c(pb::C2c {
+            group: Default::default(),
             client_msg_id: format!("to-{app}"),
             to: Some(pb::User {
                 app: app.into(),
@@ -457,7 +478,11 @@ async fn cross_app_messages_need_configuration() {
     let (mut carol, ack) = RawClient::login(s.tcp, &token("shop", "carol"), "c").await;
     assert_eq!(ack.timeline_head, 1);
     let Packet::SyncReply(r) = carol
-        .request(Packet::Sync(pb::Sync { since: 0, limit: 0 }))
+        .request(Packet::Sync(pb::Sync {
+            group: Default::default(),
+            since: 0,
+            limit: 0,
+        }))
         .await
     else {
         panic!()
@@ -484,19 +509,32 @@ async fn a_user_syncs_and_acks_only_its_own_timeline() {
     let (mut mallory, ack) = RawClient::login(s.tcp, &s.token("mallory"), "m").await;
     assert_eq!(ack.timeline_head, 0);
     let Packet::SyncReply(r) = mallory
-        .request(Packet::Sync(pb::Sync { since: 0, limit: 0 }))
+        .request(Packet::Sync(pb::Sync {
+            group: Default::default(),
+            since: 0,
+            limit: 0,
+        }))
         .await
     else {
         panic!()
     };
     assert!(r.entries.is_empty());
     // Acking a sequence moves only mallory's own cursor; carol still gets everything.
-    mallory.send(Packet::PushAck(pb::PushAck { seq: 1 })).await;
+    mallory
+        .send(Packet::PushAck(pb::PushAck {
+            group: Default::default(),
+            seq: 1,
+        }))
+        .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (mut carol, ack) = RawClient::login(s.tcp, &s.token("carol"), "m").await;
     assert_eq!((ack.cursor, ack.timeline_head), (0, 1));
     let Packet::SyncReply(r) = carol
-        .request(Packet::Sync(pb::Sync { since: 0, limit: 0 }))
+        .request(Packet::Sync(pb::Sync {
+            group: Default::default(),
+            since: 0,
+            limit: 0,
+        }))
         .await
     else {
         panic!()

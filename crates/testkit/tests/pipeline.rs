@@ -71,7 +71,11 @@ async fn pushes(c: &mut RawClient, n: usize) -> (Vec<(u64, String)>, usize) {
         }
     }
     let last = got.last().map(|(s, _)| *s).unwrap_or(0);
-    c.send(Packet::PushAck(pb::PushAck { seq: last })).await;
+    c.send(Packet::PushAck(pb::PushAck {
+        group: Default::default(),
+        seq: last,
+    }))
+    .await;
     (got, repeats)
 }
 
@@ -116,7 +120,11 @@ async fn a_burst_of_200_is_acked_in_order_and_delivered_once_in_order() {
     let mut since = 0;
     loop {
         let Packet::SyncReply(page) = bob
-            .request(Packet::Sync(pb::Sync { since, limit: 0 }))
+            .request(Packet::Sync(pb::Sync {
+                group: Default::default(),
+                since,
+                limit: 0,
+            }))
             .await
         else {
             panic!("sync failed");
@@ -177,7 +185,11 @@ async fn duplicates_in_a_burst_are_stored_once_and_answered_with_the_first_ack()
     let cmids: Vec<&str> = delivered.iter().map(|(_, c)| c.as_str()).collect();
     assert_eq!(cmids, ["m0", "m1", "m2", "m3"]);
     let Packet::SyncReply(page) = bob
-        .request(Packet::Sync(pb::Sync { since: 0, limit: 0 }))
+        .request(Packet::Sync(pb::Sync {
+            group: Default::default(),
+            since: 0,
+            limit: 0,
+        }))
         .await
     else {
         panic!("sync failed");

@@ -181,6 +181,7 @@ async fn every_example_of_the_protocol_doc_is_what_a_running_node_sends() {
     // Request 3: a c2c to a user of app `shop`, refused with the document's text.
     let (seq, _) = decode_all(&doc["error"]);
     let to_shop = Packet::C2c(pb::C2c {
+        group: Default::default(),
         client_msg_id: "m-2".into(),
         to: Some(pb::User {
             app: "shop".into(),

@@ -53,6 +53,7 @@ pub async fn run(store: Arc<dyn Store>, n: u64, c: u64) -> (Duration, Vec<Durati
                         body: body.clone(),
                         client_msg_id: format!("t{t}-{i}"),
                         server_time_ms: switchboard_core::now_ms(),
+                        group: String::new(),
                     },
                     timelines: vec![to, from],
                 };

@@ -228,6 +228,7 @@ pub fn decode_message(v: &[u8]) -> Result<Message, StoreError> {
         body: Bytes::copy_from_slice(r.b),
         client_msg_id,
         server_time_ms,
+        group: String::new(),
     })
 }
 
@@ -294,6 +295,7 @@ mod tests {
             body: Bytes::from_static(b"\0hello"),
             client_msg_id: "c-1".into(),
             server_time_ms: 1_700_000_000_000,
+            group: String::new(),
         };
         let back = decode_message(&encode_message(&m)).unwrap();
         assert_eq!(back, m);

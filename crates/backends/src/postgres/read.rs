@@ -395,6 +395,7 @@ pub fn message_from_row(row: &Row, first: usize) -> Result<Message, StoreError> 
         body: Bytes::from(row.try_get::<_, Vec<u8>>(first + 6).map_err(corrupt)?),
         client_msg_id: row.try_get(first + 7).map_err(corrupt)?,
         server_time_ms: row.try_get(first + 8).map_err(corrupt)?,
+        group: String::new(),
     })
 }
 

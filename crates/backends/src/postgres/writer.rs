@@ -546,6 +546,7 @@ fn copy_error(e: &StoreError) -> StoreError {
         StoreError::Unavailable(s) => StoreError::Unavailable(s.clone()),
         StoreError::Invalid(s) => StoreError::Invalid(s.clone()),
         StoreError::Corrupt(s) => StoreError::Corrupt(s.clone()),
+        StoreError::Group(r) => StoreError::Group(*r),
     }
 }
 
@@ -566,6 +567,7 @@ mod tests {
                 body: bytes::Bytes::new(),
                 client_msg_id: cmid.into(),
                 server_time_ms: 0,
+                group: String::new(),
             },
             timelines: vec![b, a],
         }

@@ -206,6 +206,7 @@ pub fn message_from_row(row: &Row<'_>, first: usize) -> Result<Message, StoreErr
             body: Bytes::from(row.get::<_, Vec<u8>>(first + 6)?),
             client_msg_id: row.get(first + 7)?,
             server_time_ms: row.get(first + 8)?,
+            group: String::new(),
         })
     };
     m().map_err(corrupt_or_unavailable)
