@@ -75,8 +75,20 @@ pub struct MessageStoredData {
     pub client_msg_id: String,
     pub server_time_ms: i64,
     pub body_bytes: usize,
-    /// The entries the message took: the receiver's, then the sender's.
+    /// The entries the message took: the receiver's, then the sender's
+    /// (empty for a group message, which takes one entry on its group).
     pub seqs: Vec<SeqRef>,
+    /// For a message to a group: the group and the entry's sequence on its
+    /// timeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupSeqRef>,
+}
+
+/// A group timeline entry, in `message.stored`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSeqRef {
+    pub gid: String,
+    pub seq: u64,
 }
 
 impl MessageStoredData {
@@ -98,6 +110,7 @@ impl MessageStoredData {
                     seq,
                 })
                 .collect(),
+            group: None,
         }
     }
 }

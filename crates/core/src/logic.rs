@@ -109,6 +109,18 @@ pub struct SyncPage {
     pub has_more: bool,
 }
 
+impl SyncPage {
+    /// A store page read after `since`.
+    pub(crate) fn from_page(page: crate::store::Page, since: u64) -> SyncPage {
+        let last = page.entries.last().map(|e| e.seq).unwrap_or(since);
+        SyncPage {
+            has_more: last < page.head,
+            timeline_head: page.head,
+            entries: page.entries,
+        }
+    }
+}
+
 pub struct Logic {
     apps: Apps,
     store: Arc<dyn Store>,
@@ -347,19 +359,8 @@ impl Logic {
         if to.app.is_empty() {
             to.app = from.app.clone();
         }
-        check_id("client_msg_id", &req.client_msg_id)?;
+        self.check_content(&req.client_msg_id, &req.kind, &req.body)?;
         check_id("to.uid", &to.uid)?;
-        if req.kind.len() > MAX_TYPE_LEN {
-            return Err(LogicError::InvalidArgument(format!(
-                "type is over {MAX_TYPE_LEN} bytes"
-            )));
-        }
-        if req.body.len() > self.config.max_body_bytes {
-            return Err(LogicError::InvalidArgument(format!(
-                "body is over {} bytes",
-                self.config.max_body_bytes
-            )));
-        }
         if self.apps.get(&to.app).is_none() {
             return Err(LogicError::InvalidArgument(format!(
                 "unknown app {}",
@@ -386,21 +387,7 @@ impl Logic {
             server_time_ms: crate::now_ms(),
             group: String::new(),
         };
-        if let Some(screen) = &self.screen {
-            match screen.screen(&message).await? {
-                Verdict::Allow => {}
-                Verdict::Replace(body) => {
-                    if body.len() > self.config.max_body_bytes {
-                        return Err(LogicError::Internal(format!(
-                            "the before-send hook's replacement body is over {} bytes",
-                            self.config.max_body_bytes
-                        )));
-                    }
-                    message.body = body;
-                }
-                Verdict::Reject(reason) => return Err(LogicError::Rejected(reason)),
-            }
-        }
+        self.screen_message(&mut message).await?;
         let new = NewMessage {
             message,
             timelines: timelines.clone(),
@@ -443,6 +430,62 @@ impl Logic {
             sender_seq,
             duplicate: appended.duplicate,
         }
+    }
+
+    /// Checks a message's client id, type and body against the limits.
+    pub(crate) fn check_content(
+        &self,
+        client_msg_id: &str,
+        kind: &str,
+        body: &[u8],
+    ) -> Result<(), LogicError> {
+        check_id("client_msg_id", client_msg_id)?;
+        if kind.len() > MAX_TYPE_LEN {
+            return Err(LogicError::InvalidArgument(format!(
+                "type is over {MAX_TYPE_LEN} bytes"
+            )));
+        }
+        if body.len() > self.config.max_body_bytes {
+            return Err(LogicError::InvalidArgument(format!(
+                "body is over {} bytes",
+                self.config.max_body_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Passes a message through the app's screen (before-send hook, word
+    /// filter), which may replace its body or refuse it.
+    pub(crate) async fn screen_message(&self, message: &mut Message) -> Result<(), LogicError> {
+        let Some(screen) = &self.screen else {
+            return Ok(());
+        };
+        match screen.screen(message).await? {
+            Verdict::Allow => Ok(()),
+            Verdict::Replace(body) => {
+                if body.len() > self.config.max_body_bytes {
+                    return Err(LogicError::Internal(format!(
+                        "the before-send hook's replacement body is over {} bytes",
+                        self.config.max_body_bytes
+                    )));
+                }
+                message.body = body;
+                Ok(())
+            }
+            Verdict::Reject(reason) => Err(LogicError::Rejected(reason)),
+        }
+    }
+
+    /// Publishes `message.stored`, keyed by `user`.
+    pub(crate) async fn publish_stored_event(
+        &self,
+        user: &UserKey,
+        kind: &str,
+        data: &MessageStoredData,
+        dedupe: &str,
+    ) {
+        self.publish_event(events::MESSAGE_STORED, user, kind, data, dedupe)
+            .await;
     }
 
     /// `message.stored` for the sender's app, and for the receiver's app
@@ -513,18 +556,7 @@ impl Logic {
         kind: String,
         body: Bytes,
     ) -> Result<BusReceipt, LogicError> {
-        check_id("client_msg_id", client_msg_id)?;
-        if kind.len() > MAX_TYPE_LEN {
-            return Err(LogicError::InvalidArgument(format!(
-                "type is over {MAX_TYPE_LEN} bytes"
-            )));
-        }
-        if body.len() > self.config.max_body_bytes {
-            return Err(LogicError::InvalidArgument(format!(
-                "body is over {} bytes",
-                self.config.max_body_bytes
-            )));
-        }
+        self.check_content(client_msg_id, &kind, &body)?;
         let event = BusEvent {
             id: self.ids.next_id(),
             topic: events::C2S.into(),
@@ -547,17 +579,20 @@ impl Logic {
         since: u64,
         limit: u32,
     ) -> Result<SyncPage, LogicError> {
-        let limit = match limit as usize {
+        let page = self
+            .store
+            .entries_after(user, since, self.sync_limit(limit))
+            .await?;
+        Ok(SyncPage::from_page(page, since))
+    }
+
+    /// A sync page's size: what the client asked, at most the node's
+    /// maximum (0: the maximum).
+    pub(crate) fn sync_limit(&self, limit: u32) -> usize {
+        match limit as usize {
             0 => self.config.max_sync_page,
             n => n.min(self.config.max_sync_page),
-        };
-        let page = self.store.entries_after(user, since, limit).await?;
-        let last = page.entries.last().map(|e| e.seq).unwrap_or(since);
-        Ok(SyncPage {
-            has_more: last < page.head,
-            timeline_head: page.head,
-            entries: page.entries,
-        })
+        }
     }
 
     /// Moves a device's cursor: everything up to `seq` was received.
@@ -588,7 +623,7 @@ fn presence_data(d: &DeviceSession, online_devices: usize, reason: &str) -> Pres
     }
 }
 
-fn check_id(field: &str, value: &str) -> Result<(), LogicError> {
+pub(crate) fn check_id(field: &str, value: &str) -> Result<(), LogicError> {
     if value.is_empty() || value.len() > MAX_ID_LEN {
         return Err(LogicError::InvalidArgument(format!(
             "{field} must be 1 to {MAX_ID_LEN} bytes"

@@ -20,6 +20,7 @@ use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use switchboard_core::hub::{Closed, OutboundRx, outbound_queue};
 use switchboard_core::logic::{C2cRequest, LoginState};
+use switchboard_core::logic_group::GroupPost;
 use switchboard_core::{ConnHandle, LogicError, Outbound, UserKey};
 use switchboard_proto::{Compression, Packet, code, pb};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
@@ -251,6 +252,16 @@ async fn accept_login<T: Transport>(
             return Err(fatal(t, seq, e.code(), e.to_string()).await);
         }
     };
+    // The user's groups: the device learns which have entries past its
+    // cursors in this one answer, and syncs only those.
+    let groups = match gate.logic.group_states(&user, &handle.device_id).await {
+        Ok(groups) => groups,
+        Err(e) => {
+            gate.hub.unregister(&user, conn_id);
+            gate.logic.logout(&device).await;
+            return Err(fatal(t, seq, e.code(), e.to_string()).await);
+        }
+    };
     let compression = if t.can_compress() {
         Compression::negotiate(&login.compression, gate.config.compression_threshold)
     } else {
@@ -269,7 +280,15 @@ async fn accept_login<T: Transport>(
         max_frame_bytes: gate.config.max_frame_bytes as u32,
         server_time_ms: switchboard_core::now_ms() as u64,
         node: gate.logic.config().node.clone(),
-        groups: Vec::new(),
+        groups: groups
+            .iter()
+            .filter(|g| g.has_unread())
+            .map(|g| pb::GroupState {
+                group: g.gid.clone(),
+                head: g.head,
+                cursor: g.read_from(),
+            })
+            .collect(),
     };
     let mut session = Box::new(Session {
         gate: gate.clone(),
@@ -383,6 +402,9 @@ impl Pipeline {
     }
 
     fn c2c(&mut self, gate: Arc<Gate>, from: UserKey, conn_id: u64, seq: u32, req: pb::C2c) {
+        if !req.group.is_empty() {
+            return self.group_post(gate, from, conn_id, seq, req);
+        }
         let (queued_tx, queued_rx) = oneshot::channel::<()>();
         let (pushed_tx, pushed_rx) = oneshot::channel::<()>();
         let prev_queued = self.c2c_queued.replace(queued_rx);
@@ -425,6 +447,44 @@ impl Pipeline {
         }));
     }
 
+    /// A message to a group: after this connection's earlier messages are
+    /// pushed (so its posts keep their order on the group's timeline), it
+    /// is stored, pushed, and answered like a c2c.
+    fn group_post(&mut self, gate: Arc<Gate>, from: UserKey, conn_id: u64, seq: u32, req: pb::C2c) {
+        let (done_tx, done_rx) = oneshot::channel::<()>();
+        let prev_pushed = self.c2c_pushed.replace(done_rx);
+        self.push(Box::pin(async move {
+            let client_msg_id = req.client_msg_id.clone();
+            let reply = if req.to.as_ref().is_some_and(|u| !u.uid.is_empty()) {
+                Packet::error(
+                    code::INVALID_ARGUMENT,
+                    "a message has either a group or a receiver (to), not both",
+                    false,
+                )
+            } else {
+                after(prev_pushed).await;
+                let post = GroupPost {
+                    client_msg_id: req.client_msg_id,
+                    gid: req.group,
+                    kind: req.r#type,
+                    body: req.body,
+                };
+                match gate.logic.group_post(&from, Some(conn_id), post).await {
+                    Ok(r) => Packet::C2cAck(pb::C2cAck {
+                        client_msg_id,
+                        msg_id: r.message.id,
+                        seq: r.seq,
+                        server_time_ms: r.message.server_time_ms,
+                        duplicate: r.duplicate,
+                    }),
+                    Err(e) => error_packet(e),
+                }
+            };
+            drop(done_tx);
+            (seq, reply)
+        }));
+    }
+
     fn c2s(&mut self, gate: Arc<Gate>, from: UserKey, seq: u32, req: pb::C2s) {
         let (done_tx, done_rx) = oneshot::channel::<()>();
         let prev = self.c2s_done.replace(done_rx);
@@ -451,12 +511,23 @@ impl Pipeline {
     /// wants its own messages in the page waits for their acks first.
     fn sync(&mut self, gate: Arc<Gate>, user: UserKey, seq: u32, req: pb::Sync) {
         self.push(Box::pin(async move {
-            let reply = match gate.logic.sync(&user, req.since, req.limit).await {
-                Ok(page) => Packet::SyncReply(pb::SyncReply {
+            let page = if req.group.is_empty() {
+                gate.logic
+                    .sync(&user, req.since, req.limit)
+                    .await
+                    .map(|page| (page, req.since))
+            } else {
+                gate.logic
+                    .group_sync(&user, &req.group, req.since, req.limit)
+                    .await
+                    .map(|g| (g.page, g.since))
+            };
+            let reply = match page {
+                Ok((page, since)) => Packet::SyncReply(pb::SyncReply {
                     entries: page.entries.iter().map(|e| e.to_pb()).collect(),
                     timeline_head: page.timeline_head,
                     has_more: page.has_more,
-                    since: req.since,
+                    since,
                 }),
                 Err(e) => error_packet(e),
             };
