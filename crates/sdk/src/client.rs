@@ -5,6 +5,7 @@
 //! and waits for it at most [`ClientConfig::request_timeout`], reconnects
 //! included.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,7 +36,8 @@ pub struct SendReceipt {
     pub client_msg_id: String,
     /// The server's id of the message.
     pub msg_id: u64,
-    /// The entry's sequence on the sender's own timeline.
+    /// The entry's sequence on the sender's own timeline (for
+    /// [`Client::send_group`]: on the group's timeline).
     pub seq: u64,
     /// When the server stored it, milliseconds since the Unix epoch.
     pub server_time_ms: i64,
@@ -70,6 +72,23 @@ pub enum Event {
     /// is in [`SendReceipt::seq`]). Persist `seq` to pass it as
     /// [`ClientConfig::since`] next time.
     Message { seq: u64, message: Message },
+    /// One entry of a group's timeline: every entry of each group exactly
+    /// once, in the group's order, with no gaps (this device's own posts
+    /// are skipped; their sequence is in [`SendReceipt::seq`]). Persist
+    /// `seq` per group to pass it in [`ClientConfig::group_since`] next time.
+    /// A group first seen while online (joined now) starts where this
+    /// member's view of it starts.
+    GroupMessage {
+        group: String,
+        seq: u64,
+        message: Message,
+    },
+    /// The server refused this user the group's timeline: `code` is
+    /// `NOT_GROUP_MEMBER` (removed) or `GROUP_NOT_FOUND` (deleted). The SDK
+    /// stops following it and forgets its position; entries of it received
+    /// before came first. A later push of the group (added again) starts it
+    /// over.
+    GroupLeft { group: String, code: u32 },
     /// An online-only message (not stored, no sequence).
     Online { message: Message },
     /// The connection was lost; the client reconnects with backoff.
@@ -90,12 +109,33 @@ pub(crate) struct Shared {
     // std Mutex: held for a clone, never across an await.
     pub(crate) user: Mutex<User>,
     pub(crate) last_seq: AtomicU64,
+    /// The delivered position of every group followed. std Mutex: held for
+    /// an insert or a lookup, never across an await.
+    pub(crate) groups: Mutex<HashMap<String, u64>>,
     pub(crate) connected: AtomicBool,
 }
 
 impl Shared {
     pub(crate) fn set_user(&self, user: User) {
         *self.user.lock().unwrap_or_else(|e| e.into_inner()) = user;
+    }
+
+    fn groups(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.groups.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn set_group(&self, group: &str, seq: u64) {
+        let mut groups = self.groups();
+        match groups.get_mut(group) {
+            Some(at) => *at = seq,
+            None => {
+                groups.insert(group.to_owned(), seq);
+            }
+        }
+    }
+
+    pub(crate) fn forget_group(&self, group: &str) {
+        self.groups().remove(group);
     }
 }
 
@@ -122,6 +162,14 @@ impl Client {
         let shared = Arc::new(Shared {
             user: Mutex::new(user.clone()),
             last_seq: AtomicU64::new(since),
+            groups: Mutex::new(
+                config
+                    .group_since
+                    .iter()
+                    .filter(|(g, _)| !g.is_empty())
+                    .map(|(g, &seq)| (g.clone(), seq))
+                    .collect(),
+            ),
             connected: AtomicBool::new(true),
         });
         let (tx, cmd_rx) = mpsc::channel(config.outbound_capacity.max(1));
@@ -174,6 +222,53 @@ impl Client {
             .map(SendReceipt::from)
     }
 
+    /// Posts a message to `group` (of this user's app) with a fresh
+    /// `client_msg_id`, and waits until the server stored it on the group's
+    /// timeline ([`SendReceipt::seq`] is on that timeline). Resent with the
+    /// same id across reconnects, like [`Client::send`]. The server refuses
+    /// with `GROUP_NOT_FOUND`, `NOT_GROUP_MEMBER` or `GROUP_ADMINS_ONLY`
+    /// ([`SdkError::Server`]; not retried). Every member device gets it,
+    /// this user's other devices too (as [`Event::GroupMessage`]), but not
+    /// this one.
+    pub async fn send_group(
+        &self,
+        group: impl Into<String>,
+        kind: impl Into<String>,
+        body: impl Into<Bytes>,
+    ) -> Result<SendReceipt, SdkError> {
+        self.send_group_with_id(new_client_msg_id(), group, kind, body)
+            .await
+    }
+
+    /// Like [`Client::send_group`] with the caller's `client_msg_id` (one
+    /// persisted before a crash, to resend idempotently: the server answers
+    /// the first result again, with `duplicate` set).
+    pub async fn send_group_with_id(
+        &self,
+        client_msg_id: impl Into<String>,
+        group: impl Into<String>,
+        kind: impl Into<String>,
+        body: impl Into<Bytes>,
+    ) -> Result<SendReceipt, SdkError> {
+        let group = group.into();
+        if group.is_empty() {
+            return Err(SdkError::Server {
+                code: switchboard_proto::code::INVALID_ARGUMENT,
+                message: "empty group id".into(),
+            });
+        }
+        let packet = pb::C2c {
+            group,
+            client_msg_id: client_msg_id.into(),
+            to: None,
+            r#type: kind.into(),
+            body: body.into(),
+        };
+        self.request(|reply| Command::C2c { packet, reply })
+            .await
+            .map(SendReceipt::from)
+    }
+
     /// Sends a report to the business servers (through the bus) with a fresh
     /// `client_msg_id`, and waits until it is durable.
     pub async fn c2s(
@@ -199,8 +294,9 @@ impl Client {
         self.request(|reply| Command::C2s { packet, reply }).await
     }
 
-    /// Syncs now and returns once every entry up to the timeline head was
-    /// handed to [`Events`] (or queued for it).
+    /// Syncs now (the user's timeline and every group followed) and returns
+    /// once every entry up to each timeline's head was handed to [`Events`]
+    /// (or queued for it).
     pub async fn sync_now(&self) -> Result<(), SdkError> {
         self.request(|reply| Command::Sync { reply }).await
     }
@@ -232,6 +328,19 @@ impl Client {
     /// device's own message), in order with no gaps.
     pub fn last_seq(&self) -> u64 {
         self.shared.last_seq.load(Ordering::Acquire)
+    }
+
+    /// The highest sequence of `group` handed to [`Events`] (or seen as this
+    /// device's own post), in order with no gaps; `None` for a group the
+    /// client does not follow (never seen, or left).
+    pub fn group_position(&self, group: &str) -> Option<u64> {
+        self.shared.groups().get(group).copied()
+    }
+
+    /// [`Client::group_position`] of every group followed: what to persist
+    /// and pass as [`ClientConfig::group_since`] next time.
+    pub fn group_positions(&self) -> HashMap<String, u64> {
+        self.shared.groups().clone()
     }
 
     /// Whether the task is logged in right now.

@@ -1,5 +1,6 @@
 //! What a [`crate::Client`] connects to and how it behaves.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
@@ -49,6 +50,15 @@ pub struct ClientConfig {
     /// The last timeline sequence the application has persisted; the first
     /// sync starts after it. `None` starts at the server's cursor for this device.
     pub since: Option<u64>,
+    /// The last sequence of each group the application has persisted
+    /// (group id → seq), like [`ClientConfig::since`] for the user's
+    /// timeline. A group left out starts at this device's cursor on the
+    /// server when the login lists it (it has new entries), or at 0 when it
+    /// first shows up by a push (the server then moves the start up to
+    /// where this member's view begins). A persisted position behind the
+    /// device's server cursor is caught up by the group's next entry (a
+    /// gap, synced from the position) or by [`crate::Client::sync_now`].
+    pub group_since: HashMap<String, u64>,
     /// Entries per sync page asked for (the server may cap it).
     pub sync_page: u32,
     /// PEM-encoded root certificates trusted for `tls://` and `wss://`.
@@ -118,6 +128,12 @@ impl ClientConfig {
         self
     }
 
+    /// Sets the last sequence of `group` the application has persisted.
+    pub fn with_group_since(mut self, group: impl Into<String>, seq: u64) -> Self {
+        self.group_since.insert(group.into(), seq);
+        self
+    }
+
     /// Adds PEM-encoded root certificates (one or more in the buffer).
     pub fn with_root_certs_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
         self.root_certs_pem.push(pem.into());
@@ -181,6 +197,7 @@ impl Default for ClientConfig {
             reconnect_max: Duration::from_secs(30),
             max_frame_bytes: 4 << 20,
             since: None,
+            group_since: HashMap::new(),
             sync_page: 200,
             root_certs_pem: Vec::new(),
             tls_server_name: None,
@@ -208,6 +225,7 @@ impl fmt::Debug for ClientConfig {
             .field("reconnect_max", &self.reconnect_max)
             .field("max_frame_bytes", &self.max_frame_bytes)
             .field("since", &self.since)
+            .field("group_since", &self.group_since)
             .field("root_certs", &self.root_certs_pem.len())
             .field("tls_server_name", &self.tls_server_name)
             .field("outbound_capacity", &self.outbound_capacity)

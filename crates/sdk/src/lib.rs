@@ -69,6 +69,46 @@
 //! # }
 //! ```
 
+//! Groups: post with [`Client::send_group`]; each group's entries arrive as
+//! [`Event::GroupMessage`], in the group's own order, exactly once. Persist
+//! each group's `seq` like the user's and hand them back at start:
+//!
+//! ```no_run
+//! use switchboard_sdk::{Client, ClientConfig, Event, code};
+//!
+//! # async fn demo(saved_groups: Vec<(String, u64)>) -> Result<(), switchboard_sdk::SdkError> {
+//! let mut config = ClientConfig::new("tcp://127.0.0.1:7000", "<jwt>").with_device_id("laptop-1");
+//! for (group, seq) in saved_groups {
+//!     config = config.with_group_since(group, seq); // where the app left each group
+//! }
+//! let (client, mut events) = Client::connect(config).await?;
+//!
+//! match client.send_group("order-1042", "text", r#"{"text":"on my way"}"#).await {
+//!     Ok(receipt) => println!("entry {} of the group", receipt.seq),
+//!     Err(e) if e.code() == Some(code::GROUP_ADMINS_ONLY) => eprintln!("read-only group"),
+//!     Err(e) => return Err(e),
+//! }
+//!
+//! while let Some(event) = events.recv().await {
+//!     match event {
+//!         Event::GroupMessage { group, seq, message } => {
+//!             // Persist (group, seq): it goes back in `with_group_since`.
+//!             println!("[{group} #{seq}] {:?}", message.body);
+//!         }
+//!         Event::GroupLeft { group, code } => {
+//!             // Removed (NOT_GROUP_MEMBER) or deleted (GROUP_NOT_FOUND).
+//!             println!("left {group} ({})", code::name(code));
+//!         }
+//!         Event::Closed => break,
+//!         _ => {}
+//!     }
+//! }
+//! // Or read every position at once, e.g. before shutting down.
+//! let _positions = client.group_positions();
+//! # Ok(())
+//! # }
+//! ```
+
 mod backoff;
 mod client;
 mod config;

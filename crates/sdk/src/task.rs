@@ -3,12 +3,19 @@
 //! It logs in, keeps the connection alive (pings), sends the requests of
 //! every [`crate::Client`] handle and routes each answer to the request's
 //! oneshot by header seq, turns pushes and sync pages into in-order
-//! [`Event`]s through the [`Timeline`], acknowledges pushes once they were
-//! handed to the [`crate::Events`] channel, and reconnects with backoff,
-//! syncing from the last delivered sequence and resending unanswered
+//! [`Event`]s through one [`Timeline`] per timeline (a [`Line`]: the user's
+//! own and one per group), acknowledges pushes once they were handed to the
+//! [`crate::Events`] channel, and reconnects with backoff, syncing each
+//! timeline from its last delivered sequence and resending unanswered
 //! requests with their original `client_msg_id`.
+//!
+//! Every timeline goes through the same code: a push, a sync page or an own
+//! message's ack names its timeline by key (the wire's `group`, empty for
+//! the user's own), and the key picks the [`Line`]. Only login differs: the
+//! user's timeline is always synced, a group only when the `LoginAck` lists
+//! it as having entries past this device's cursor.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -35,8 +42,63 @@ const RETRY_MAX: Duration = Duration::from_secs(10);
 /// Pings missed (in keepalive intervals of silence) before the connection is
 /// taken for dead, as the server does.
 const MISSED_PINGS: u32 = 3;
+/// Most sync requests in flight at once. A login may list many groups; with
+/// all their syncs written at once the server would stop reading at its
+/// in-flight limit while its pages pile up unread in our socket. The rest
+/// wait in `Session::sync_queue`.
+const MAX_SYNCS: usize = 8;
+
+/// Which timeline: `""` is the user's own, anything else a group id (the
+/// wire's convention: an empty `group` field means the user's timeline).
+type Key = String;
+/// The key of the user's own timeline.
+const USER: &str = "";
+
+/// One timeline as the task follows it: the user's own or one group's.
+struct Line {
+    timeline: Timeline,
+    /// Highest sequence handed to the application (or reached as our own).
+    delivered: u64,
+    /// What this connection knows of the line; reset at every login.
+    conn: LineConn,
+}
+
+impl Line {
+    fn new(last: u64, max_pending: usize) -> Line {
+        Line {
+            timeline: Timeline::new(last, max_pending),
+            delivered: last,
+            conn: LineConn::default(),
+        }
+    }
+}
+
+/// A line's per-connection state.
+#[derive(Default)]
+struct LineConn {
+    /// Highest sequence the server has as this device's cursor: the last
+    /// PushAck sent on this connection, or the cursor the login reported.
+    acked: u64,
+    /// A duplicate arrived: acknowledge again so the server stops resending.
+    reack: bool,
+    /// `Some(since)` while a sync page is outstanding.
+    syncing: Option<u64>,
+    /// Another sync round is wanted after the current one.
+    sync_again: bool,
+    /// Waiting in `Session::sync_queue` for a free sync slot.
+    queued: bool,
+    /// An own message's sequence sits past a hole: look again at
+    /// `Session::gap_check_at`.
+    gap_check: bool,
+}
 
 type Reply<T> = oneshot::Sender<Result<T, SdkError>>;
+
+/// Codes that mean this user no longer reads the group: the SDK stops
+/// following its timeline ([`Event::GroupLeft`]).
+fn is_group_gone(c: u32) -> bool {
+    matches!(c, code::NOT_GROUP_MEMBER | code::GROUP_NOT_FOUND)
+}
 
 /// A request from a handle to the task.
 pub(crate) enum Command {
@@ -96,6 +158,14 @@ impl Request {
         }
     }
 
+    /// The group a c2c is posted to (`USER` for a message to a user, and for a c2s).
+    fn group(&self) -> &str {
+        match &self.kind {
+            RequestKind::C2c { packet, .. } => &packet.group,
+            RequestKind::C2s { .. } => USER,
+        }
+    }
+
     fn is_c2c(&self, client_msg_id: &str) -> bool {
         matches!(&self.kind, RequestKind::C2c { packet, .. } if packet.client_msg_id == client_msg_id)
     }
@@ -114,18 +184,21 @@ impl Request {
 }
 
 /// What a header seq on the current connection was used for.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Wire {
     Request(u64),
-    Sync,
+    /// A sync page of this timeline.
+    Sync(Key),
     Logout,
 }
 
-/// An item on its way to the Events channel. `seq > 0` marks a timeline
-/// entry: once handed over (or, with no event, reached: an own message) it
-/// is delivered and may be acknowledged.
+/// An item on its way to the Events channel. `seq > 0` marks an entry of
+/// timeline `key`: once handed over (or, with no event, reached: an own
+/// message, or a start moved up by a sync) it is delivered and may be
+/// acknowledged.
 struct Outgoing {
     event: Option<Event>,
+    key: Key,
     seq: u64,
 }
 
@@ -174,16 +247,13 @@ struct Session {
     keepalive: Duration,
     next_seq: u32,
     wire: HashMap<u32, Wire>,
-    /// `Some(since)` while a sync page is outstanding.
-    syncing: Option<u64>,
-    /// Another sync round is wanted after the current one.
-    sync_again: bool,
+    /// Sync requests in flight (at most `MAX_SYNCS`).
+    syncs: usize,
+    /// Lines waiting for a sync slot, in order of asking.
+    sync_queue: VecDeque<Key>,
     last_recv: Instant,
     next_ping: Instant,
-    /// Highest PushAck sent on this connection.
-    acked: u64,
-    /// A duplicate arrived: acknowledge again so the server stops resending.
-    reack: bool,
+    /// When to look again at the lines marked `gap_check`.
     gap_check_at: Option<Instant>,
     logout: Option<Reply<()>>,
     write_timeout: Duration,
@@ -278,9 +348,12 @@ pub(crate) struct Actor {
     /// Events not yet handed over, in order. Bounded in effect: the socket is
     /// not read while it holds `event_capacity` items (plus one sync page).
     outbox: VecDeque<Outgoing>,
-    timeline: Timeline,
-    /// Highest sequence handed to the application (or reached as our own).
-    delivered: u64,
+    /// Every timeline followed, by key; the user's own (`USER`) is always there.
+    lines: HashMap<Key, Line>,
+    /// Lines whose PushAck may be due (delivered moved, or a duplicate came).
+    unacked: BTreeSet<Key>,
+    /// Bound on the early entries each line buffers past a hole.
+    max_pending: usize,
     user: pb::User,
     /// Unanswered c2c/c2s by submission order; kept across reconnects.
     requests: BTreeMap<u64, Request>,
@@ -303,9 +376,17 @@ impl Actor {
         let backoff = Backoff::new(cfg.reconnect_min, cfg.reconnect_max);
         // Early entries held past a hole: a few sync pages' worth.
         let max_pending = cfg.event_capacity.max(cfg.sync_page as usize).max(64) * 4;
+        let mut lines = HashMap::new();
+        lines.insert(USER.to_owned(), Line::new(since, max_pending));
+        for (group, &seq) in &cfg.group_since {
+            if !group.is_empty() {
+                lines.insert(group.clone(), Line::new(seq, max_pending));
+            }
+        }
         Actor {
-            timeline: Timeline::new(since, max_pending),
-            delivered: since,
+            lines,
+            unacked: BTreeSet::new(),
+            max_pending,
             user: pb::User::default(),
             outbox: VecDeque::new(),
             requests: BTreeMap::new(),
@@ -408,6 +489,7 @@ impl Actor {
             Command::C2s { packet, reply } => {
                 self.queue_request(RequestKind::C2s { packet, reply });
             }
+            // Every line is synced at the next login anyway.
             Command::Sync { reply } => self.sync_waiters.push(reply),
             // Nothing to log out of while disconnected: just stop.
             Command::Logout { reply } => return Some(Stop::LoggedOut(Some(reply))),
@@ -441,6 +523,7 @@ impl Actor {
     fn push_event(&mut self, event: Event) {
         self.outbox.push_back(Outgoing {
             event: Some(event),
+            key: Key::new(),
             seq: 0,
         });
     }
@@ -454,6 +537,7 @@ impl Actor {
                     Err(mpsc::error::TrySendError::Full(event)) => {
                         self.outbox.push_front(Outgoing {
                             event: Some(event),
+                            key: item.key,
                             seq: item.seq,
                         });
                         break;
@@ -462,24 +546,107 @@ impl Actor {
                     Err(mpsc::error::TrySendError::Closed(_)) => {}
                 }
             }
-            if item.seq > self.delivered {
-                self.delivered = item.seq;
-                self.shared.last_seq.store(item.seq, Ordering::Release);
+            if item.seq > 0 {
+                self.reached(&item.key, item.seq);
             }
         }
     }
 
-    /// Offers a timeline entry and queues whatever became contiguous.
-    fn accept(&mut self, seq: u64, entry: Entry) -> Offer {
-        let offer = self.timeline.offer(seq, entry);
-        while let Some((seq, entry)) = self.timeline.pop() {
+    /// Entry `seq` of line `key` was handed over (or reached): it is
+    /// delivered, readable by the handles, and due for acknowledgement.
+    fn reached(&mut self, key: &str, seq: u64) {
+        // A group forgotten since (GroupLeft) keeps no position.
+        let Some(line) = self.lines.get_mut(key) else {
+            return;
+        };
+        if seq <= line.delivered {
+            return;
+        }
+        line.delivered = seq;
+        if key == USER {
+            self.shared.last_seq.store(seq, Ordering::Release);
+        } else {
+            self.shared.set_group(key, seq);
+        }
+        if !self.unacked.contains(key) {
+            self.unacked.insert(key.to_owned());
+        }
+    }
+
+    /// The line of `key`, created at 0 when unknown: a group joined while
+    /// online (or never persisted). Its first entry past 1 is then a gap, and
+    /// the sync's `since` moves the start to where this member's view begins.
+    fn line(&mut self, key: &str) -> &mut Line {
+        if !self.lines.contains_key(key) {
+            debug!(group = key, "new group timeline");
+            self.shared.set_group(key, 0);
+            self.lines
+                .insert(key.to_owned(), Line::new(0, self.max_pending));
+        }
+        self.lines
+            .get_mut(key)
+            .unwrap_or_else(|| unreachable!("inserted above"))
+    }
+
+    /// Offers an entry of line `key` and queues whatever became contiguous.
+    fn accept(&mut self, key: &str, seq: u64, entry: Entry) -> Offer {
+        let offer = self.line(key).timeline.offer(seq, entry);
+        self.release(key);
+        offer
+    }
+
+    /// Moves line `key`'s start up to a sync reply's `since`.
+    fn advance(&mut self, key: &str, since: u64) {
+        if self.line(key).timeline.advance_to(since) {
+            debug!(group = key, since, "timeline starts later");
+            // Reached in order with the entries before it, so the position
+            // (and the ack) never passes an entry not yet handed over.
+            self.outbox.push_back(Outgoing {
+                event: None,
+                key: key.to_owned(),
+                seq: since,
+            });
+        }
+        self.release(key);
+    }
+
+    /// Queues line `key`'s contiguous entries as events.
+    fn release(&mut self, key: &str) {
+        let Some(line) = self.lines.get_mut(key) else {
+            return;
+        };
+        while let Some((seq, entry)) = line.timeline.pop() {
             let event = match entry {
-                Entry::Message(message) => Some(Event::Message { seq, message }),
+                Entry::Message(message) if key == USER => Some(Event::Message { seq, message }),
+                Entry::Message(message) => Some(Event::GroupMessage {
+                    group: key.to_owned(),
+                    seq,
+                    message,
+                }),
                 Entry::Own => None,
             };
-            self.outbox.push_back(Outgoing { event, seq });
+            self.outbox.push_back(Outgoing {
+                event,
+                key: key.to_owned(),
+                seq,
+            });
         }
-        offer
+    }
+
+    /// Stops following group `key`: the server said this user is no longer
+    /// a member (or the group is gone). Entries already queued are still
+    /// handed over, then [`Event::GroupLeft`].
+    fn forget(&mut self, key: &str, code: u32) {
+        if key == USER || self.lines.remove(key).is_none() {
+            return;
+        }
+        info!(group = key, code, name = code::name(code), "left group");
+        self.unacked.remove(key);
+        self.shared.forget_group(key);
+        self.push_event(Event::GroupLeft {
+            group: key.to_owned(),
+            code,
+        });
     }
 
     /// Our own message (sent from this device, still awaiting its ack) is
@@ -522,12 +689,10 @@ impl Actor {
             // Seq 1 was the login.
             next_seq: 2,
             wire: HashMap::new(),
-            syncing: None,
-            sync_again: false,
+            syncs: 0,
+            sync_queue: VecDeque::new(),
             last_recv: now,
             next_ping: now + keepalive,
-            acked: 0,
-            reack: false,
             gap_check_at: None,
             logout: None,
             write_timeout: self.cfg.request_timeout,
@@ -549,7 +714,7 @@ impl Actor {
             timeline_head: ack.timeline_head,
         });
 
-        let end = match self.start(&mut s, ack.cursor).await {
+        let end = match self.start(&mut s, ack.cursor, ack.groups).await {
             Ok(()) => self.serve(&mut s).await,
             Err(end) => end,
         };
@@ -559,21 +724,56 @@ impl Actor {
         end
     }
 
-    /// After login: catch the server cursor up, sync, resend what is unanswered.
-    async fn start(&mut self, s: &mut Session, cursor: u64) -> Result<(), End> {
+    /// After login: catch the server's cursors up, sync the user's timeline
+    /// and the groups the login listed (only those), resend what is
+    /// unanswered.
+    async fn start(
+        &mut self,
+        s: &mut Session,
+        cursor: u64,
+        groups: Vec<pb::GroupState>,
+    ) -> Result<(), End> {
         self.pump();
-        if self.delivered > cursor {
-            s.acked = self.delivered;
-            s.send(
-                &Packet::PushAck(pb::PushAck {
-                    group: Default::default(),
-                    seq: self.delivered,
-                }),
-                None,
-            )
-            .await?;
+        // A group the login does not list has nothing past the server's
+        // cursor, so the server is at least where this device is.
+        for line in self.lines.values_mut() {
+            line.conn = LineConn {
+                acked: line.delivered,
+                ..LineConn::default()
+            };
         }
-        self.start_sync(s).await?;
+        let mut catch_up = vec![(USER.to_owned(), cursor)];
+        let mut to_sync = vec![USER.to_owned()];
+        for g in groups {
+            if g.group.is_empty() {
+                continue;
+            }
+            // Unknown here (not persisted by the app): start at the server's
+            // cursor, as `since: None` does for the user's timeline.
+            if !self.lines.contains_key(&g.group) {
+                self.shared.set_group(&g.group, g.cursor);
+                self.lines
+                    .insert(g.group.clone(), Line::new(g.cursor, self.max_pending));
+            }
+            if g.head > self.line(&g.group).timeline.last() {
+                to_sync.push(g.group.clone());
+            }
+            catch_up.push((g.group, g.cursor));
+        }
+        for (key, cursor) in catch_up {
+            let line = self.line(&key);
+            line.conn.acked = cursor;
+            if line.delivered > cursor {
+                let seq = line.delivered;
+                line.conn.acked = seq;
+                s.send(&Packet::PushAck(pb::PushAck { seq, group: key }), None)
+                    .await?;
+            }
+        }
+        debug!(groups = to_sync.len() - 1, "syncing at login");
+        for key in to_sync {
+            self.want_sync(s, &key).await?;
+        }
         self.requests.retain(|_, r| !r.abandoned());
         let ids: Vec<u64> = self.requests.keys().copied().collect();
         for id in ids {
@@ -625,15 +825,7 @@ impl Actor {
                 Wake::Room => Ok(()),
                 Wake::Ping => self.on_ping_timer(s, reading).await,
                 Wake::Retry => self.resend_due(s).await,
-                Wake::GapCheck => {
-                    s.gap_check_at = None;
-                    if self.timeline.has_gap() {
-                        debug!(last = self.timeline.last(), "gap persists; syncing");
-                        self.start_sync(s).await.map_err(End::from)
-                    } else {
-                        Ok(())
-                    }
-                }
+                Wake::GapCheck => self.gap_check(s).await.map_err(End::from),
                 Wake::Abandoned => Err(End::Stop(Stop::Abandoned)),
             };
             if let Err(end) = step {
@@ -642,19 +834,37 @@ impl Actor {
         }
     }
 
-    /// Acknowledges what was handed to the application since the last ack.
+    /// Acknowledges, per line, what was handed to the application since
+    /// its last ack.
     async fn flush_ack(&mut self, s: &mut Session) -> Result<(), SdkError> {
-        if self.delivered > 0 && (self.delivered > s.acked || s.reack) {
-            s.reack = false;
-            s.acked = self.delivered;
-            s.send(
-                &Packet::PushAck(pb::PushAck {
-                    group: Default::default(),
-                    seq: self.delivered,
-                }),
-                None,
-            )
-            .await?;
+        while let Some(key) = self.unacked.pop_first() {
+            let Some(line) = self.lines.get_mut(&key) else {
+                continue;
+            };
+            let seq = line.delivered;
+            if seq > 0 && (seq > line.conn.acked || line.conn.reack) {
+                line.conn.reack = false;
+                line.conn.acked = seq;
+                s.send(&Packet::PushAck(pb::PushAck { seq, group: key }), None)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The grace after an own message landed past a hole is over: sync the
+    /// lines whose hole is still there.
+    async fn gap_check(&mut self, s: &mut Session) -> Result<(), SdkError> {
+        s.gap_check_at = None;
+        let mut holed = Vec::new();
+        for (key, line) in &mut self.lines {
+            if std::mem::take(&mut line.conn.gap_check) && line.timeline.has_gap() {
+                debug!(group = %key, last = line.timeline.last(), "gap persists; syncing");
+                holed.push(key.clone());
+            }
+        }
+        for key in holed {
+            self.want_sync(s, &key).await?;
         }
         Ok(())
     }
@@ -693,7 +903,10 @@ impl Actor {
             }
             Command::Sync { reply } => {
                 self.sync_waiters.push(reply);
-                self.start_sync(s).await?;
+                let keys: Vec<Key> = self.lines.keys().cloned().collect();
+                for key in keys {
+                    self.want_sync(s, &key).await?;
+                }
             }
             Command::Logout { reply } => {
                 if s.logout.is_none() {
@@ -749,24 +962,67 @@ impl Actor {
         Ok(())
     }
 
-    async fn start_sync(&mut self, s: &mut Session) -> Result<(), SdkError> {
-        if s.syncing.is_some() {
-            s.sync_again = true;
+    /// Asks for a sync of line `key`: now, after its current page (which
+    /// may already hold what is wanted, but may not), or when a slot frees.
+    async fn want_sync(&mut self, s: &mut Session, key: &str) -> Result<(), SdkError> {
+        let Some(line) = self.lines.get_mut(key) else {
+            return Ok(());
+        };
+        if line.conn.syncing.is_some() {
+            line.conn.sync_again = true;
             return Ok(());
         }
-        let since = self.timeline.last();
-        s.syncing = Some(since);
-        s.sync_again = false;
-        debug!(since, "sync");
+        if line.conn.queued {
+            return Ok(());
+        }
+        if s.syncs >= MAX_SYNCS {
+            line.conn.queued = true;
+            s.sync_queue.push_back(key.to_owned());
+            return Ok(());
+        }
+        self.send_sync(s, key).await
+    }
+
+    /// Sends a sync page request for line `key`, from its last contiguous entry.
+    async fn send_sync(&mut self, s: &mut Session, key: &str) -> Result<(), SdkError> {
+        let Some(line) = self.lines.get_mut(key) else {
+            return Ok(());
+        };
+        let since = line.timeline.last();
+        line.conn.syncing = Some(since);
+        line.conn.sync_again = false;
+        line.conn.queued = false;
+        s.syncs += 1;
+        debug!(group = key, since, "sync");
         s.send(
             &Packet::Sync(pb::Sync {
-                group: Default::default(),
+                group: key.to_owned(),
                 since,
                 limit: self.cfg.sync_page,
             }),
-            Some(Wire::Sync),
+            Some(Wire::Sync(key.to_owned())),
         )
         .await?;
+        Ok(())
+    }
+
+    /// A line's sync round ended: start the queued ones, and answer
+    /// `sync_now` once no sync is left.
+    async fn sync_done(&mut self, s: &mut Session) -> Result<(), SdkError> {
+        while s.syncs < MAX_SYNCS {
+            let Some(key) = s.sync_queue.pop_front() else {
+                break;
+            };
+            // Forgotten (GroupLeft) while it waited: skip it.
+            if self.lines.get(&key).is_some_and(|l| l.conn.queued) {
+                self.send_sync(s, &key).await?;
+            }
+        }
+        if s.syncs == 0 {
+            for waiter in self.sync_waiters.drain(..) {
+                let _ = waiter.send(Ok(()));
+            }
+        }
         Ok(())
     }
 
@@ -794,19 +1050,33 @@ impl Actor {
                     }
                     return Ok(());
                 }
+                let key = push
+                    .message
+                    .as_ref()
+                    .map(|m| m.group.clone())
+                    .unwrap_or_default();
                 let entry = self.entry_for(push.message);
-                match self.accept(push.seq, entry) {
+                match self.accept(&key, push.seq, entry) {
                     Offer::Gap => {
-                        debug!(seq = push.seq, last = self.timeline.last(), "gap; syncing");
-                        self.start_sync(s).await?;
+                        debug!(group = %key, seq = push.seq, "gap; syncing");
+                        self.want_sync(s, &key).await?;
                     }
-                    // A resend (our ack was lost or late): acknowledge again so
-                    // the server's retransmit timer stops.
-                    Offer::Duplicate if push.seq <= self.delivered => s.reack = true,
-                    _ => {}
+                    Offer::Duplicate => {
+                        // A resend (our ack was lost or late): acknowledge
+                        // again so the server's retransmit timer stops.
+                        let line = self.line(&key);
+                        if push.seq <= line.delivered {
+                            line.conn.reack = true;
+                            self.unacked.insert(key);
+                        }
+                    }
+                    Offer::Ready => {}
                 }
             }
-            Packet::SyncReply(reply) => self.on_sync_reply(s, reply).await?,
+            Packet::SyncReply(reply) => match wire {
+                Some(Wire::Sync(key)) => self.on_sync_reply(s, key, reply).await?,
+                _ => debug!(header_seq, "sync reply for no sync"),
+            },
             Packet::C2cAck(ack) => {
                 let Some(Wire::Request(id)) = wire else {
                     debug!(header_seq, "c2c ack for no request");
@@ -815,11 +1085,11 @@ impl Actor {
                 let Some(req) = self.requests.remove(&id) else {
                     return Ok(());
                 };
-                if ack.seq > 0
-                    && self.accept(ack.seq, Entry::Own) == Offer::Gap
-                    && s.gap_check_at.is_none()
-                {
-                    s.gap_check_at = Some(Instant::now() + GAP_GRACE);
+                let key = req.group().to_owned();
+                if ack.seq > 0 && self.accept(&key, ack.seq, Entry::Own) == Offer::Gap {
+                    self.line(&key).conn.gap_check = true;
+                    s.gap_check_at
+                        .get_or_insert_with(|| Instant::now() + GAP_GRACE);
                 }
                 match req.kind {
                     RequestKind::C2c { reply, .. } => {
@@ -849,7 +1119,7 @@ impl Actor {
                     }
                 }
             }
-            Packet::Error(err) => self.on_error(s, wire, err)?,
+            Packet::Error(err) => self.on_error(s, wire, err).await?,
             Packet::Kick(kick) => {
                 info!(code = kick.code, name = code::name(kick.code), reason = %kick.reason, "kicked");
                 if is_terminal_kick(kick.code) {
@@ -883,43 +1153,51 @@ impl Actor {
     async fn on_sync_reply(
         &mut self,
         s: &mut Session,
+        key: Key,
         reply: pb::SyncReply,
     ) -> Result<(), SdkError> {
-        let since = s.syncing.take().unwrap_or(0);
+        s.syncs = s.syncs.saturating_sub(1);
+        // Forgotten (GroupLeft) while the page was on its way.
+        let Some(line) = self.lines.get_mut(&key) else {
+            return self.sync_done(s).await;
+        };
+        let since = line.conn.syncing.take().unwrap_or(0);
+        // The page may start later than asked (a group member sees only what
+        // came after its joining): move up first, then take the entries.
+        self.advance(&key, reply.since);
         let got = reply.entries.len();
         for push in reply.entries {
             if push.seq == 0 {
                 continue;
             }
             let entry = self.entry_for(push.message);
-            self.accept(push.seq, entry);
+            self.accept(&key, push.seq, entry);
         }
-        let progressed = self.timeline.last() > since;
-        debug!(
-            since,
-            got,
-            last = self.timeline.last(),
-            has_more = reply.has_more,
-            "sync page"
-        );
+        let line = self.line(&key);
+        let (last, has_gap) = (line.timeline.last(), line.timeline.has_gap());
+        let progressed = last > since;
+        debug!(group = %key, since, got, last, has_more = reply.has_more, "sync page");
         let more = reply.has_more && progressed;
-        if more || s.sync_again || (progressed && self.timeline.has_gap()) {
-            return self.start_sync(s).await;
+        if more || line.conn.sync_again || (progressed && has_gap) {
+            return self.send_sync(s, &key).await;
         }
-        if reply.has_more || self.timeline.has_gap() {
+        if reply.has_more || has_gap {
             warn!(
+                group = %key,
                 since,
-                last = self.timeline.last(),
+                last,
                 "sync made no progress; waiting for pushes or the next sync"
             );
         }
-        for waiter in self.sync_waiters.drain(..) {
-            let _ = waiter.send(Ok(()));
-        }
-        Ok(())
+        self.sync_done(s).await
     }
 
-    fn on_error(&mut self, s: &mut Session, wire: Option<Wire>, err: pb::Error) -> Result<(), End> {
+    async fn on_error(
+        &mut self,
+        s: &mut Session,
+        wire: Option<Wire>,
+        err: pb::Error,
+    ) -> Result<(), End> {
         let server = || SdkError::Server {
             code: err.code,
             message: err.message.clone(),
@@ -936,13 +1214,23 @@ impl Actor {
                     }
                     Some(_) => {
                         if let Some(req) = self.requests.remove(&id) {
+                            let group = req.group().to_owned();
                             req.fail(server());
+                            // Posting told us we are out of the group.
+                            if is_group_gone(err.code) {
+                                self.forget(&group, err.code);
+                            }
                         }
                     }
                     None => {}
                 }
             }
-            Some(Wire::Sync) => {
+            Some(Wire::Sync(key)) if key != USER && is_group_gone(err.code) => {
+                s.syncs = s.syncs.saturating_sub(1);
+                self.forget(&key, err.code);
+                self.sync_done(s).await?;
+            }
+            Some(Wire::Sync(_)) => {
                 // Without a sync the timeline can't be trusted: start over.
                 return Err(End::Reconnect(server()));
             }
@@ -1004,9 +1292,8 @@ impl Actor {
             {
                 break;
             }
-            if item.seq > self.delivered {
-                self.delivered = item.seq;
-                self.shared.last_seq.store(item.seq, Ordering::Release);
+            if item.seq > 0 {
+                self.reached(&item.key, item.seq);
             }
         }
         // Reject requests sent while draining.

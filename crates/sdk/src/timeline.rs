@@ -1,4 +1,5 @@
-//! In-order, exactly-once delivery of one user's timeline.
+//! In-order, exactly-once delivery of one timeline (the user's own, or one
+//! group's: the connection task keeps one [`Timeline`] per timeline).
 //!
 //! Entries reach the SDK from three directions that may overlap or race:
 //! pushes, sync pages, and the `C2cAck` of this device's own messages (whose
@@ -105,6 +106,24 @@ impl Timeline {
         } else {
             Offer::Gap
         }
+    }
+
+    /// Moves the start up to `since` (> `last`): the server said the entries
+    /// up to it are not for this reader (a group member added later sees only
+    /// what came after its joining). Buffered entries up to `since` are
+    /// dropped; the ones after it may now be contiguous. Returns whether it
+    /// moved; the caller then counts `since` as reached, like an own entry.
+    pub(crate) fn advance_to(&mut self, since: u64) -> bool {
+        if since <= self.last {
+            return false;
+        }
+        self.pending = self.pending.split_off(&since.saturating_add(1));
+        self.last = since;
+        self.next_pop = since.saturating_add(1);
+        while self.pending.contains_key(&(self.last + 1)) {
+            self.last += 1;
+        }
+        true
     }
 
     /// Takes the next contiguous entry, in sequence order.
@@ -265,6 +284,21 @@ mod tests {
         }
         out.extend(seqs(&drain(&mut t)));
         assert_eq!(out, (1..=200).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn advancing_drops_what_is_before_and_releases_what_follows() {
+        let mut t = Timeline::new(0, 100);
+        assert_eq!(t.offer(7, msg(7)), Offer::Gap);
+        assert_eq!(t.offer(9, msg(9)), Offer::Gap);
+        assert!(t.advance_to(6));
+        assert_eq!(t.last(), 7);
+        assert!(t.has_gap());
+        assert_eq!(seqs(&drain(&mut t)), vec![7]);
+        assert_eq!(t.offer(5, msg(5)), Offer::Duplicate);
+        assert!(!t.advance_to(3), "never moves back");
+        assert_eq!(t.offer(8, msg(8)), Offer::Ready);
+        assert_eq!(seqs(&drain(&mut t)), vec![8, 9]);
     }
 
     #[test]

@@ -554,3 +554,334 @@ async fn a_local_addr_is_the_source_of_every_connection() {
     assert_eq!(sources, vec![local, local]);
     client.close().await;
 }
+
+// ---- groups: one timeline per group, next to the user's own ----
+
+fn group_msg(group: &str, from: User, id: u64, client_msg_id: &str) -> pb::Message {
+    pb::Message {
+        group: group.into(),
+        to: Some(User {
+            app: "shop".into(),
+            uid: String::new(),
+        }),
+        ..msg(from, id, client_msg_id)
+    }
+}
+
+fn group_entry(group: &str, seq: u64) -> pb::Push {
+    pb::Push {
+        seq,
+        message: Some(group_msg(group, bob(), 1000 + seq, "")),
+    }
+}
+
+fn group_push(group: &str, seq: u64) -> Packet {
+    Packet::Push(group_entry(group, seq))
+}
+
+fn sync_reply(since: u64, entries: Vec<pb::Push>) -> Packet {
+    Packet::SyncReply(pb::SyncReply {
+        since,
+        timeline_head: entries.last().map_or(since, |e| e.seq),
+        entries,
+        has_more: false,
+    })
+}
+
+impl Peer {
+    /// Answers the login with `ack` (nothing else).
+    async fn login_ack(l: &TcpListener, ack: pb::LoginAck) -> Peer {
+        let mut peer = Peer::accept(l).await;
+        let (seq, p) = peer.recv().await;
+        assert!(matches!(p, Packet::Login(_)), "{p:?}");
+        let ack = pb::LoginAck {
+            user: Some(alice()),
+            keepalive_secs: 30,
+            max_frame_bytes: 1 << 20,
+            ..ack
+        };
+        peer.send(seq, Packet::LoginAck(ack)).await;
+        peer
+    }
+
+    /// The next frame must be a sync of `group` from `since`; returns its header seq.
+    async fn expect_sync(&mut self, group: &str, since: u64) -> u32 {
+        let (seq, p) = self.recv().await;
+        assert_eq!(
+            p,
+            Packet::Sync(pb::Sync {
+                group: group.into(),
+                since,
+                limit: 200
+            })
+        );
+        seq
+    }
+
+    async fn expect_group_ack(&mut self, group: &str, want: u64) {
+        let (_, p) = self.recv().await;
+        assert_eq!(
+            p,
+            Packet::PushAck(pb::PushAck {
+                group: group.into(),
+                seq: want
+            })
+        );
+    }
+}
+
+async fn expect_group_message(events: &mut Events, want_group: &str, want: u64) {
+    match next(events).await {
+        Event::GroupMessage {
+            group,
+            seq,
+            message,
+        } => {
+            assert_eq!(
+                (group.as_str(), seq, message.msg_id),
+                (want_group, want, 1000 + want)
+            );
+            assert_eq!(message.group, want_group);
+        }
+        other => panic!("expected {want_group} #{want}, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn group_pushes_arrive_in_group_order_next_to_the_user_timeline() {
+    let (l, url) = listener().await;
+    let connect = tokio::spawn(Client::connect(config(&url).with_group_since("g1", 10)));
+    let mut peer = Peer::login(&l, 0, vec![]).await;
+    let (client, mut events) = connect.await.unwrap().unwrap();
+    assert!(matches!(next(&mut events).await, Event::Connected { .. }));
+    assert_eq!(client.group_position("g1"), Some(10));
+
+    peer.send(0, group_push("g1", 11)).await;
+    expect_group_message(&mut events, "g1", 11).await;
+    peer.expect_group_ack("g1", 11).await;
+    // The user's timeline and the group's are apart: user entry 1 is not a
+    // gap of the group's 12, nor the other way round.
+    peer.send(0, push(1)).await;
+    expect_message(&mut events, 1).await;
+    peer.expect_ack(1).await;
+    // 13 before 12 on the group: held back until 12 is there (a sync of the
+    // group would start at 11 if asked; 12 comes first here).
+    peer.send(0, group_push("g1", 13)).await;
+    let (seq, p) = peer.recv().await;
+    assert_eq!(
+        p,
+        Packet::Sync(pb::Sync {
+            group: "g1".into(),
+            since: 11,
+            limit: 200
+        })
+    );
+    peer.send(0, group_push("g1", 12)).await;
+    peer.send(
+        seq,
+        sync_reply(11, vec![group_entry("g1", 12), group_entry("g1", 13)]),
+    )
+    .await;
+    expect_group_message(&mut events, "g1", 12).await;
+    expect_group_message(&mut events, "g1", 13).await;
+    peer.expect_group_ack("g1", 13).await;
+    // A resent group push: acknowledged again, not shown again.
+    peer.send(0, group_push("g1", 12)).await;
+    peer.expect_group_ack("g1", 13).await;
+    peer.send(0, push(2)).await;
+    expect_message(&mut events, 2).await;
+    peer.expect_ack(2).await;
+    assert_eq!(client.group_position("g1"), Some(13));
+    assert_eq!(client.last_seq(), 2);
+    assert_eq!(client.group_positions().len(), 1);
+}
+
+#[tokio::test]
+async fn a_group_first_seen_by_push_syncs_from_where_the_members_view_starts() {
+    let (l, url) = listener().await;
+    let connect = tokio::spawn(Client::connect(config(&url)));
+    let mut peer = Peer::login(&l, 0, vec![]).await;
+    let (client, mut events) = connect.await.unwrap().unwrap();
+    assert!(matches!(next(&mut events).await, Event::Connected { .. }));
+    assert_eq!(client.group_position("g2"), None);
+
+    // Joined while online: entry 42 of a group the client has never seen.
+    peer.send(0, group_push("g2", 42)).await;
+    let seq = peer.expect_sync("g2", 0).await;
+    // This member's view starts after 40: the page says so.
+    peer.send(
+        seq,
+        sync_reply(40, vec![group_entry("g2", 41), group_entry("g2", 42)]),
+    )
+    .await;
+    expect_group_message(&mut events, "g2", 41).await;
+    expect_group_message(&mut events, "g2", 42).await;
+    peer.expect_group_ack("g2", 42).await;
+    assert_eq!(client.group_position("g2"), Some(42));
+    peer.send(0, group_push("g2", 43)).await;
+    expect_group_message(&mut events, "g2", 43).await;
+    peer.expect_group_ack("g2", 43).await;
+}
+
+#[tokio::test]
+async fn login_syncs_only_the_groups_it_lists() {
+    let (l, url) = listener().await;
+    let cfg = config(&url)
+        .with_group_since("g-old", 8)
+        .with_group_since("g-quiet", 3);
+    let connect = tokio::spawn(Client::connect(cfg));
+    let state = |group: &str, head, cursor| pb::GroupState {
+        group: group.into(),
+        head,
+        cursor,
+    };
+    let mut peer = Peer::login_ack(
+        &l,
+        pb::LoginAck {
+            groups: vec![state("g-old", 9, 7), state("g-new", 2, 0)],
+            ..Default::default()
+        },
+    )
+    .await;
+    let (client, mut events) = connect.await.unwrap().unwrap();
+    // The server's cursor of g-old is behind what the app has: moved up first.
+    peer.expect_group_ack("g-old", 8).await;
+    // Then one pass: the user's timeline and the two listed groups, not g-quiet.
+    let user_sync = peer.expect_sync("", 0).await;
+    let old_sync = peer.expect_sync("g-old", 8).await;
+    let new_sync = peer.expect_sync("g-new", 0).await;
+    peer.send(
+        new_sync,
+        sync_reply(0, vec![group_entry("g-new", 1), group_entry("g-new", 2)]),
+    )
+    .await;
+    peer.send(old_sync, sync_reply(8, vec![group_entry("g-old", 9)]))
+        .await;
+    peer.send(user_sync, sync_reply(0, vec![])).await;
+    assert!(matches!(next(&mut events).await, Event::Connected { .. }));
+    expect_group_message(&mut events, "g-new", 1).await;
+    expect_group_message(&mut events, "g-new", 2).await;
+    expect_group_message(&mut events, "g-old", 9).await;
+    peer.expect_group_ack("g-new", 2).await;
+    peer.expect_group_ack("g-old", 9).await;
+    // Nothing else was asked: the next frame is the ack of this push.
+    peer.send(0, push(1)).await;
+    expect_message(&mut events, 1).await;
+    peer.expect_ack(1).await;
+    assert_eq!(client.group_position("g-quiet"), Some(3));
+    assert_eq!(client.group_position("g-new"), Some(2));
+}
+
+#[tokio::test]
+async fn a_refused_group_sync_leaves_the_group_and_posts_refused_are_not_retried() {
+    let (l, url) = listener().await;
+    let connect = tokio::spawn(Client::connect(config(&url).with_group_since("g3", 5)));
+    let mut peer = Peer::login(&l, 0, vec![]).await;
+    let (client, mut events) = connect.await.unwrap().unwrap();
+    assert!(matches!(next(&mut events).await, Event::Connected { .. }));
+
+    peer.send(0, group_push("g3", 6)).await;
+    expect_group_message(&mut events, "g3", 6).await;
+    peer.expect_group_ack("g3", 6).await;
+    // Removed from the group: a push past a hole, and the sync is refused.
+    peer.send(0, group_push("g3", 9)).await;
+    let seq = peer.expect_sync("g3", 6).await;
+    peer.send(
+        seq,
+        Packet::error(code::NOT_GROUP_MEMBER, "not a member", false),
+    )
+    .await;
+    match next(&mut events).await {
+        Event::GroupLeft { group, code } => {
+            assert_eq!((group.as_str(), code), ("g3", code::NOT_GROUP_MEMBER));
+        }
+        other => panic!("expected GroupLeft, got {other:?}"),
+    }
+    assert_eq!(client.group_position("g3"), None);
+
+    // A broadcast group refuses the post: the error comes back, once.
+    let c = client.clone();
+    let post = tokio::spawn(async move { c.send_group("news", "text", "hi").await });
+    let (seq, p) = peer.recv().await;
+    let Packet::C2c(c2c) = p else { panic!("{p:?}") };
+    assert_eq!((c2c.group.as_str(), c2c.to), ("news", None));
+    peer.send(
+        seq,
+        Packet::error(code::GROUP_ADMINS_ONLY, "admins only", false),
+    )
+    .await;
+    let err = post.await.unwrap().unwrap_err();
+    assert_eq!(err.code(), Some(code::GROUP_ADMINS_ONLY));
+    // The connection stays: the user's timeline goes on (and no resend came first).
+    peer.send(0, push(1)).await;
+    expect_message(&mut events, 1).await;
+    peer.expect_ack(1).await;
+}
+
+#[tokio::test]
+async fn a_group_post_is_resent_with_its_id_and_not_shown_back() {
+    let (l, url) = listener().await;
+    let connect = tokio::spawn(Client::connect(config(&url)));
+    let mut peer = Peer::login(&l, 0, vec![]).await;
+    let (client, mut events) = connect.await.unwrap().unwrap();
+    assert!(matches!(next(&mut events).await, Event::Connected { .. }));
+
+    let c = client.clone();
+    let post =
+        tokio::spawn(async move { c.send_group_with_id("gm-1", "g1", "text", "hi all").await });
+    let (_, p) = peer.recv().await;
+    assert!(matches!(p, Packet::C2c(ref c) if c.client_msg_id == "gm-1" && c.group == "g1"));
+    // Stored, then the connection dropped before the ack.
+    drop(peer);
+    assert!(matches!(
+        next(&mut events).await,
+        Event::Disconnected { .. }
+    ));
+
+    // The login lists g1 (entry 4 is the post); the resend follows the syncs.
+    let mut peer = Peer::login_ack(
+        &l,
+        pb::LoginAck {
+            groups: vec![pb::GroupState {
+                group: "g1".into(),
+                head: 4,
+                cursor: 3,
+            }],
+            ..Default::default()
+        },
+    )
+    .await;
+    let user_sync = peer.expect_sync("", 0).await;
+    let group_sync = peer.expect_sync("g1", 3).await;
+    let (seq, p) = peer.recv().await;
+    assert!(
+        matches!(p, Packet::C2c(ref c) if c.client_msg_id == "gm-1" && c.group == "g1"),
+        "{p:?}"
+    );
+    peer.send(user_sync, sync_reply(0, vec![])).await;
+    let own = pb::Push {
+        seq: 4,
+        message: Some(group_msg("g1", alice(), 1004, "gm-1")),
+    };
+    peer.send(group_sync, sync_reply(3, vec![own])).await;
+    peer.send(
+        seq,
+        Packet::C2cAck(pb::C2cAck {
+            client_msg_id: "gm-1".into(),
+            msg_id: 1004,
+            seq: 4,
+            server_time_ms: 1,
+            duplicate: true,
+        }),
+    )
+    .await;
+    let receipt = post.await.unwrap().unwrap();
+    assert_eq!((receipt.seq, receipt.duplicate), (4, true));
+    peer.expect_group_ack("g1", 4).await;
+    // The next group event is 5: the own post (4) was not shown.
+    peer.send(0, group_push("g1", 5)).await;
+    assert!(matches!(next(&mut events).await, Event::Connected { .. }));
+    expect_group_message(&mut events, "g1", 5).await;
+    peer.expect_group_ack("g1", 5).await;
+    assert_eq!(client.group_position("g1"), Some(5));
+}
