@@ -29,6 +29,8 @@ pub mod codes {
     pub const PAYLOAD_TOO_LARGE: &str = "PAYLOAD_TOO_LARGE";
     /// A push or presence request names more users than `api.max_targets`.
     pub const TOO_MANY_TARGETS: &str = "TOO_MANY_TARGETS";
+    /// A group membership call names more than 1,000 members.
+    pub const BATCH_TOO_LARGE: &str = "BATCH_TOO_LARGE";
     /// A field is missing, empty, too long or inconsistent.
     pub const INVALID_ARGUMENT: &str = "INVALID_ARGUMENT";
     /// No such endpoint.
@@ -93,7 +95,9 @@ impl From<&LogicError> for ApiError {
     fn from(e: &LogicError) -> ApiError {
         let c = e.code();
         let status = match c {
-            code::UNKNOWN_APP => StatusCode::NOT_FOUND,
+            code::UNKNOWN_APP | code::GROUP_NOT_FOUND => StatusCode::NOT_FOUND,
+            code::NOT_GROUP_MEMBER | code::GROUP_ADMINS_ONLY => StatusCode::FORBIDDEN,
+            code::GROUP_FULL => StatusCode::CONFLICT,
             code::INVALID_ARGUMENT => StatusCode::BAD_REQUEST,
             code::CROSS_APP_FORBIDDEN | code::FORBIDDEN => StatusCode::FORBIDDEN,
             code::RATE_LIMITED => StatusCode::TOO_MANY_REQUESTS,

@@ -1,10 +1,12 @@
 //! The HTTP side of a node: `/ws` (handed to the gate), `/healthz`,
 //! `/readyz`, `/metrics`, `/openapi.json`, and the `/v1` API for business
-//! servers and operators ([`v1`]; errors in [`error`], docs/http-api.md).
+//! servers and operators ([`v1`], groups in [`groups`]; errors in
+//! [`error`], docs/http-api.md).
 
 pub mod console;
 pub mod error;
 mod extract;
+pub mod groups;
 mod listener;
 pub mod metrics;
 pub mod openapi;
@@ -19,7 +21,7 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Extension, Json, Router};
 use serde_json::json;
 use switchboard_gate::Gate;
@@ -63,6 +65,28 @@ pub fn router_with(gate: Arc<Gate>, config: ApiConfig) -> Router {
         .route("/v1/apps/{app}/users/{uid}/timeline", get(v1::timeline))
         .route("/v1/apps/{app}/users/{uid}/kick", post(v1::kick))
         .route("/v1/apps/{app}/users/{uid}/revoke", post(revoke::revoke))
+        .route(
+            "/v1/apps/{app}/groups/{gid}",
+            put(groups::put_group)
+                .get(groups::get_group)
+                .delete(groups::delete_group),
+        )
+        .route(
+            "/v1/apps/{app}/groups/{gid}/members",
+            post(groups::add_members).get(groups::list_members),
+        )
+        .route(
+            "/v1/apps/{app}/groups/{gid}/members/remove",
+            post(groups::remove_members),
+        )
+        .route(
+            "/v1/apps/{app}/groups/{gid}/messages",
+            post(groups::post_message),
+        )
+        .route(
+            "/v1/apps/{app}/users/{uid}/groups",
+            get(groups::user_groups),
+        )
         .route("/v1/admin/stats", get(v1::stats))
         .with_state(api);
     let console = Router::new()

@@ -11,7 +11,7 @@ use crate::v1;
 #[openapi(
     info(
         title = "Switchboard HTTP API",
-        description = "For business servers (push, send as a user, presence, history) and \
+        description = "For business servers (push, send as a user, presence, history, groups) and \
 operators (stats, kick). Authenticate with `Authorization: Bearer <key>`: the app's \
 `api_key` or the operator's `admin_key`. Errors are `{\"error\": {\"code\", \"status\", \
 \"message\"}}` with stable codes. Message ids are decimal strings (64-bit). See docs/http-api.md."
@@ -24,6 +24,14 @@ operators (stats, kick). Authenticate with `Authorization: Bearer <key>`: the ap
         v1::timeline,
         v1::kick,
         crate::revoke::revoke,
+        crate::groups::put_group,
+        crate::groups::get_group,
+        crate::groups::delete_group,
+        crate::groups::add_members,
+        crate::groups::remove_members,
+        crate::groups::list_members,
+        crate::groups::user_groups,
+        crate::groups::post_message,
         v1::stats,
         crate::healthz,
         crate::readyz,
@@ -35,6 +43,7 @@ operators (stats, kick). Authenticate with `Authorization: Bearer <key>`: the ap
         (name = "messages", description = "Push to users, send as a user"),
         (name = "presence", description = "Who is online, on which devices"),
         (name = "history", description = "Conversations and timelines"),
+        (name = "groups", description = "Groups: settings, members, posting"),
         (name = "operators", description = "Stats, kick, health, metrics"),
     )
 )]
@@ -97,18 +106,23 @@ pub fn document(limits: Limits) -> serde_json::Value {
         "maxLength": MAX_ID_BYTES,
         "description": "A uid of the app: 1 to 128 bytes of UTF-8",
     });
-    for (schema, field) in [("PushRequest", "to"), ("PresenceRequest", "users")] {
+    let batch = switchboard_core::logic_groups_api::MAX_MEMBER_BATCH;
+    for (schema, field, max) in [
+        ("PushRequest", "to", limits.max_targets),
+        ("PresenceRequest", "users", limits.max_targets),
+        ("RemoveMembersRequest", "uids", batch),
+    ] {
         if let Some(list) = doc
             .pointer_mut(&format!("/components/schemas/{schema}/properties/{field}"))
             .and_then(|v| v.as_object_mut())
         {
             list.insert("items".into(), uid.clone());
-            list.insert("maxItems".into(), limits.max_targets.into());
+            list.insert("maxItems".into(), max.into());
         }
     }
     // `body` and `body_base64` are one or the other (even a null `body`
     // with a `body_base64` is refused): utoipa has no attribute for it.
-    for schema in ["PushRequest", "SendRequest"] {
+    for schema in ["PushRequest", "SendRequest", "GroupPostRequest"] {
         if let Some(s) = doc
             .pointer_mut(&format!("/components/schemas/{schema}"))
             .and_then(|v| v.as_object_mut())
@@ -177,7 +191,10 @@ mod tests {
             assert_eq!(list["minItems"], 1, "{p}");
             assert_eq!(list["items"]["maxLength"], 128, "{p}");
         }
-        for s in ["PushRequest", "SendRequest"] {
+        let uids = &doc["components"]["schemas"]["RemoveMembersRequest"]["properties"]["uids"];
+        assert_eq!(uids["maxItems"], 1000);
+        assert_eq!(uids["items"]["minLength"], 1);
+        for s in ["PushRequest", "SendRequest", "GroupPostRequest"] {
             assert_eq!(
                 doc["components"]["schemas"][s]["not"]["required"][1], "body_base64",
                 "{s}"

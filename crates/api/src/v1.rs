@@ -341,13 +341,13 @@ pub struct KickResponse {
 // --------------------------------------------------------------- helpers ---
 
 /// The largest sequence the API takes: the schema says int64.
-const MAX_SEQ: u64 = i64::MAX as u64;
+pub(crate) const MAX_SEQ: u64 = i64::MAX as u64;
 
 /// Optional fields may be absent, but an explicit `null` is not a value for
 /// them (the schema says so): this makes a present key `Some`, so
 /// `Option<String>` refuses `null` and `Option<Value>` keeps it as
 /// `Some(Null)`.
-fn given<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+pub(crate) fn given<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,
@@ -356,7 +356,7 @@ where
 }
 
 /// The body rule (see the module docs).
-fn body_bytes(
+pub(crate) fn body_bytes(
     body: Option<serde_json::Value>,
     body_base64: Option<String>,
 ) -> Result<Bytes, ApiError> {

@@ -57,6 +57,14 @@ pub trait Bus: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), BusError> {
         Ok(())
     }
+
+    /// True when the bus should get only the platform events (not `c2s`)
+    /// that one of the app's webhooks subscribed to ([`crate::AppConfig::wants_event`]).
+    /// False (the default): every event, for readers the platform does not
+    /// know (business servers on JetStream pick their subjects themselves).
+    fn only_subscribed(&self) -> bool {
+        false
+    }
 }
 
 /// The embedded bus: events go to the store's outbox.
@@ -78,5 +86,12 @@ impl Bus for OutboxBus {
             id: r.id,
             duplicate: r.duplicate,
         })
+    }
+
+    /// The outbox's only reader is the webhook dispatcher, which drops what
+    /// no webhook wants: writing such an event would cost a durable write
+    /// per message for nothing.
+    fn only_subscribed(&self) -> bool {
+        true
     }
 }

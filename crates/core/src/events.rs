@@ -17,8 +17,42 @@ pub const USER_OFFLINE: &str = "user.offline";
 /// A c2c message was stored (metadata, not the body).
 pub const MESSAGE_STORED: &str = "message.stored";
 
+/// A group was created through the HTTP API.
+pub const GROUP_CREATED: &str = "group.created";
+/// A group was deleted through the HTTP API.
+pub const GROUP_DELETED: &str = "group.deleted";
+/// Members were added to a group (or changed role).
+pub const GROUP_MEMBERS_ADDED: &str = "group.members_added";
+/// Members were removed from a group.
+pub const GROUP_MEMBERS_REMOVED: &str = "group.members_removed";
+
 /// Every topic, for configuration checks.
-pub const TOPICS: &[&str] = &[C2S, USER_ONLINE, USER_OFFLINE, MESSAGE_STORED];
+pub const TOPICS: &[&str] = &[
+    C2S,
+    USER_ONLINE,
+    USER_OFFLINE,
+    MESSAGE_STORED,
+    GROUP_CREATED,
+    GROUP_DELETED,
+    GROUP_MEMBERS_ADDED,
+    GROUP_MEMBERS_REMOVED,
+];
+
+/// `data` of the `group.*` events. Group events are keyed by the app's
+/// system user (uid `""`), so one app's membership changes reach a webhook
+/// in the order they happened (a create before its members).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupData {
+    pub gid: String,
+    /// The members the call changed, in request order (`members_added`,
+    /// `members_removed`; empty for `created` and `deleted`): members
+    /// already in the wanted state are left out, and a call that changed
+    /// nobody publishes no event.
+    #[serde(default)]
+    pub uids: Vec<String>,
+    /// The group's member count after the change.
+    pub members: u64,
+}
 
 /// `data` of `user.online` and `user.offline`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

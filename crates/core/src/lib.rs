@@ -12,6 +12,7 @@
 //!   [`Screen`] every c2c passes before it is stored;
 //! - [`logic`]: c2c, c2s, s2c, sync and cursors, written once against the traits;
 //!   [`logic_api`]: what the HTTP API adds (s2c push, presence, history, kick);
+//!   [`logic_groups_api`]: groups for the HTTP API (membership, posting);
 //! - [`stats`]: node counters and metric names.
 
 pub mod auth;
@@ -25,6 +26,7 @@ pub mod id;
 pub mod logic;
 pub mod logic_api;
 pub mod logic_group;
+pub mod logic_groups_api;
 pub mod model;
 pub mod presence;
 pub mod route;

@@ -33,6 +33,8 @@ pub struct LogicConfig {
     pub max_devices_per_user: usize,
     /// Largest sync page.
     pub max_sync_page: usize,
+    /// Most members one group may have (adding beyond it is `GROUP_FULL`).
+    pub max_group_members: u64,
 }
 
 impl Default for LogicConfig {
@@ -43,6 +45,7 @@ impl Default for LogicConfig {
             max_body_bytes: 60 * 1024,
             max_devices_per_user: 10,
             max_sync_page: 200,
+            max_group_members: 100_000,
         }
     }
 }
@@ -172,10 +175,13 @@ impl Logic {
         self.event_failures.load(Ordering::Relaxed)
     }
 
-    /// Publishes a platform event when one of the app's webhooks wants it.
-    /// Never fails the caller: the request that caused the event already
-    /// succeeded, so a bus failure is logged and counted.
-    async fn publish_event<T: serde::Serialize>(
+    /// Publishes a platform event. Every event goes to a bus whose readers
+    /// are business servers (JetStream: they pick subjects themselves); the
+    /// outbox bus, read only by the webhook dispatcher, takes only what one
+    /// of the app's webhooks wants ([`Bus::only_subscribed`]). Never fails
+    /// the caller: the request that caused the event already succeeded, so
+    /// a bus failure is logged and counted.
+    pub(crate) async fn publish_event<T: serde::Serialize>(
         &self,
         topic: &str,
         user: &UserKey,
@@ -183,11 +189,7 @@ impl Logic {
         data: &T,
         dedupe_id: &str,
     ) {
-        let wanted = self
-            .apps
-            .get(&user.app)
-            .is_some_and(|a| a.wants_event(topic, kind));
-        if !wanted {
+        if !self.wants_kind(topic, user, kind) {
             return;
         }
         let body = match serde_json::to_vec(data) {
@@ -213,9 +215,17 @@ impl Logic {
     }
 
     fn wants(&self, topic: &str, user: &UserKey) -> bool {
-        self.apps
-            .get(&user.app)
-            .is_some_and(|a| a.wants_event(topic, ""))
+        self.wants_kind(topic, user, "")
+    }
+
+    /// Whether an event goes to the bus: always, unless the bus takes only
+    /// what a webhook subscribed to.
+    fn wants_kind(&self, topic: &str, user: &UserKey, kind: &str) -> bool {
+        !self.bus.only_subscribed()
+            || self
+                .apps
+                .get(&user.app)
+                .is_some_and(|a| a.wants_event(topic, kind))
     }
 
     pub fn config(&self) -> &LogicConfig {

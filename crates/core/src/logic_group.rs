@@ -197,7 +197,8 @@ impl Logic {
         entry: Entry,
         skip_conn: Option<u64>,
     ) {
-        // Transitional: replaced by the one delivery path (issue 12 Part 1).
+        // lead: replace — a placeholder until the one delivery path
+        // (issue 12 Part 1) reaches the member devices.
         tracing::debug!(%group, seq = entry.seq, ?skip_conn, "group entry stored");
     }
 }

@@ -86,6 +86,8 @@ pub struct Logic {
     pub max_body_bytes: usize,
     pub max_devices_per_user: usize,
     pub max_sync_page: usize,
+    /// Most members one group may have.
+    pub max_group_members: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -340,6 +342,7 @@ impl Default for Logic {
             max_body_bytes: l.max_body_bytes,
             max_devices_per_user: l.max_devices_per_user,
             max_sync_page: l.max_sync_page,
+            max_group_members: l.max_group_members,
         }
     }
 }
@@ -445,6 +448,7 @@ impl Config {
             max_body_bytes: self.logic.max_body_bytes,
             max_devices_per_user: self.logic.max_devices_per_user,
             max_sync_page: self.logic.max_sync_page,
+            max_group_members: self.logic.max_group_members,
         }
     }
 }

@@ -409,6 +409,72 @@ async fn three_nodes_chat_fan_out_and_push_across_nodes() {
     }
 }
 
+/// Every platform event reaches JetStream, though the app has no webhook
+/// (issue 15: only c2s used to): logins, a stored message and a logout, from
+/// whichever node saw them, each once. Read back as a business server would,
+/// with a durable consumer on the app's events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn platform_events_reach_jetstream_without_a_webhook() {
+    let ns = Namespace::new();
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(&ns, dir.path()).await;
+    let (n1, n2) = (&nodes[0], &nodes[1]);
+
+    let (alice, _alice_ev) = connect(&n1.url(), "alice", "a1").await;
+    let (bob, mut bob_ev) = connect(&n2.url(), "bob", "b1").await;
+    alice
+        .send(demo("bob"), "text", "hi bob")
+        .await
+        .expect("ack");
+    assert_eq!(bodies(&messages(&mut bob_ev, 1, T).await), ["hi bob"]);
+    bob.logout().await.expect("logout");
+
+    let want = [
+        "message_stored alice",
+        "user_offline bob",
+        "user_online alice",
+        "user_online bob",
+    ];
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.expect("nats"));
+    let stream = js.get_stream(&ns.stream).await.expect("stream exists");
+    let consumer: async_nats::jetstream::consumer::PullConsumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("crm".into()),
+            filter_subject: format!("{}.events.demo.>", ns.prefix),
+            ..Default::default()
+        })
+        .await
+        .expect("durable consumer");
+    let deadline = tokio::time::Instant::now() + T;
+    let mut got: Vec<String> = Vec::new();
+    // The logout's event may still be on its way: read until every wanted
+    // event is there (bounded), then once more to see nothing extra.
+    while got.len() < want.len() && tokio::time::Instant::now() < deadline {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(20)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await
+            .expect("fetch");
+        while let Some(m) = batch.next().await {
+            let m = m.expect("message");
+            let topic = m.subject.split('.').nth(3).unwrap_or_default().to_string();
+            let uid = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Sb-Uid"))
+                .map(|v| v.as_str().to_string())
+                .unwrap_or_default();
+            got.push(format!("{topic} {uid}"));
+            m.ack().await.expect("ack");
+        }
+    }
+    got.sort();
+    assert_eq!(got, want);
+    alice.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_a_node_under_traffic_loses_and_duplicates_nothing() {
     let ns = Namespace::new();

@@ -1,0 +1,369 @@
+//! What the HTTP API does with groups: business servers own membership
+//! (create, update, delete a group; add and remove members in batches; list
+//! members and a user's groups, paged) and post to a group as a user or as
+//! the system. Every membership change is an event on the bus
+//! (`group.*`, see [`crate::events`]). Written against the [`Store`]
+//! trait's group methods; the API crate only maps HTTP to these calls.
+//!
+//! [`Store`]: crate::store::Store
+
+use bytes::Bytes;
+
+use crate::error::LogicError;
+use crate::events::{self, GroupData};
+use crate::group::{Group, GroupKey, GroupRefusal, GroupSpec, Member, NewGroupMessage, Role};
+use crate::logic::Logic;
+use crate::model::{Message, UserKey};
+use crate::store::StoreError;
+
+/// Most members one add or remove call may name: a batch is one atomic
+/// store write, so it is bounded like every other request.
+pub const MAX_MEMBER_BATCH: usize = 1_000;
+/// Longest group name, in bytes.
+pub const MAX_GROUP_NAME_BYTES: usize = 256;
+/// Largest group metadata, in bytes (as stored: JSON text by convention).
+pub const MAX_GROUP_META_BYTES: usize = 4 * 1024;
+/// A page of members or of a user's groups when the caller gives no limit.
+pub const DEFAULT_GROUP_PAGE: usize = 100;
+/// The largest page of members or of a user's groups.
+pub const MAX_GROUP_PAGE: usize = 1_000;
+
+// The id and type limits of the protocol. (The same numbers as in logic.rs
+// and logic_api.rs; issue 12 Part 1 moves them into one limits module.)
+const MAX_ID_LEN: usize = 128;
+const MAX_TYPE_LEN: usize = 64;
+
+/// A post to a group through the HTTP API.
+#[derive(Debug, Clone)]
+pub struct GroupPost {
+    /// The posting member; `None` posts as the app's system sender, which
+    /// needs no membership and ignores the post policy.
+    pub from: Option<String>,
+    /// The poster's id for this message: a resend with the same id stores
+    /// nothing and answers the first result.
+    pub client_msg_id: String,
+    pub kind: String,
+    pub body: Bytes,
+}
+
+/// The stored group message.
+#[derive(Debug, Clone)]
+pub struct GroupPosted {
+    pub msg_id: u64,
+    /// Its sequence on the group's timeline.
+    pub seq: u64,
+    pub server_time_ms: i64,
+    /// Already stored under this `client_msg_id` (the first result).
+    pub duplicate: bool,
+}
+
+/// A page of a group's members.
+#[derive(Debug, Clone)]
+pub struct MembersPage {
+    pub members: Vec<Member>,
+    /// Pass as `after` for the next page; `None` on the last page.
+    pub next_after: Option<String>,
+}
+
+/// A page of a user's groups (their ids).
+#[derive(Debug, Clone)]
+pub struct UserGroupsPage {
+    pub gids: Vec<String>,
+    /// Pass as `after` for the next page; `None` on the last page.
+    pub next_after: Option<String>,
+}
+
+fn not_found() -> LogicError {
+    LogicError::Store(StoreError::Group(GroupRefusal::NotFound))
+}
+
+fn check_id(field: &str, value: &str) -> Result<(), LogicError> {
+    if value.is_empty() || value.len() > MAX_ID_LEN {
+        return Err(LogicError::InvalidArgument(format!(
+            "{field} must be 1 to {MAX_ID_LEN} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// The page size a caller asked for: 0 is the default, above the maximum
+/// is the maximum.
+fn page_limit(limit: usize) -> usize {
+    match limit {
+        0 => DEFAULT_GROUP_PAGE,
+        n => n.min(MAX_GROUP_PAGE),
+    }
+}
+
+fn check_batch(n: usize) -> Result<(), LogicError> {
+    if n == 0 {
+        return Err(LogicError::InvalidArgument(
+            "name at least one member".into(),
+        ));
+    }
+    if n > MAX_MEMBER_BATCH {
+        return Err(LogicError::InvalidArgument(format!(
+            "{n} members; at most {MAX_MEMBER_BATCH} per call"
+        )));
+    }
+    Ok(())
+}
+
+impl Logic {
+    fn check_group_key(&self, key: &GroupKey) -> Result<(), LogicError> {
+        if self.apps().get(&key.app).is_none() {
+            return Err(LogicError::UnknownApp(key.app.clone()));
+        }
+        check_id("gid", &key.gid)
+    }
+
+    /// Publishes a `group.*` event, keyed by the app's system user.
+    async fn publish_group_event(
+        &self,
+        topic: &str,
+        key: &GroupKey,
+        uids: &[String],
+        members: u64,
+    ) {
+        let data = GroupData {
+            gid: key.gid.clone(),
+            uids: uids.to_vec(),
+            members,
+        };
+        let system = Logic::system_sender(&key.app);
+        self.publish_event(topic, &system, "", &data, "").await;
+    }
+
+    /// Creates the group or updates its settings; true when created.
+    /// `group.created` is published for a creation only.
+    pub async fn put_group(&self, spec: GroupSpec) -> Result<(Group, bool), LogicError> {
+        self.check_group_key(&spec.key)?;
+        if spec.name.len() > MAX_GROUP_NAME_BYTES {
+            return Err(LogicError::InvalidArgument(format!(
+                "name is over {MAX_GROUP_NAME_BYTES} bytes"
+            )));
+        }
+        if spec.meta.len() > MAX_GROUP_META_BYTES {
+            return Err(LogicError::InvalidArgument(format!(
+                "meta is over {MAX_GROUP_META_BYTES} bytes"
+            )));
+        }
+        let (group, created) = self.store().put_group(&spec).await?;
+        if created {
+            self.publish_group_event(events::GROUP_CREATED, &spec.key, &[], group.members)
+                .await;
+        }
+        Ok((group, created))
+    }
+
+    /// The group; `GROUP_NOT_FOUND` when there is none (in this app).
+    pub async fn get_group(&self, key: &GroupKey) -> Result<Group, LogicError> {
+        self.check_group_key(key)?;
+        self.store().group(key).await?.ok_or_else(not_found)
+    }
+
+    /// Deletes the group, its members and its timeline; `GROUP_NOT_FOUND`
+    /// when there is none.
+    pub async fn delete_group(&self, key: &GroupKey) -> Result<(), LogicError> {
+        self.check_group_key(key)?;
+        if !self.store().delete_group(key).await? {
+            return Err(not_found());
+        }
+        // lead: route.membership — every member's devices leave the group
+        // (Route::membership(group, uids, false)) once h/path adds it.
+        self.publish_group_event(events::GROUP_DELETED, key, &[], 0)
+            .await;
+        Ok(())
+    }
+
+    /// Adds members (or changes their role), atomically; idempotent: the
+    /// answer lists only the members this call changed. A uid named twice
+    /// counts once, with its first role. `GROUP_FULL` (nothing added) when
+    /// the group would have more than `logic.max_group_members`.
+    pub async fn add_group_members(
+        &self,
+        key: &GroupKey,
+        members: &[(String, Role)],
+    ) -> Result<crate::group::MembersChanged, LogicError> {
+        self.check_group_key(key)?;
+        check_batch(members.len())?;
+        let mut seen = std::collections::HashSet::with_capacity(members.len());
+        let mut unique = Vec::with_capacity(members.len());
+        for (uid, role) in members {
+            check_id("members[].uid", uid)?;
+            if seen.insert(uid.as_str()) {
+                unique.push((uid.clone(), *role));
+            }
+        }
+        let changed = self
+            .store()
+            .add_members(key, &unique, self.config().max_group_members)
+            .await?;
+        if !changed.changed.is_empty() {
+            // lead: route.membership — Route::membership(key, &changed.changed, true)
+            // once h/path adds it, so online devices of the new members join.
+            self.publish_group_event(
+                events::GROUP_MEMBERS_ADDED,
+                key,
+                &changed.changed,
+                changed.members,
+            )
+            .await;
+        }
+        Ok(changed)
+    }
+
+    /// Removes members, atomically; idempotent: the answer lists only the
+    /// members this call removed.
+    pub async fn remove_group_members(
+        &self,
+        key: &GroupKey,
+        uids: &[String],
+    ) -> Result<crate::group::MembersChanged, LogicError> {
+        self.check_group_key(key)?;
+        check_batch(uids.len())?;
+        let mut seen = std::collections::HashSet::with_capacity(uids.len());
+        let mut unique = Vec::with_capacity(uids.len());
+        for uid in uids {
+            check_id("uids[]", uid)?;
+            if seen.insert(uid.as_str()) {
+                unique.push(uid.clone());
+            }
+        }
+        let changed = self.store().remove_members(key, &unique).await?;
+        if !changed.changed.is_empty() {
+            // lead: route.membership — Route::membership(key, &changed.changed, false)
+            // once h/path adds it, so removed members' devices stop getting pushes.
+            self.publish_group_event(
+                events::GROUP_MEMBERS_REMOVED,
+                key,
+                &changed.changed,
+                changed.members,
+            )
+            .await;
+        }
+        Ok(changed)
+    }
+
+    /// A page of the group's members in uid order, after `after`.
+    pub async fn group_members(
+        &self,
+        key: &GroupKey,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<MembersPage, LogicError> {
+        self.check_group_key(key)?;
+        // An empty page must say whether the group exists at all.
+        if self.store().group(key).await?.is_none() {
+            return Err(not_found());
+        }
+        let limit = page_limit(limit);
+        let members = self.store().members(key, after, limit).await?;
+        let next_after = (members.len() == limit)
+            .then(|| members.last().map(|m| m.uid.clone()))
+            .flatten();
+        Ok(MembersPage {
+            members,
+            next_after,
+        })
+    }
+
+    /// A page of the user's group ids in order, after `after`.
+    pub async fn user_groups(
+        &self,
+        user: &UserKey,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<UserGroupsPage, LogicError> {
+        if self.apps().get(&user.app).is_none() {
+            return Err(LogicError::UnknownApp(user.app.clone()));
+        }
+        check_id("uid", &user.uid)?;
+        let limit = page_limit(limit);
+        let gids = self.store().user_groups(user, after, limit).await?;
+        let next_after = (gids.len() == limit)
+            .then(|| gids.last().cloned())
+            .flatten();
+        Ok(UserGroupsPage { gids, next_after })
+    }
+
+    /// Posts to a group as a member (who must be allowed to post:
+    /// `NOT_GROUP_MEMBER`, `GROUP_ADMINS_ONLY`) or as the system. Stored
+    /// durably (de-duplicated on the poster's `client_msg_id`) before it is
+    /// answered, then pushed to the members' online devices; a duplicate is
+    /// pushed again, like a c2c (devices drop what they have by sequence).
+    pub async fn post_to_group(
+        &self,
+        key: &GroupKey,
+        post: GroupPost,
+    ) -> Result<GroupPosted, LogicError> {
+        self.check_group_key(key)?;
+        if let Some(uid) = &post.from {
+            check_id("from", uid)?;
+        }
+        check_id("client_msg_id", &post.client_msg_id)?;
+        if post.kind.len() > MAX_TYPE_LEN {
+            return Err(LogicError::InvalidArgument(format!(
+                "type is over {MAX_TYPE_LEN} bytes"
+            )));
+        }
+        if post.body.len() > self.config().max_body_bytes {
+            return Err(LogicError::InvalidArgument(format!(
+                "body is over {} bytes",
+                self.config().max_body_bytes
+            )));
+        }
+        let check_sender = post.from.is_some();
+        let from = match post.from {
+            Some(uid) => UserKey::new(key.app.as_str(), uid),
+            None => Logic::system_sender(&key.app),
+        };
+        let message = Message {
+            id: self.next_id(),
+            from,
+            to: UserKey::new(key.app.as_str(), ""),
+            kind: post.kind,
+            body: post.body,
+            client_msg_id: post.client_msg_id,
+            server_time_ms: crate::now_ms(),
+            group: key.gid.clone(),
+        };
+        let appended = self
+            .store()
+            .group_append(NewGroupMessage {
+                message,
+                group: key.clone(),
+                check_sender,
+            })
+            .await?;
+        let Some(entry) = appended.entries().next() else {
+            return Err(LogicError::Internal(
+                "the store answered a group append without its sequence".into(),
+            ));
+        };
+        let posted = GroupPosted {
+            msg_id: entry.message.id,
+            seq: entry.seq,
+            server_time_ms: entry.message.server_time_ms,
+            duplicate: appended.duplicate,
+        };
+        self.deliver_group_entry(key, entry, None).await;
+        Ok(posted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_and_batches_are_bounded() {
+        assert_eq!(page_limit(0), DEFAULT_GROUP_PAGE);
+        assert_eq!(page_limit(7), 7);
+        assert_eq!(page_limit(usize::MAX), MAX_GROUP_PAGE);
+        assert!(check_batch(0).is_err());
+        assert!(check_batch(1).is_ok());
+        assert!(check_batch(MAX_MEMBER_BATCH).is_ok());
+        assert!(check_batch(MAX_MEMBER_BATCH + 1).is_err());
+    }
+}
