@@ -12,75 +12,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 use switchboard_core::hooks::WebhookConfig;
+use switchboard_testkit::http::Http;
 use switchboard_testkit::server::TestServer;
 
 const T: Duration = Duration::from_secs(20);
-const KEY: &str = "demo-api-key";
 const SHOP_KEY: &str = "shop-api-key-0123";
-
-/// A plain-HTTP client for one node.
-struct Http {
-    client: reqwest::Client,
-    base: String,
-}
-
-impl Http {
-    fn new(s: &TestServer) -> Http {
-        Http {
-            client: reqwest::Client::new(),
-            base: format!("http://{}", s.http),
-        }
-    }
-
-    /// Sends a request with `key`; returns the status and the JSON body
-    /// (Null when there is none).
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        key: Option<&str>,
-        body: Option<Value>,
-    ) -> (u16, Value) {
-        let mut req = self.client.request(method, format!("{}{path}", self.base));
-        if let Some(k) = key {
-            req = req.bearer_auth(k);
-        }
-        if let Some(b) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(serde_json::to_vec(&b).expect("json"));
-        }
-        let resp = req
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("HTTP request to the test node failed: {e}"));
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.expect("response body");
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
-    }
-
-    async fn put(&self, path: &str, body: Value) -> (u16, Value) {
-        self.call(reqwest::Method::PUT, path, Some(KEY), Some(body))
-            .await
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        self.call(reqwest::Method::POST, path, Some(KEY), Some(body))
-            .await
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        self.call(reqwest::Method::GET, path, Some(KEY), None).await
-    }
-
-    async fn delete(&self, path: &str) -> (u16, Value) {
-        self.call(reqwest::Method::DELETE, path, Some(KEY), None)
-            .await
-    }
-}
 
 /// Asserts an error answer: status and stable code.
 #[track_caller]
@@ -634,13 +570,13 @@ async fn bad_input_gets_its_own_code_and_changes_nothing() {
 
     // Keys and apps.
     assert_error(
-        &http.call(reqwest::Method::GET, g, None, None).await,
+        &http.call_json(reqwest::Method::GET, g, None, None).await,
         401,
         "UNAUTHORIZED",
     );
     assert_error(
         &http
-            .call(reqwest::Method::DELETE, g, Some("wrong"), None)
+            .call_json(reqwest::Method::DELETE, g, Some("wrong"), None)
             .await,
         401,
         "INVALID_API_KEY",
@@ -664,7 +600,7 @@ async fn another_apps_group_is_not_there() {
 
     let shop = |m: reqwest::Method, path: String, body: Option<Value>| {
         let http = &http;
-        async move { http.call(m, &path, Some(SHOP_KEY), body).await }
+        async move { http.call_json(m, &path, Some(SHOP_KEY), body).await }
     };
     // The same gid in the shop app: no such group, whatever the call.
     assert_error(
@@ -737,7 +673,7 @@ async fn the_openapi_document_has_the_group_endpoints() {
     let s = start(None).await;
     let http = Http::new(&s);
     let (status, doc) = http
-        .call(reqwest::Method::GET, "/openapi.json", None, None)
+        .call_json(reqwest::Method::GET, "/openapi.json", None, None)
         .await;
     assert_eq!(status, 200);
     let paths = &doc["paths"];

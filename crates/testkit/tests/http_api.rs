@@ -9,75 +9,13 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use switchboard_sdk::{Client, Event, Events, code};
+use switchboard_testkit::http::Http;
 use switchboard_testkit::sdk::{self, bodies, connect, messages, no_more_messages};
 use switchboard_testkit::server::{TestServer, token};
 
 const T: Duration = Duration::from_secs(20);
 const KEY: &str = "demo-api-key";
 const ADMIN: &str = "operator-key-0123";
-
-/// A plain-HTTP client for one node.
-struct Http {
-    client: reqwest::Client,
-    base: String,
-}
-
-impl Http {
-    fn new(s: &TestServer) -> Http {
-        Http {
-            client: reqwest::Client::new(),
-            base: format!("http://{}", s.http),
-        }
-    }
-
-    /// Sends a request; returns the status and the JSON body (Null when the
-    /// body is not JSON).
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        key: Option<&str>,
-        body: Option<Vec<u8>>,
-    ) -> (u16, Value) {
-        let mut req = self.client.request(method, format!("{}{path}", self.base));
-        if let Some(k) = key {
-            req = req.bearer_auth(k);
-        }
-        if let Some(b) = body {
-            req = req.header("content-type", "application/json").body(b);
-        }
-        let resp = req
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("HTTP request to the test node failed: {e}"));
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.expect("response body");
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let bytes = serde_json::to_vec(&body).expect("json");
-        self.call(reqwest::Method::POST, path, Some(KEY), Some(bytes))
-            .await
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        self.call(reqwest::Method::GET, path, Some(KEY), None).await
-    }
-
-    async fn text(&self, path: &str) -> (u16, String) {
-        let resp = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("HTTP request to the test node failed: {e}"));
-        (resp.status().as_u16(), resp.text().await.expect("text"))
-    }
-}
 
 /// Asserts an error answer: status and stable code.
 #[track_caller]

@@ -1,0 +1,98 @@
+//! A plain-HTTP client for a node under test: JSON in, status and JSON out.
+
+use serde_json::Value;
+
+use crate::server::TestServer;
+
+/// The API key of the test app `demo` ([`crate::server::test_config`]).
+pub const DEMO_KEY: &str = "demo-api-key";
+
+/// A plain-HTTP client for one node.
+pub struct Http {
+    client: reqwest::Client,
+    base: String,
+    /// The API key `get`, `post`, `put` and `delete` send.
+    key: &'static str,
+}
+
+impl Http {
+    pub fn new(s: &TestServer) -> Http {
+        Http {
+            client: reqwest::Client::new(),
+            base: format!("http://{}", s.http),
+            key: DEMO_KEY,
+        }
+    }
+
+    /// Sends a request; returns the status and the JSON body (Null when the
+    /// body is not JSON).
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Vec<u8>>,
+    ) -> (u16, Value) {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("HTTP request to the test node failed: {e}"));
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.expect("response body");
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    /// [`Http::call`] with a JSON body.
+    pub async fn call_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let bytes = body.map(|b| serde_json::to_vec(&b).expect("json"));
+        self.call(method, path, key, bytes).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let bytes = serde_json::to_vec(&body).expect("json");
+        self.call(reqwest::Method::POST, path, Some(self.key), Some(bytes))
+            .await
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, Some(self.key), None)
+            .await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        let bytes = serde_json::to_vec(&body).expect("json");
+        self.call(reqwest::Method::PUT, path, Some(self.key), Some(bytes))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::DELETE, path, Some(self.key), None)
+            .await
+    }
+
+    pub async fn text(&self, path: &str) -> (u16, String) {
+        let resp = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("HTTP request to the test node failed: {e}"));
+        (resp.status().as_u16(), resp.text().await.expect("text"))
+    }
+}
