@@ -15,6 +15,9 @@ use std::collections::BTreeMap;
 use switchboard_proto::pb;
 
 /// One timeline entry as the SDK keeps it.
+// Not boxed: nearly every entry is a message, and boxing would add an
+// allocation to each; `Own` is the rare small one.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Entry {
     /// A message for the application.

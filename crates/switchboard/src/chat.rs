@@ -1,10 +1,12 @@
 //! `switchboard chat`: a terminal client built on the SDK.
 //!
-//! Interactive: type a line to send it to the current peer, `/to UID` to
-//! change peer, `/quit` to leave. With `--json`, it is line-oriented for
-//! scripts: each stdin line is either plain text (sent to `--to`) or a JSON
-//! object `{"to": "bob", "body": "hi", "type": "text", "id": "..."}`, and every
-//! event is printed as one JSON object per line on stdout.
+//! Interactive: type a line to send it to the current peer (a user, or a
+//! group with `--group ID`), `/to UID` or `/group ID` to change it, `/quit`
+//! to leave. Group messages show as `[#GROUP bob] body`. With `--json`, it
+//! is line-oriented for scripts: each stdin line is either plain text (sent
+//! to `--to` or `--group`) or a JSON object `{"to": "bob", "body": "hi",
+//! "type": "text", "id": "..."}` (or `"group": "ID"` instead of `"to"`), and
+//! every event is printed as one JSON object per line on stdout.
 //!
 //! Exit code: 0 when stdin ends (or `/quit`) and every line was sent;
 //! non-zero, with the reason on stderr, when the connection could not be
@@ -18,7 +20,7 @@ use clap::Args;
 use serde_json::json;
 use switchboard::node_file::{self, NodeFile};
 use switchboard_core::SYSTEM_UID;
-use switchboard_sdk::{Client, ClientConfig, Event, Message, User};
+use switchboard_sdk::{Client, ClientConfig, Event, Message, User, new_client_msg_id};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[derive(Args)]
@@ -42,8 +44,12 @@ pub struct ChatArgs {
     #[arg(long, env = "SWITCHBOARD_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Who to talk to (uid in the same app, or app/uid).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "group")]
     to: Option<String>,
+    /// A group of your app to talk in: lines typed are posted to it. Group
+    /// messages (of every group you are in) are printed either way.
+    #[arg(long)]
+    group: Option<String>,
     /// This device's id (a second device of the same user needs another
     /// one). Default: `cli-UID` interactive, `cli-json-UID` with --json, so
     /// a script and a person chatting as the same user don't kick each other.
@@ -89,12 +95,34 @@ fn parse_user(s: &str, default_app: &str) -> User {
     }
 }
 
+/// Where a typed line goes.
+#[derive(Clone)]
+enum Peer {
+    User(User),
+    Group(String),
+}
+
+impl Peer {
+    fn label(&self) -> String {
+        match self {
+            Peer::User(u) => format!("{}/{}", u.app, u.uid),
+            Peer::Group(g) => format!("#{g}"),
+        }
+    }
+}
+
 fn message_json(seq: Option<u64>, m: &Message) -> serde_json::Value {
     let from = m.from.clone().unwrap_or_default();
     let to = m.to.clone().unwrap_or_default();
+    let event = match seq {
+        None => "online",
+        Some(_) if !m.group.is_empty() => "group_message",
+        Some(_) => "message",
+    };
     json!({
-        "event": if seq.is_some() { "message" } else { "online" },
+        "event": event,
         "seq": seq,
+        "group": (!m.group.is_empty()).then_some(&m.group),
         "msg_id": m.msg_id.to_string(),
         "from": format!("{}/{}", from.app, from.uid),
         "system": from.uid == SYSTEM_UID,
@@ -144,14 +172,20 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot connect to {url}"))?;
     let json_out = args.json;
-    let mut peer = args.to.as_deref().map(|t| parse_user(t, &args.app));
+    let mut peer = match (&args.to, &args.group) {
+        (Some(t), _) => Some(Peer::User(parse_user(t, &args.app))),
+        (None, Some(g)) => Some(Peer::Group(g.clone())),
+        (None, None) => None,
+    };
     if !json_out {
         println!(
-            "connected as {}/{}; type a message and press enter (/to UID, /quit)",
+            "connected as {}/{}; type a message and press enter (/to UID, /group ID, /quit)",
             args.app, args.uid
         );
-        if peer.is_none() {
-            println!("no peer yet: use /to UID");
+        match &peer {
+            None => println!("no peer yet: use /to UID or /group ID"),
+            Some(Peer::Group(g)) => println!("talking in group {g}"),
+            Some(Peer::User(_)) => {}
         }
     }
 
@@ -184,7 +218,11 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
             continue;
         }
         if let Some(rest) = line.strip_prefix("/to ") {
-            peer = Some(parse_user(rest.trim(), &args.app));
+            peer = Some(Peer::User(parse_user(rest.trim(), &args.app)));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("/group ") {
+            peer = Some(Peer::Group(rest.trim().to_string()));
             continue;
         }
         if line == "/quit" {
@@ -199,10 +237,11 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
                     continue;
                 }
             };
-            let to = v["to"]
-                .as_str()
-                .map(|t| parse_user(t, &args.app))
-                .or_else(|| peer.clone());
+            let to = match (v["to"].as_str(), v["group"].as_str()) {
+                (Some(t), _) => Some(Peer::User(parse_user(t, &args.app))),
+                (None, Some(g)) => Some(Peer::Group(g.to_string())),
+                (None, None) => peer.clone(),
+            };
             let kind = v["type"].as_str().unwrap_or("text").to_string();
             let body = v["body"]
                 .as_str()
@@ -215,25 +254,28 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         let Some(to) = to else {
             report(
                 json_out,
-                "no peer: use /to UID (or \"to\" in the JSON line)".into(),
+                "no peer: use /to UID or /group ID (or \"to\" or \"group\" in the JSON line)"
+                    .into(),
             );
             failed += 1;
             continue;
         };
-        let sent = match id {
-            Some(id) => {
-                client
-                    .send_with_id(id, to.clone(), kind, body.into_bytes())
-                    .await
-            }
-            None => client.send(to.clone(), kind, body.into_bytes()).await,
+        let id = id.unwrap_or_else(new_client_msg_id);
+        let body = body.into_bytes();
+        let sent = match &to {
+            Peer::User(u) => client.send_with_id(id, u.clone(), kind, body).await,
+            Peer::Group(g) => client.send_group_with_id(id, g.clone(), kind, body).await,
         };
         match sent {
-            Ok(r) if json_out => println!(
-                "{}",
-                json!({"event": "sent", "to": format!("{}/{}", to.app, to.uid), "client_msg_id": r.client_msg_id,
-                       "msg_id": r.msg_id.to_string(), "seq": r.seq, "duplicate": r.duplicate})
-            ),
+            Ok(r) if json_out => {
+                let mut v = json!({"event": "sent", "client_msg_id": r.client_msg_id,
+                       "msg_id": r.msg_id.to_string(), "seq": r.seq, "duplicate": r.duplicate});
+                match &to {
+                    Peer::User(_) => v["to"] = to.label().into(),
+                    Peer::Group(g) => v["group"] = g.clone().into(),
+                }
+                println!("{v}");
+            }
             Ok(_) => {}
             Err(e) => {
                 report(json_out, format!("not sent: {e}"));
@@ -280,8 +322,12 @@ fn print_event(ev: &Event, json_out: bool) {
             } => {
                 json!({"event": "connected", "user": format!("{}/{}", user.app, user.uid), "timeline_head": timeline_head})
             }
-            Event::Message { seq, message } => message_json(Some(*seq), message),
+            Event::Message { seq, message } | Event::GroupMessage { seq, message, .. } => {
+                message_json(Some(*seq), message)
+            }
             Event::Online { message } => message_json(None, message),
+            Event::GroupLeft { group, code } => json!({"event": "group_left", "group": group,
+                "code": code, "name": switchboard_proto::code::name(*code)}),
             Event::Disconnected { reason } => {
                 json!({"event": "disconnected", "reason": reason.to_string()})
             }
@@ -298,10 +344,14 @@ fn print_event(ev: &Event, json_out: bool) {
         Event::Connected { timeline_head, .. } => {
             println!("* online (timeline at {timeline_head})")
         }
-        Event::Message { message, .. } | Event::Online { message } => {
+        Event::Message { message, .. }
+        | Event::GroupMessage { message, .. }
+        | Event::Online { message } => {
             let from = message.from.clone().unwrap_or_default();
             let body = String::from_utf8_lossy(&message.body);
-            if from.uid == SYSTEM_UID {
+            if !message.group.is_empty() {
+                println!("[#{} {}] {body}", message.group, from.uid);
+            } else if from.uid == SYSTEM_UID {
                 // A push of the app's business server (s2c): no user sent it.
                 println!("[system {}] {}: {body}", from.app, message.r#type);
             } else {
@@ -311,6 +361,10 @@ fn print_event(ev: &Event, json_out: bool) {
         Event::Disconnected { reason } => println!("* disconnected ({reason}); reconnecting"),
         Event::Kicked { code, reason } => println!(
             "* kicked: {} ({code}) {reason}",
+            switchboard_proto::code::name(*code)
+        ),
+        Event::GroupLeft { group, code } => println!(
+            "* no longer in group {group}: {} ({code})",
             switchboard_proto::code::name(*code)
         ),
         Event::Closed => println!("* closed"),
