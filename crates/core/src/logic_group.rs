@@ -4,6 +4,7 @@
 use crate::group::GroupKey;
 use crate::logic::Logic;
 use crate::model::Entry;
+use crate::route::{Delivery, Target};
 
 impl Logic {
     /// Pushes a stored group entry to every online member device, wherever
@@ -16,7 +17,10 @@ impl Logic {
         entry: Entry,
         skip_conn: Option<u64>,
     ) {
-        // Transitional: replaced by the one delivery path (issue 12 Part 1).
-        tracing::debug!(%group, seq = entry.seq, ?skip_conn, "group entry stored");
+        let delivery = Delivery {
+            entries: vec![(Target::Group(group.clone()), entry)],
+            skip_conn: skip_conn.map(|c| (self.config().node.clone(), c)),
+        };
+        self.deliver(delivery).await;
     }
 }
