@@ -24,7 +24,7 @@ pub const DEMO_APP: &str = "demo";
 /// each reconnect, so it can be short.
 pub const TOKEN_TTL_SECS: u64 = 3600;
 /// Longest uid the endpoint accepts (the same bound as the HTTP API's uids).
-const MAX_UID_LEN: usize = 128;
+use switchboard_proto::limits::MAX_ID_LEN as MAX_UID_LEN;
 
 /// `GET /console` and `/console/`: the console's page.
 pub async fn index() -> Response {

@@ -430,12 +430,9 @@ fn parse_msg_id(s: &str, what: &str) -> Result<u64, ApiError> {
     s.parse().map_err(|_| bad())
 }
 
-/// A uid in a path: 1 to 128 bytes.
+/// A uid in a path: 1 to `limits::MAX_ID_LEN` bytes.
 pub(crate) fn check_uid(uid: &str) -> Result<(), ApiError> {
-    if uid.is_empty() || uid.len() > 128 {
-        return Err(ApiError::invalid("uid must be 1 to 128 bytes"));
-    }
-    Ok(())
+    switchboard_proto::limits::check_id("uid", uid).map_err(|e| ApiError::invalid(e.0))
 }
 
 // -------------------------------------------------------------- handlers ---

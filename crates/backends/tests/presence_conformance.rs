@@ -1,14 +1,16 @@
-//! The presence conformance suite against every implementation: the
-//! in-process `MemoryPresence`, `RedisPresence` on the shared Redis
+//! The presence conformance suite against the stored presences:
+//! `RedisPresence` on the shared Redis
 //! (`SWITCHBOARD_TEST_REDIS`), and `RedisPresence` on a private three-master
 //! Redis Cluster. Keys live under a random prefix per test; the properties
-//! remove what they add, and heartbeat keys are removed or expire.
+//! remove what they add, and heartbeat keys are removed or expire. (The
+//! embedded presence is a view of the hub, with nothing of its own to
+//! record: core's unit tests cover it.)
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use switchboard_backends::redis_presence::{RedisPresence, RedisPresenceConfig};
-use switchboard_core::{MemoryPresence, Presence};
+use switchboard_core::Presence;
 use switchboard_testkit::presence_conformance as pc;
 use switchboard_testkit::redis_cluster::RedisCluster;
 use switchboard_testkit::services::{self, redis_url, unique_prefix};
@@ -30,11 +32,6 @@ fn redis(urls: Vec<String>, prefix: &str, node: &str) -> RedisPresence {
 fn shared(prefix: &str, node: &str) -> RedisPresence {
     services::require("Redis", &redis_url());
     redis(vec![redis_url()], prefix, node)
-}
-
-#[tokio::test]
-async fn memory_presence_conforms() {
-    pc::run_all(Arc::new(MemoryPresence::new()), "local").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

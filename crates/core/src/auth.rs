@@ -17,6 +17,8 @@ use std::collections::HashMap;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 
+use switchboard_proto::limits::{self, MAX_APP_LEN};
+
 use crate::error::LogicError;
 use crate::model::UserKey;
 
@@ -126,8 +128,8 @@ impl Apps {
                 app: config.name.clone(),
                 reason,
             };
-            if config.name.is_empty() || config.name.len() > 64 {
-                return Err(invalid("name must be 1 to 64 bytes".into()));
+            if config.name.is_empty() || config.name.len() > MAX_APP_LEN {
+                return Err(invalid(format!("name must be 1 to {MAX_APP_LEN} bytes")));
             }
             let keys = match (&config.jwt_secret, &config.jwt_public_key) {
                 (Some(_), Some(_)) => {
@@ -218,10 +220,8 @@ impl Apps {
             _ => LogicError::TokenInvalid(e.to_string()),
         })?;
         let claims = data.claims;
-        if claims.sub.is_empty() || claims.sub.len() > 128 {
-            return Err(LogicError::TokenInvalid(
-                "sub must be 1 to 128 bytes".into(),
-            ));
+        if let Err(e) = limits::check_id("sub", &claims.sub) {
+            return Err(LogicError::TokenInvalid(e.0));
         }
         Ok(VerifiedToken {
             user: UserKey::new(claims.app, claims.sub),

@@ -40,6 +40,12 @@ pub enum LogicError {
     Screen(#[from] ScreenError),
 }
 
+impl From<switchboard_proto::limits::LimitError> for LogicError {
+    fn from(e: switchboard_proto::limits::LimitError) -> Self {
+        LogicError::InvalidArgument(e.0)
+    }
+}
+
 impl LogicError {
     /// The stable protocol code for this error.
     pub fn code(&self) -> u32 {

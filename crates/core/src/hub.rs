@@ -11,17 +11,25 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use switchboard_proto::{Packet, code};
+use switchboard_proto::code;
 use tokio::sync::Notify;
 
+use crate::group::GroupKey;
 use crate::model::{Entry, UserKey};
 use crate::presence::DeviceSession;
+use crate::route::Target;
 
 /// What the hub sends to a connection task.
 #[derive(Debug, Clone)]
 pub enum Outbound {
-    /// An encoded `Push` frame for timeline entry `seq` (0: online-only, no ack expected).
-    Push { seq: u64, frame: Bytes },
+    /// An encoded `Push` frame for entry `seq` of a timeline (0: online-only,
+    /// no ack expected): the user's own timeline when `group` is `None`,
+    /// else that group's (an ack names the timeline it acknowledges).
+    Push {
+        seq: u64,
+        frame: Bytes,
+        group: Option<Arc<str>>,
+    },
 }
 
 /// The hub's side of one logged-in connection.
@@ -279,6 +287,12 @@ type Shard = Mutex<Users>;
 /// Users to their connections on this node (one shard's share).
 type Users = HashMap<UserKey, Vec<Arc<ConnHandle>>, foldhash::fast::RandomState>;
 
+/// Groups to this node's connections of their members (one shard's
+/// share). A map by connection id, not a `Vec`: a member of a large group
+/// leaves without a scan of every other member's connection.
+type Groups = HashMap<GroupKey, ConnSet, foldhash::fast::RandomState>;
+type ConnSet = HashMap<u64, Arc<ConnHandle>, foldhash::fast::RandomState>;
+
 /// This node's logged-in connections, by user.
 pub struct Hub {
     // Sharded std Mutexes: lookups and updates are short, never await, and
@@ -287,6 +301,13 @@ pub struct Hub {
     /// Picks a user's shard; one seed for the hub's life, so a user always
     /// lands on the same shard.
     shard_of: foldhash::fast::RandomState,
+    /// The group index: group -> this node's connections of its members,
+    /// sharded like the users.
+    groups: Box<[Mutex<Groups>]>,
+    /// The groups each subscribed connection is in, so unregistering forgets
+    /// them (only connections in some group have an entry). One lock:
+    /// touched at login, logout and membership changes, never by a push.
+    conn_groups: Mutex<HashMap<u64, Vec<GroupKey>, foldhash::fast::RandomState>>,
     connections: AtomicU64,
     slow_consumers: AtomicU64,
     /// Push frames handed to connection queues, since start.
@@ -314,6 +335,10 @@ impl Hub {
                 .map(|_| Mutex::new(HashMap::default()))
                 .collect(),
             shard_of: foldhash::fast::RandomState::default(),
+            groups: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
+            conn_groups: Mutex::new(HashMap::default()),
             connections: AtomicU64::new(0),
             slow_consumers: AtomicU64::new(0),
             pushes: AtomicU64::new(0),
@@ -336,79 +361,225 @@ impl Hub {
         self.connections.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Removes a connection (when its task ends).
-    pub fn unregister(&self, user: &UserKey, conn_id: u64) {
-        let mut shard = self.shard(user);
-        if let Some(conns) = shard.get_mut(user) {
-            let before = conns.len();
-            conns.retain(|c| c.conn_id != conn_id);
-            if conns.len() < before {
-                self.connections.fetch_sub(1, Ordering::Relaxed);
-            }
-            if conns.is_empty() {
-                shard.remove(user);
-            }
-        }
+    fn group_shard(&self, group: &GroupKey) -> std::sync::MutexGuard<'_, Groups> {
+        use std::hash::BuildHasher;
+        let i = (self.shard_of.hash_one(group) as usize) % self.groups.len();
+        self.groups[i].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Delivers a timeline entry to the user's connections here, except
-    /// `skip_conn`. Returns how many connections were handed the push.
-    pub fn deliver(&self, user: &UserKey, entry: &Entry, skip_conn: Option<u64>) -> usize {
-        let conns = self.connections_of(user);
-        if conns.iter().all(|c| Some(c.conn_id) == skip_conn) {
-            return 0;
-        }
-        let frame = Packet::Push(entry.to_pb()).encode(0);
-        self.deliver_frame(&conns, entry.seq, &frame, skip_conn)
-    }
-
-    /// Hands an already encoded push frame to the given connections.
-    pub fn deliver_frame(
+    fn lock_conn_groups(
         &self,
-        conns: &[Arc<ConnHandle>],
-        seq: u64,
-        frame: &Bytes,
-        skip_conn: Option<u64>,
-    ) -> usize {
-        let reached = conns
-            .iter()
-            .filter(|c| Some(c.conn_id) != skip_conn)
-            .filter(|c| self.hand_over(c, seq, frame))
-            .count();
-        self.count_pushes(seq, reached);
-        reached
+    ) -> std::sync::MutexGuard<'_, HashMap<u64, Vec<GroupKey>, foldhash::fast::RandomState>> {
+        self.conn_groups.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Hands one shared push frame to every connection here of each user
-    /// (an online-only fan-out: with seq 0 the frame is the same for all).
-    /// Returns, aligned with `users`, how many connections each one got.
-    pub fn deliver_many(&self, users: &[&UserKey], seq: u64, frame: &Bytes) -> Vec<usize> {
-        let mut total = 0;
-        let reached = users
+    /// Removes a connection (when its task ends), and forgets its groups.
+    pub fn unregister(&self, user: &UserKey, conn_id: u64) {
+        // Lock order, everywhere: the user's shard, then the connection's
+        // groups, then a group's shard. Holding the user's shard while the
+        // groups are forgotten means a membership change of this user
+        // cannot add the connection back to a group after it left.
+        let mut shard = self.shard(user);
+        let Some(conns) = shard.get_mut(user) else {
+            return;
+        };
+        let before = conns.len();
+        conns.retain(|c| c.conn_id != conn_id);
+        let removed = conns.len() < before;
+        if conns.is_empty() {
+            shard.remove(user);
+        }
+        if !removed {
+            return;
+        }
+        self.connections.fetch_sub(1, Ordering::Relaxed);
+        let groups = self.lock_conn_groups().remove(&conn_id);
+        for group in groups.into_iter().flatten() {
+            let mut gs = self.group_shard(&group);
+            if let Some(set) = gs.get_mut(&group) {
+                set.remove(&conn_id);
+                if set.is_empty() {
+                    gs.remove(&group);
+                }
+            }
+        }
+    }
+
+    /// Subscribes a logged-in connection of `user` to the groups `gids` of
+    /// the user's app (the logic calls it at login, with the user's groups):
+    /// it gets their pushes until it unregisters or leaves them.
+    pub fn subscribe_groups(&self, conn_id: u64, user: &UserKey, gids: &[String]) {
+        let shard = self.shard(user);
+        let Some(conn) = shard
+            .get(user)
+            .and_then(|cs| cs.iter().find(|c| c.conn_id == conn_id))
+        else {
+            // Gone already (it logged out): nothing to subscribe.
+            return;
+        };
+        for gid in gids {
+            self.join(&GroupKey::new(user.app.clone(), gid.clone()), conn);
+        }
+    }
+
+    /// Users `uids` of the group's app joined or left the group: every
+    /// connection of theirs here starts or stops getting its pushes.
+    pub fn membership(&self, group: &GroupKey, uids: &[String], joined: bool) {
+        if uids.is_empty() && !joined {
+            return self.dissolve(group);
+        }
+        for uid in uids {
+            let user = UserKey::new(group.app.clone(), uid.clone());
+            let shard = self.shard(&user);
+            for conn in shard.get(&user).into_iter().flatten() {
+                if joined {
+                    self.join(group, conn);
+                } else {
+                    self.leave(group, conn.conn_id);
+                }
+            }
+        }
+    }
+
+    /// Adds `conn` to the group's set (the caller holds its user's shard).
+    fn join(&self, group: &GroupKey, conn: &Arc<ConnHandle>) {
+        let mut cg = self.lock_conn_groups();
+        let mine = cg.entry(conn.conn_id).or_default();
+        if mine.contains(group) {
+            return;
+        }
+        mine.push(group.clone());
+        self.group_shard(group)
+            .entry(group.clone())
+            .or_default()
+            .insert(conn.conn_id, conn.clone());
+    }
+
+    /// Takes a connection out of the group's set (the caller holds its
+    /// user's shard).
+    fn leave(&self, group: &GroupKey, conn_id: u64) {
+        let mut cg = self.lock_conn_groups();
+        let Some(mine) = cg.get_mut(&conn_id) else {
+            return;
+        };
+        let before = mine.len();
+        mine.retain(|g| g != group);
+        if mine.len() == before {
+            return;
+        }
+        if mine.is_empty() {
+            cg.remove(&conn_id);
+        }
+        let mut gs = self.group_shard(group);
+        if let Some(set) = gs.get_mut(group) {
+            set.remove(&conn_id);
+            if set.is_empty() {
+                gs.remove(group);
+            }
+        }
+    }
+
+    /// Every connection leaves the group (it was deleted): a group created
+    /// again with the same id starts with no subscriber.
+    fn dissolve(&self, group: &GroupKey) {
+        // Lock order as in `leave`: the connections' lists, then the group's shard.
+        let mut cg = self.lock_conn_groups();
+        let Some(set) = self.group_shard(group).remove(group) else {
+            return;
+        };
+        for conn_id in set.keys() {
+            if let Some(mine) = cg.get_mut(conn_id) {
+                mine.retain(|g| g != group);
+                if mine.is_empty() {
+                    cg.remove(conn_id);
+                }
+            }
+        }
+    }
+
+    /// This node's connections subscribed to the group.
+    pub fn group_connections(&self, group: &GroupKey) -> usize {
+        self.group_shard(group).get(group).map_or(0, |s| s.len())
+    }
+
+    /// Hands each entry's push frame (`frames`, aligned with `entries`;
+    /// entries that are the same share one encoding) to this node's
+    /// connections of its target, except the connection `skip`. Returns,
+    /// aligned with `entries`, how many connections each one reached.
+    pub fn deliver(
+        &self,
+        entries: &[(Target, Entry)],
+        frames: &[Bytes],
+        skip: Option<u64>,
+    ) -> Vec<usize> {
+        let (mut stored, mut online) = (0, 0);
+        let reached = entries
             .iter()
-            .map(|&user| {
-                // try_send never waits, so it is done under the shard lock,
-                // which saves cloning the connection list per user.
-                let shard = self.shard(user);
-                let n = shard.get(user).map_or(0, |conns| {
-                    conns
-                        .iter()
-                        .filter(|c| self.hand_over(c, seq, frame))
-                        .count()
-                });
-                total += n;
+            .zip(frames)
+            .map(|((target, entry), frame)| {
+                let n = match target {
+                    Target::User(user) => self.push_user(user, entry.seq, frame, skip),
+                    Target::Group(group) => {
+                        let gid: Arc<str> = Arc::from(group.gid.as_str());
+                        self.push_group(group, &gid, entry.seq, frame, skip)
+                    }
+                };
+                if entry.seq == 0 {
+                    online += n;
+                } else {
+                    stored += n;
+                }
                 n
             })
             .collect();
-        self.count_pushes(seq, total);
+        self.count_pushes(0, online);
+        self.count_pushes(1, stored);
         reached
     }
 
+    /// Hands an encoded push of the user's timeline (entry `seq`) to the
+    /// user's connections here, except `skip`; returns how many. The
+    /// caller counts the pushes ([`Hub::count_pushes`]).
+    pub fn push_user(&self, user: &UserKey, seq: u64, frame: &Bytes, skip: Option<u64>) -> usize {
+        // try_send never waits, so it is done under the shard lock, which
+        // saves cloning the connection list per user.
+        let shard = self.shard(user);
+        shard.get(user).map_or(0, |conns| {
+            conns
+                .iter()
+                .filter(|c| Some(c.conn_id) != skip)
+                .filter(|c| self.hand_over(c, seq, frame, None))
+                .count()
+        })
+    }
+
+    /// Hands an encoded push of the group's timeline (entry `seq`) to this
+    /// node's connections of its members, except `skip`; returns how many.
+    /// `gid` is shared by every push (the connection tracks acks by it).
+    pub fn push_group(
+        &self,
+        group: &GroupKey,
+        gid: &Arc<str>,
+        seq: u64,
+        frame: &Bytes,
+        skip: Option<u64>,
+    ) -> usize {
+        let shard = self.group_shard(group);
+        shard.get(group).map_or(0, |conns| {
+            conns
+                .values()
+                .filter(|c| Some(c.conn_id) != skip)
+                .filter(|c| self.hand_over(c, seq, frame, Some(gid)))
+                .count()
+        })
+    }
+
     /// `try_send` of one push; a full queue is a slow consumer, kicked.
-    fn hand_over(&self, c: &ConnHandle, seq: u64, frame: &Bytes) -> bool {
+    fn hand_over(&self, c: &ConnHandle, seq: u64, frame: &Bytes, group: Option<&Arc<str>>) -> bool {
         match c.tx.try_send(Outbound::Push {
             seq,
             frame: frame.clone(),
+            group: group.cloned(),
         }) {
             Ok(()) => true,
             Err(TrySendError::Full) => {
@@ -422,7 +593,8 @@ impl Hub {
         }
     }
 
-    fn count_pushes(&self, seq: u64, n: usize) {
+    /// Counts `n` pushes handed to connections (`seq` 0: online-only).
+    pub fn count_pushes(&self, seq: u64, n: usize) {
         if n == 0 {
             return;
         }
@@ -505,6 +677,7 @@ mod tests {
         Outbound::Push {
             seq,
             frame: Bytes::from_static(b"frame"),
+            group: None,
         }
     }
 
@@ -589,5 +762,147 @@ mod tests {
         assert_eq!(rx.recv().await.map(seq_of), Ok(7));
         drop(rx);
         assert_eq!(tx.try_send(push(8)), Err(TrySendError::Closed));
+    }
+
+    fn conn(hub: &Hub, uid: &str, conn_id: u64) -> OutboundRx {
+        let (tx, rx) = outbound_queue(16);
+        let user = UserKey::new("demo", uid);
+        hub.register(Arc::new(ConnHandle::new(
+            conn_id,
+            user,
+            format!("d{conn_id}"),
+            "test".into(),
+            tx,
+        )));
+        rx
+    }
+
+    fn group_entry(gid: &str, seq: u64) -> (Target, Entry) {
+        let message = crate::model::Message {
+            id: seq,
+            from: UserKey::new("demo", "alice"),
+            to: UserKey::new("demo", ""),
+            kind: "text".into(),
+            body: Bytes::from_static(b"hi"),
+            client_msg_id: String::new(),
+            server_time_ms: 0,
+            group: gid.into(),
+        };
+        (
+            Target::Group(GroupKey::new("demo", gid)),
+            Entry {
+                seq,
+                message: Arc::new(message),
+            },
+        )
+    }
+
+    /// What a connection was handed: (group, seq) of each push.
+    fn drained(rx: &mut OutboundRx) -> Vec<(Option<String>, u64)> {
+        let mut got = Vec::new();
+        while let Ok(Outbound::Push { seq, group, .. }) = rx.try_recv() {
+            got.push((group.map(|g| g.to_string()), seq));
+        }
+        got
+    }
+
+    fn deliver(hub: &Hub, entries: &[(Target, Entry)], skip: Option<u64>) -> Vec<usize> {
+        let frames = crate::route::push_frames(entries);
+        hub.deliver(entries, &frames, skip)
+    }
+
+    #[test]
+    fn group_pushes_reach_subscribed_connections_but_the_skipped_one() {
+        let hub = Hub::new();
+        let (mut a1, mut a2, mut b, mut c) = (
+            conn(&hub, "alice", 1),
+            conn(&hub, "alice", 2),
+            conn(&hub, "bob", 3),
+            conn(&hub, "carol", 4),
+        );
+        let alice = UserKey::new("demo", "alice");
+        hub.subscribe_groups(1, &alice, &["g".into(), "h".into()]);
+        hub.subscribe_groups(2, &alice, &["g".into()]);
+        hub.subscribe_groups(3, &UserKey::new("demo", "bob"), &["g".into()]);
+        // Unknown connection (gone already): nothing happens.
+        hub.subscribe_groups(99, &alice, &["g".into()]);
+        assert_eq!(hub.group_connections(&GroupKey::new("demo", "g")), 3);
+        // Connection 1 sent entry 1 of g: its ack, not a push; alice's
+        // other device gets it.
+        let reached = deliver(&hub, &[group_entry("g", 1), group_entry("h", 1)], Some(1));
+        assert_eq!(reached, [2, 0]);
+        assert!(drained(&mut a1).is_empty());
+        assert_eq!(drained(&mut a2), [(Some("g".into()), 1)]);
+        assert_eq!(drained(&mut b), [(Some("g".into()), 1)]);
+        assert!(drained(&mut c).is_empty(), "not a member");
+        assert_eq!(deliver(&hub, &[group_entry("h", 2)], None), [1]);
+        assert_eq!(drained(&mut a1), [(Some("h".into()), 2)]);
+        // A user's timeline push says no group.
+        let (_, e) = group_entry("", 5);
+        assert_eq!(
+            deliver(&hub, &[(Target::User(alice.clone()), e)], Some(2)),
+            [1]
+        );
+        assert_eq!(drained(&mut a1), [(None, 5)]);
+    }
+
+    #[test]
+    fn membership_changes_apply_to_every_connection_of_the_users() {
+        let hub = Hub::new();
+        let g = GroupKey::new("demo", "g");
+        let (mut b1, mut b2, mut c) = (
+            conn(&hub, "bob", 1),
+            conn(&hub, "bob", 2),
+            conn(&hub, "carol", 3),
+        );
+        hub.membership(&g, &["bob".into(), "dave".into()], true);
+        assert_eq!(
+            hub.group_connections(&g),
+            2,
+            "both of bob's; dave is offline"
+        );
+        // Joining twice changes nothing.
+        hub.membership(&g, &["bob".into()], true);
+        assert_eq!(deliver(&hub, &[group_entry("g", 1)], None), [2]);
+        assert_eq!(drained(&mut b1), [(Some("g".into()), 1)]);
+        assert_eq!(drained(&mut b2), [(Some("g".into()), 1)]);
+        // Another app's group of the same id is another group.
+        hub.membership(&GroupKey::new("other", "g"), &["carol".into()], true);
+        assert_eq!(deliver(&hub, &[group_entry("g", 2)], None), [2]);
+        assert!(drained(&mut c).is_empty());
+        hub.membership(&g, &["bob".into()], false);
+        assert_eq!(hub.group_connections(&g), 0);
+        assert_eq!(deliver(&hub, &[group_entry("g", 3)], None), [0]);
+        assert_eq!(drained(&mut b1), [(Some("g".into()), 2)]);
+        // Leaving again is harmless.
+        hub.membership(&g, &["bob".into()], false);
+    }
+
+    #[test]
+    fn unregister_forgets_the_connections_groups() {
+        let hub = Hub::new();
+        let (g, h) = (GroupKey::new("demo", "g"), GroupKey::new("demo", "h"));
+        let alice = UserKey::new("demo", "alice");
+        let _a1 = conn(&hub, "alice", 1);
+        let mut a2 = conn(&hub, "alice", 2);
+        hub.subscribe_groups(1, &alice, &["g".into(), "h".into()]);
+        hub.subscribe_groups(2, &alice, &["g".into()]);
+        hub.unregister(&alice, 1);
+        assert_eq!(hub.group_connections(&g), 1);
+        assert_eq!(hub.group_connections(&h), 0, "an empty group set is let go");
+        assert!(hub.lock_conn_groups().get(&1).is_none());
+        assert_eq!(deliver(&hub, &[group_entry("g", 1)], None), [1]);
+        assert_eq!(drained(&mut a2), [(Some("g".into()), 1)]);
+        // A membership change after the logout does not bring it back.
+        hub.membership(&h, &["alice".into()], true);
+        assert_eq!(
+            hub.group_connections(&h),
+            1,
+            "only the connection still here"
+        );
+        hub.unregister(&alice, 2);
+        assert_eq!(hub.group_connections(&g) + hub.group_connections(&h), 0);
+        assert!(hub.lock_conn_groups().is_empty());
+        assert_eq!(hub.connection_count(), 0);
     }
 }

@@ -42,11 +42,11 @@ pub use group::{
 };
 pub use hooks::{Screen, ScreenError, Verdict};
 pub use hub::{ConnHandle, Hub, Outbound};
-pub use logic::{Logic, LogicConfig};
+pub use logic::{C2cOrder, Logic, LogicConfig};
 pub use logic_api::{ConversationPage, S2cMode, S2cOutcome, SYSTEM_UID};
 pub use model::{Entry, Message, NewMessage, UserKey};
-pub use presence::{DeviceSession, MemoryPresence, Placement, Presence, PresenceError};
-pub use route::{Delivery, LocalRoute, Route, RouteError};
+pub use presence::{DeviceSession, HubPresence, Placement, Presence, PresenceError};
+pub use route::{Delivery, LocalRoute, Reach, Route, RouteError, Target};
 pub use store::{Appended, Page, Store, StoreError};
 
 /// Milliseconds since the Unix epoch.

@@ -2,22 +2,25 @@
 //! the backend traits. Stateless besides its backends, so any node can serve
 //! any request.
 
-use std::collections::BTreeSet;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use switchboard_proto::code;
+use switchboard_proto::limits::{check_id, check_type};
+use tokio::sync::oneshot;
 
 use crate::auth::Apps;
 use crate::bus::{Bus, BusEvent, BusReceipt};
 use crate::error::LogicError;
 use crate::events::{self, MessageStoredData, PresenceData};
+use crate::group::GroupKey;
 use crate::hooks::{Screen, Verdict};
 use crate::id::IdGenerator;
 use crate::model::{Entry, Message, NewMessage, UserKey};
 use crate::presence::{DeviceSession, Presence};
-use crate::route::{Delivery, Route};
+use crate::route::{Delivery, Reach, Route, RouteError, Target};
 use crate::store::{Appended, PendingAppend, Store};
 
 /// Limits and identity of the logic on this node.
@@ -50,9 +53,6 @@ impl Default for LogicConfig {
     }
 }
 
-const MAX_ID_LEN: usize = 128;
-const MAX_TYPE_LEN: usize = 64;
-
 pub use crate::store::LoginState;
 
 /// A c2c request, as the sender made it.
@@ -73,9 +73,57 @@ pub struct C2cResult {
     pub duplicate: bool,
 }
 
-/// A c2c whose append is queued in the store ([`Logic::c2c_submit`]).
+/// One sender's c2c order, owned by whatever sends for it (a connection):
+/// pass it to every [`Logic::c2c_in_order`] of that sender, in the order
+/// the sender made the requests.
+///
+/// The rule it keeps: c2c N+1 of a sender submits its append only once c2c
+/// N has its place in the store's queue (so N gets the lower sequences on
+/// every timeline the two share), and pushes only once N was pushed (so
+/// each receiver's devices get the sender's messages in sequence order).
+/// The durability waits in between overlap, which is what lets one
+/// connection have many c2c in flight.
+#[derive(Debug, Default)]
+pub struct C2cOrder {
+    /// Resolves once the previous c2c is queued in the store (or failed before).
+    queued: Option<oneshot::Receiver<()>>,
+    /// Resolves once the previous c2c was pushed (or failed).
+    pushed: Option<oneshot::Receiver<()>>,
+}
+
+/// One c2c's links in its sender's chain: what it waits for, and what it
+/// releases for the next one. A dropped sender (a failed or dropped
+/// request) releases the wait too.
+#[derive(Default)]
+pub(crate) struct C2cLinks {
+    pub(crate) prev_queued: Option<oneshot::Receiver<()>>,
+    pub(crate) prev_pushed: Option<oneshot::Receiver<()>>,
+    pub(crate) queued: Option<oneshot::Sender<()>>,
+    pub(crate) pushed: Option<oneshot::Sender<()>>,
+}
+
+impl C2cOrder {
+    pub(crate) fn next(&mut self) -> C2cLinks {
+        let (queued_tx, queued_rx) = oneshot::channel();
+        let (pushed_tx, pushed_rx) = oneshot::channel();
+        C2cLinks {
+            prev_queued: self.queued.replace(queued_rx),
+            prev_pushed: self.pushed.replace(pushed_rx),
+            queued: Some(queued_tx),
+            pushed: Some(pushed_tx),
+        }
+    }
+}
+
+pub(crate) async fn after(prev: Option<oneshot::Receiver<()>>) {
+    if let Some(rx) = prev {
+        let _ = rx.await;
+    }
+}
+
+/// A c2c whose append is queued in the store.
 #[derive(Debug)]
-pub struct C2cSubmitted {
+struct C2cSubmitted {
     pending: PendingAppend,
     timelines: Vec<UserKey>,
     from: UserKey,
@@ -84,7 +132,7 @@ pub struct C2cSubmitted {
 
 impl C2cSubmitted {
     /// Waits until the message and all its timeline entries are durable.
-    pub async fn durable(self) -> Result<C2cStored, LogicError> {
+    async fn durable(self) -> Result<C2cStored, LogicError> {
         let appended = self.pending.await?;
         Ok(C2cStored {
             appended,
@@ -95,9 +143,9 @@ impl C2cSubmitted {
     }
 }
 
-/// A durable c2c, not pushed yet ([`Logic::c2c_deliver`] pushes it).
+/// A durable c2c, not pushed yet.
 #[derive(Debug)]
-pub struct C2cStored {
+struct C2cStored {
     appended: Appended,
     timelines: Vec<UserKey>,
     from: UserKey,
@@ -137,6 +185,9 @@ pub struct Logic {
     /// Events (online, offline, stored) that could not be published; the
     /// request that caused them succeeded anyway.
     event_failures: AtomicU64,
+    /// Deliveries (or parts of them) the route could not carry; the
+    /// entries were durable, and the devices sync them.
+    route_failures: AtomicU64,
     /// Messages stored and delivery latency, for operator stats and metrics.
     pub(crate) stats: crate::stats::NodeStats,
 }
@@ -160,6 +211,7 @@ impl Logic {
             config,
             screen: None,
             event_failures: AtomicU64::new(0),
+            route_failures: AtomicU64::new(0),
             stats: crate::stats::NodeStats::default(),
         }
     }
@@ -212,6 +264,65 @@ impl Logic {
             self.event_failures.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %e, topic, %user, "could not publish an event; it is lost");
         }
+    }
+
+    /// Deliveries the route could not carry (whole or in part) since start.
+    pub fn route_failures(&self) -> u64 {
+        self.route_failures.load(Ordering::Relaxed)
+    }
+
+    /// The one way entries reach the devices online now, wherever they are:
+    /// users' and groups' entries in one batch, the sender's connection
+    /// skipped. Never fails: the entries are durable, so a failure is
+    /// logged and counted, and a device that missed a push syncs.
+    pub(crate) async fn deliver(&self, d: Delivery) {
+        self.deliver_counted(&d).await;
+    }
+
+    /// [`Logic::deliver`], returning what each entry reached (aligned with
+    /// `d.entries`; nothing reached when the route failed as a whole).
+    pub(crate) async fn deliver_counted(&self, d: &Delivery) -> Vec<Reach> {
+        self.try_deliver(d)
+            .await
+            .unwrap_or_else(|_| vec![Reach::default(); d.entries.len()])
+    }
+
+    /// [`Logic::deliver`] for a caller that answers for the push itself:
+    /// an error means nothing was pushed (where the devices are could not be
+    /// learnt). Failures are logged and counted here either way.
+    pub(crate) async fn try_deliver(&self, d: &Delivery) -> Result<Vec<Reach>, RouteError> {
+        match self.route.deliver(d).await {
+            Ok(reach) => {
+                if let Some(e) = reach.iter().find_map(|r| r.error.as_ref()) {
+                    self.route_failures.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "route failed for some devices; they will sync");
+                }
+                Ok(reach)
+            }
+            Err(e) => {
+                self.route_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "route failed; devices will sync");
+                Err(e)
+            }
+        }
+    }
+
+    /// Subscribes a logged-in connection of `user` on this node to the
+    /// groups `gids` (read from the store at login): it gets their pushes
+    /// until it disconnects or the user leaves them.
+    pub fn subscribe_groups(&self, conn_id: u64, user: &UserKey, gids: &[String]) {
+        self.route.hub().subscribe_groups(conn_id, user, gids);
+    }
+
+    /// Users `uids` joined or left the group: their connections on every
+    /// node start or stop getting its pushes.
+    pub async fn membership(
+        &self,
+        group: &GroupKey,
+        uids: &[String],
+        joined: bool,
+    ) -> Result<(), LogicError> {
+        Ok(self.route.membership(group, uids, joined).await?)
     }
 
     fn wants(&self, topic: &str, user: &UserKey) -> bool {
@@ -274,6 +385,11 @@ impl Logic {
         for d in others.iter().filter(|d| d.device_id == session.device_id) {
             self.route
                 .kick(&d.node, &d.user, d.conn_id, code::KICK_REPLACED)
+                .await?;
+            // Gone from presence before the new login is recorded: the
+            // replaced session's logout finds it gone and stays silent.
+            self.presence
+                .offline(&d.user, &d.device_id, d.conn_id)
                 .await?;
         }
         others.retain(|d| d.device_id != session.device_id);
@@ -342,24 +458,64 @@ impl Logic {
 
     /// Stores a message from `from` durably (de-duplicated on its
     /// client_msg_id), then pushes it to the receiver's devices and the
-    /// sender's other devices (all but `origin_conn`).
+    /// sender's other devices (all but `origin_conn`, a connection on this
+    /// node). A sender with several c2c in flight at once keeps their order
+    /// with [`Logic::c2c_in_order`].
     pub async fn c2c(
         &self,
         from: &UserKey,
         origin_conn: Option<u64>,
         req: C2cRequest,
     ) -> Result<C2cResult, LogicError> {
-        let submitted = self.c2c_submit(from, origin_conn, req).await?;
-        let stored = submitted.durable().await?;
-        Ok(self.c2c_deliver(stored).await)
+        self.c2c_linked(C2cLinks::default(), from, origin_conn, req)
+            .await
     }
 
-    /// The first phase of [`Logic::c2c`]: checks and screens the request and
+    /// [`Logic::c2c`] for a sender that has several in flight: `order` is
+    /// the sender's (see [`C2cOrder`]), and the calls are made in the order
+    /// of the requests. The returned future may be run concurrently with
+    /// the sender's other c2c; it waits for its place in the chain itself.
+    pub fn c2c_in_order(
+        self: &Arc<Self>,
+        order: &mut C2cOrder,
+        from: UserKey,
+        origin_conn: Option<u64>,
+        req: C2cRequest,
+    ) -> impl Future<Output = Result<C2cResult, LogicError>> + Send + 'static {
+        let links = order.next();
+        let this = self.clone();
+        async move { this.c2c_linked(links, &from, origin_conn, req).await }
+    }
+
+    async fn c2c_linked(
+        &self,
+        mut links: C2cLinks,
+        from: &UserKey,
+        origin_conn: Option<u64>,
+        req: C2cRequest,
+    ) -> Result<C2cResult, LogicError> {
+        after(links.prev_queued.take()).await;
+        let submitted = self.c2c_submit(from, origin_conn, req).await;
+        drop(links.queued.take());
+        let stored = match submitted {
+            Ok(s) => s.durable().await,
+            Err(e) => Err(e),
+        };
+        after(links.prev_pushed.take()).await;
+        let result = match stored {
+            Ok(stored) => Ok(self.c2c_deliver(stored).await),
+            Err(e) => Err(e),
+        };
+        drop(links.pushed.take());
+        result
+    }
+
+    /// The first phase of a c2c: checks and screens the request and
     /// queues the append. Once this returned the message has its place in
     /// the store's order: a c2c submitted afterwards gets higher sequences
     /// on every timeline the two share (with a store that queues, see
     /// [`Store::submit_append`]). Nothing is acknowledged or pushed yet.
-    pub async fn c2c_submit(
+    async fn c2c_submit(
         &self,
         from: &UserKey,
         origin_conn: Option<u64>,
@@ -411,11 +567,10 @@ impl Logic {
         })
     }
 
-    /// The last phase of [`Logic::c2c`], once the message is durable: pushes
-    /// it and publishes its event. Callers that pipeline c2c of one sender
-    /// call this in submit order, one after the other, so each receiver's
-    /// devices get their pushes in sequence order.
-    pub async fn c2c_deliver(&self, stored: C2cStored) -> C2cResult {
+    /// The last phase of a c2c, once the message is durable: pushes it and
+    /// publishes its event. [`C2cOrder`] runs it in submit order for one
+    /// sender, so each receiver's devices get their pushes in sequence order.
+    async fn c2c_deliver(&self, stored: C2cStored) -> C2cResult {
         let C2cStored {
             appended,
             timelines,
@@ -427,7 +582,7 @@ impl Logic {
         // they already have by sequence. Its event is published again too,
         // with the same de-dup id, for the same reason.
         tokio::join!(
-            self.fan_out(&timelines, &appended, &from, origin_conn),
+            self.fan_out(&timelines, &appended, origin_conn),
             self.publish_stored(&timelines, &appended),
         );
         let sender_seq = timelines
@@ -450,11 +605,7 @@ impl Logic {
         body: &[u8],
     ) -> Result<(), LogicError> {
         check_id("client_msg_id", client_msg_id)?;
-        if kind.len() > MAX_TYPE_LEN {
-            return Err(LogicError::InvalidArgument(format!(
-                "type is over {MAX_TYPE_LEN} bytes"
-            )));
-        }
+        check_type(kind)?;
         if body.len() > self.config.max_body_bytes {
             return Err(LogicError::InvalidArgument(format!(
                 "body is over {} bytes",
@@ -513,48 +664,25 @@ impl Logic {
         }
     }
 
-    /// Pushes each entry to its user's online devices, wherever they are.
-    /// Failures are logged, not returned: the message is durable, and a
-    /// device that missed the push gets it through `sync`.
-    async fn fan_out(
-        &self,
-        timelines: &[UserKey],
-        appended: &Appended,
-        from: &UserKey,
-        origin_conn: Option<u64>,
-    ) {
+    /// Pushes a c2c's entries to their users' online devices, all but the
+    /// sender's own connection.
+    async fn fan_out(&self, timelines: &[UserKey], appended: &Appended, origin_conn: Option<u64>) {
         // Delivery latency runs from here: the store has committed.
         let stored_at = std::time::Instant::now();
         if !appended.duplicate {
             self.stats.record_stored(1);
         }
-        for (user, entry) in timelines.iter().zip(appended.entries()) {
-            let devices = match self.presence.devices(user).await {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::warn!(error = %e, %user, "presence lookup failed; devices will sync");
-                    continue;
-                }
-            };
-            let nodes: BTreeSet<&str> = devices.iter().map(|d| d.node.as_str()).collect();
-            for node in nodes {
-                let skip_conn = if user == from && node == self.config.node {
-                    origin_conn
-                } else {
-                    None
-                };
-                let delivery = Delivery {
-                    user: user.clone(),
-                    entry: entry.clone(),
-                    skip_conn,
-                };
-                match self.route.deliver(node, delivery).await {
-                    Ok(_) => self.stats.record_delivery(stored_at),
-                    Err(e) => {
-                        tracing::warn!(error = %e, %user, node, "route failed; devices will sync")
-                    }
-                }
-            }
+        let delivery = Delivery {
+            entries: timelines
+                .iter()
+                .zip(appended.entries())
+                .map(|(user, entry)| (Target::User(user.clone()), entry))
+                .collect(),
+            skip_conn: origin_conn.map(|c| (self.config.node.clone(), c)),
+        };
+        let reach = self.deliver_counted(&delivery).await;
+        if reach.iter().any(|r| r.devices > 0) {
+            self.stats.record_delivery(stored_at);
         }
     }
 
@@ -631,13 +759,4 @@ fn presence_data(d: &DeviceSession, online_devices: usize, reason: &str) -> Pres
         online_devices,
         reason: reason.into(),
     }
-}
-
-pub(crate) fn check_id(field: &str, value: &str) -> Result<(), LogicError> {
-    if value.is_empty() || value.len() > MAX_ID_LEN {
-        return Err(LogicError::InvalidArgument(format!(
-            "{field} must be 1 to {MAX_ID_LEN} bytes"
-        )));
-    }
-    Ok(())
 }

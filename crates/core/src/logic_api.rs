@@ -16,9 +16,10 @@ use switchboard_proto::code;
 use crate::error::LogicError;
 use crate::logic::Logic;
 use crate::model::{Entry, Message, NewMessage, UserKey};
-use crate::presence::{DeviceSession, Placement};
-use crate::route::{Delivery, RouteError};
+use crate::presence::DeviceSession;
+use crate::route::{Delivery, Target};
 use crate::stats::NodeStats;
+use switchboard_proto::limits::{check_id, check_type};
 
 /// The uid of an app's system sender: the `from` of every s2c message is
 /// `{app, uid: ""}`, which no logged-in user can be (a token's `sub` is 1 to
@@ -26,8 +27,6 @@ use crate::stats::NodeStats;
 /// is one message shared by every receiver.
 pub const SYSTEM_UID: &str = "";
 
-const MAX_ID_LEN: usize = 128;
-const MAX_TYPE_LEN: usize = 64;
 /// Stored s2c appends in flight at once for one request: enough to fill the
 /// store's group commits, bounded so one big push can't monopolise the writer.
 const S2C_STORE_CONCURRENCY: usize = 256;
@@ -148,7 +147,7 @@ impl Logic {
                 .s2c_stored(app, targets.into_owned(), kind, body, client_msg_id)
                 .await),
             S2cMode::OnlineOnly => {
-                self.s2c_online(app, &targets, kind, body, client_msg_id)
+                self.s2c_online(app, targets.into_owned(), kind, body, client_msg_id)
                     .await
             }
         }
@@ -217,7 +216,15 @@ impl Logic {
         };
         // Pushed again for a duplicate, like c2c: it closes the gap if the
         // first attempt stored but did not push; devices drop what they have.
-        let devices_reached = self.push_entry(&user, entry).await;
+        let delivery = Delivery {
+            entries: vec![(Target::User(user.clone()), entry)],
+            skip_conn: None,
+        };
+        let devices_reached = self
+            .deliver_counted(&delivery)
+            .await
+            .first()
+            .map_or(0, |r| r.devices);
         if devices_reached > 0 {
             self.stats.record_delivery(stored_at);
         }
@@ -231,42 +238,12 @@ impl Logic {
         }
     }
 
-    /// Routes a stored entry to the user's online devices, wherever they
-    /// are; returns the devices reached. Failures are logged, not returned:
-    /// the entry is durable and a device that missed it syncs.
-    async fn push_entry(&self, user: &UserKey, entry: Entry) -> usize {
-        let devices = match self.presence().devices(user).await {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::warn!(error = %e, %user, "presence lookup failed; devices will sync");
-                return 0;
-            }
-        };
-        let mut reached = 0;
-        for (node, on_node) in by_node(&devices) {
-            let delivery = Delivery {
-                user: user.clone(),
-                entry: entry.clone(),
-                skip_conn: None,
-            };
-            match self.route().deliver(node, delivery).await {
-                Ok(n) if node == self.config().node => reached += n,
-                Ok(_) => reached += on_node,
-                Err(e) => {
-                    tracing::warn!(error = %e, %user, node, "route failed; devices will sync")
-                }
-            }
-        }
-        reached
-    }
-
-    /// One message, seq 0, pushed to the devices online now. Users are
-    /// grouped by node so each node gets one `deliver_many` with the frame
-    /// encoded once.
+    /// One message, seq 0, pushed to the devices online now: one delivery
+    /// of the same entry to every target, so its frame is encoded once.
     async fn s2c_online(
         &self,
         app: &str,
-        targets: &[UserKey],
+        targets: Vec<UserKey>,
         kind: String,
         body: Bytes,
         client_msg_id: Option<String>,
@@ -283,81 +260,37 @@ impl Logic {
         });
         let msg_id = message.id;
         let entry = Entry { seq: 0, message };
-        let mut reached = vec![0usize; targets.len()];
-        let mut errors: Vec<Option<String>> = vec![None; targets.len()];
-        if self.presence().single_node() {
-            // One node: its hub is the whole of presence.
-            self.stats.record_online_message();
-            let users: Vec<&UserKey> = targets.iter().collect();
-            match self
-                .route()
-                .deliver_many(&self.config().node, &users, &entry)
-                .await
-            {
-                Ok(got) => reached = got,
-                Err(e) => {
-                    tracing::warn!(error = %e, "route failed for an online-only push");
-                    errors.fill(Some(e.to_string()));
-                }
-            }
-        } else {
-            // Nothing was pushed yet: a presence failure fails the whole request.
-            let placement = self.presence().placement(targets).await?;
-            self.stats.record_online_message();
-            self.deliver_placed(targets, &placement, &entry, &mut reached, &mut errors)
-                .await;
-        }
-        Ok(targets
-            .iter()
-            .zip(reached.into_iter().zip(errors))
-            .map(|(user, (devices_reached, error))| S2cOutcome {
-                user: user.clone(),
-                seq: None,
-                msg_id,
-                devices_reached,
-                duplicate: false,
-                // A user reached on one node but not on another still got it.
-                error: error
-                    .filter(|_| devices_reached == 0)
-                    .map(|e| LogicError::Route(RouteError::Unavailable(e))),
+        let delivery = Delivery {
+            entries: targets
+                .into_iter()
+                .map(|u| (Target::User(u), entry.clone()))
+                .collect(),
+            skip_conn: None,
+        };
+        // Nothing was pushed yet when the route fails as a whole (presence
+        // unavailable): the request fails.
+        let reach = self.try_deliver(&delivery).await?;
+        self.stats.record_online_message();
+        Ok(delivery
+            .entries
+            .into_iter()
+            .zip(reach)
+            .filter_map(|((target, _), reach)| match target {
+                Target::User(user) => Some(S2cOutcome {
+                    user,
+                    seq: None,
+                    msg_id,
+                    devices_reached: reach.devices,
+                    duplicate: false,
+                    // A user reached on one node but not on another still got it.
+                    error: reach
+                        .error
+                        .filter(|_| reach.devices == 0)
+                        .map(LogicError::Route),
+                }),
+                Target::Group(_) => None,
             })
             .collect())
-    }
-
-    /// Hands an online-only entry to each node holding devices of the
-    /// targets (one `deliver_many` per node, the frame encoded once), adding
-    /// to `reached` and noting a failed node's error for its users.
-    async fn deliver_placed(
-        &self,
-        targets: &[UserKey],
-        placement: &Placement,
-        entry: &Entry,
-        reached: &mut [usize],
-        errors: &mut [Option<String>],
-    ) {
-        for (n, node) in placement.nodes.iter().enumerate() {
-            let here = || placement.entries.iter().filter(move |e| e.1 == n);
-            // References, not copies: a fan-out may name many thousands.
-            let users: Vec<&UserKey> = here().map(|e| &targets[e.0]).collect();
-            match self.route().deliver_many(node, &users, entry).await {
-                Ok(got) if *node == self.config().node => {
-                    for (e, got) in here().zip(got) {
-                        reached[e.0] += got;
-                    }
-                }
-                Ok(_) => {
-                    for e in here() {
-                        reached[e.0] += e.2;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, node, "route failed for an online-only push");
-                    for entry in here() {
-                        errors[entry.0] = Some(e.to_string());
-                    }
-                }
-            }
-        }
     }
 
     /// The online devices of each user, aligned with `users`. A user the
@@ -456,36 +389,6 @@ impl Logic {
     }
 }
 
-/// The nodes holding `devices`, each with how many of them it holds.
-fn by_node(devices: &[DeviceSession]) -> Vec<(&str, usize)> {
-    let mut nodes: Vec<(&str, usize)> = Vec::new();
-    for d in devices {
-        match nodes.iter_mut().find(|(n, _)| *n == d.node) {
-            Some((_, count)) => *count += 1,
-            None => nodes.push((d.node.as_str(), 1)),
-        }
-    }
-    nodes
-}
-
-fn check_id(field: &str, value: &str) -> Result<(), LogicError> {
-    if value.is_empty() || value.len() > MAX_ID_LEN {
-        return Err(LogicError::InvalidArgument(format!(
-            "{field} must be 1 to {MAX_ID_LEN} bytes"
-        )));
-    }
-    Ok(())
-}
-
-fn check_type(kind: &str) -> Result<(), LogicError> {
-    if kind.len() > MAX_TYPE_LEN {
-        return Err(LogicError::InvalidArgument(format!(
-            "type is over {MAX_TYPE_LEN} bytes"
-        )));
-    }
-    Ok(())
-}
-
 /// Refuses a verified token that the user's revocation covers: issued
 /// (`iat`) before the revocation time, or without `iat` at all once the
 /// user has one (its age cannot be told).
@@ -515,7 +418,7 @@ mod tests {
     use crate::bus::OutboxBus;
     use crate::hub::{ConnHandle, Hub, OutboundRx, outbound_queue};
     use crate::logic::LogicConfig;
-    use crate::presence::{MemoryPresence, Presence, PresenceError};
+    use crate::presence::HubPresence;
     use crate::route::LocalRoute;
 
     /// A store that only refuses: online-only pushes must never touch it.
@@ -588,30 +491,8 @@ mod tests {
         }
     }
 
-    fn logic() -> (Logic, Arc<Hub>, Arc<MemoryPresence>) {
-        logic_with(false)
-    }
-
-    /// The in-process presence as a cluster's would be used: `single_node`
-    /// is false, so an online-only fan-out looks every target up.
-    struct LookedUp(Arc<MemoryPresence>);
-
-    #[async_trait::async_trait]
-    impl Presence for LookedUp {
-        async fn online(&self, s: &DeviceSession) -> Result<(), PresenceError> {
-            self.0.online(s).await
-        }
-        async fn offline(&self, u: &UserKey, d: &str, c: u64) -> Result<(), PresenceError> {
-            self.0.offline(u, d, c).await
-        }
-        async fn devices(&self, u: &UserKey) -> Result<Vec<DeviceSession>, PresenceError> {
-            self.0.devices(u).await
-        }
-    }
-
-    /// A logic over the in-process presence, or (`looked_up`) over the
-    /// same presence used as a cluster's.
-    fn logic_with(looked_up: bool) -> (Logic, Arc<Hub>, Arc<MemoryPresence>) {
+    /// A logic on one node: the hub is the whole of presence.
+    fn logic() -> (Logic, Arc<Hub>) {
         let apps = Apps::new([AppConfig {
             name: "demo".into(),
             jwt_secret: Some("0123456789abcdef0123".into()),
@@ -619,62 +500,32 @@ mod tests {
         }])
         .expect("apps");
         let hub = Arc::new(Hub::new());
-        let presence = Arc::new(MemoryPresence::new());
         let store: Arc<dyn crate::store::Store> = Arc::new(NoStore);
         let logic = Logic::new(
             LogicConfig::default(),
             apps,
             store.clone(),
-            if looked_up {
-                Arc::new(LookedUp(presence.clone()))
-            } else {
-                presence.clone()
-            },
+            Arc::new(HubPresence::new(hub.clone(), "local")),
             Arc::new(LocalRoute::new(hub.clone())),
             Arc::new(OutboxBus::new(store)),
         );
-        (logic, hub, presence)
+        (logic, hub)
     }
 
-    async fn online(hub: &Hub, presence: &MemoryPresence, uid: &str, conn_id: u64) -> OutboundRx {
+    fn online(hub: &Hub, uid: &str, conn_id: u64) -> OutboundRx {
         let (tx, rx) = outbound_queue(8);
         let user = UserKey::new("demo", uid);
-        let handle = ConnHandle::new(
-            conn_id,
-            user.clone(),
-            format!("d{conn_id}"),
-            "test".into(),
-            tx,
-        );
+        let handle = ConnHandle::new(conn_id, user, format!("d{conn_id}"), "test".into(), tx);
         hub.register(Arc::new(handle));
-        presence
-            .online(&DeviceSession {
-                user,
-                device_id: format!("d{conn_id}"),
-                platform: "test".into(),
-                node: "local".into(),
-                conn_id,
-                since_ms: 0,
-            })
-            .await
-            .expect("online");
         rx
     }
 
     #[tokio::test]
     async fn online_only_shares_one_frame_and_counts_devices() {
-        // Handed straight to the hub (one node), and looked up per user (as
-        // in a cluster): the same outcome.
-        for looked_up in [false, true] {
-            online_only_fan_out(looked_up).await;
-        }
-    }
-
-    async fn online_only_fan_out(looked_up: bool) {
-        let (logic, hub, presence) = logic_with(looked_up);
-        let mut a1 = online(&hub, &presence, "a", 1).await;
-        let mut a2 = online(&hub, &presence, "a", 2).await;
-        let mut b = online(&hub, &presence, "b", 3).await;
+        let (logic, hub) = logic();
+        let mut a1 = online(&hub, "a", 1);
+        let mut a2 = online(&hub, "a", 2);
+        let mut b = online(&hub, "b", 3);
         let users = [
             UserKey::new("demo", "a"),
             UserKey::new("demo", "b"),
@@ -698,8 +549,8 @@ mod tests {
             .collect();
         assert_eq!(reached, [("a", 2), ("b", 1), ("offline", 0)]);
         assert!(out.iter().all(|o| o.error.is_none() && o.seq.is_none()));
-        let crate::hub::Outbound::Push { seq, frame } = a1.try_recv().expect("a1");
-        assert_eq!(seq, 0);
+        let crate::hub::Outbound::Push { seq, frame, group } = a1.try_recv().expect("a1");
+        assert_eq!((seq, group), (0, None));
         for rx in [&mut a2, &mut b] {
             let crate::hub::Outbound::Push { frame: f, .. } = rx.try_recv().expect("push");
             // The same bytes, not a copy: one encoding for the whole fan-out.
@@ -715,12 +566,12 @@ mod tests {
     #[ignore = "measurement; run in release"]
     async fn fan_out_rate() {
         const USERS: usize = 19_000;
-        let (logic, hub, presence) = logic();
+        let (logic, hub) = logic();
         let mut rxs = Vec::with_capacity(USERS);
         let mut users = Vec::with_capacity(USERS);
         for i in 0..USERS {
             let uid = format!("courier-{i}");
-            rxs.push(online(&hub, &presence, &uid, i as u64 + 1).await);
+            rxs.push(online(&hub, &uid, i as u64 + 1));
             users.push(UserKey::new("demo", uid));
         }
         let rounds = 5;
@@ -757,8 +608,8 @@ mod tests {
 
     #[tokio::test]
     async fn bad_input_does_nothing() {
-        let (logic, hub, presence) = logic();
-        let mut a = online(&hub, &presence, "a", 1).await;
+        let (logic, hub) = logic();
+        let mut a = online(&hub, "a", 1);
         let bad = [UserKey::new("demo", "a"), UserKey::new("demo", "")];
         let r = logic
             .s2c(
@@ -787,7 +638,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_store_failure_is_a_per_user_outcome() {
-        let (logic, _hub, _presence) = logic();
+        let (logic, _hub) = logic();
         let out = logic
             .s2c(
                 "demo",

@@ -8,6 +8,7 @@
 //! the same atomic step as the append, so a member removed while its message
 //! is in flight either got in before the removal or is refused.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -15,8 +16,9 @@ use bytes::Bytes;
 use crate::error::LogicError;
 use crate::events::{self, MessageStoredData};
 use crate::group::{GroupKey, GroupRefusal, GroupState, NewGroupMessage};
-use crate::logic::{Logic, SyncPage};
+use crate::logic::{C2cOrder, Logic, SyncPage, after};
 use crate::model::{Entry, Message, UserKey};
+use crate::route::{Delivery, Target};
 use crate::store::{Appended, StoreError};
 
 /// A message a member posts to a group.
@@ -49,6 +51,29 @@ pub struct GroupSyncPage {
 }
 
 impl Logic {
+    /// [`Logic::group_post`] in the sender's order (see [`C2cOrder`]): it
+    /// waits until the sender's earlier messages (to users or groups) are
+    /// pushed, so one connection's posts keep their order on the group's
+    /// timeline. Calls are made in the order of the requests; the future
+    /// may run concurrently with the sender's others.
+    pub fn group_post_in_order(
+        self: &Arc<Self>,
+        order: &mut C2cOrder,
+        from: UserKey,
+        origin_conn: Option<u64>,
+        post: GroupPost,
+    ) -> impl Future<Output = Result<GroupPosted, LogicError>> + Send + 'static {
+        let mut links = order.next();
+        let this = self.clone();
+        async move {
+            after(links.prev_pushed.take()).await;
+            let result = this.group_post(&from, origin_conn, post).await;
+            drop(links.queued.take());
+            drop(links.pushed.take());
+            result
+        }
+    }
+
     /// Stores a member's message on the group's timeline, durably (checked
     /// against membership and the group's post policy, screened like a
     /// c2c), then pushes it to every online member device but `origin_conn`.
@@ -60,7 +85,7 @@ impl Logic {
     ) -> Result<GroupPosted, LogicError> {
         let group = GroupKey::new(from.app.clone(), post.gid);
         self.check_content(&post.client_msg_id, &post.kind, &post.body)?;
-        crate::logic::check_id("group", &group.gid)?;
+        switchboard_proto::limits::check_id("group", &group.gid)?;
         let message = Message {
             id: self.next_id(),
             from: from.clone(),
@@ -139,7 +164,7 @@ impl Logic {
         since: u64,
         limit: u32,
     ) -> Result<GroupSyncPage, LogicError> {
-        crate::logic::check_id("group", gid)?;
+        switchboard_proto::limits::check_id("group", gid)?;
         let key = GroupKey::new(user.app.clone(), gid);
         let store = self.store();
         let (group, member) = tokio::try_join!(store.group(&key), store.member(&key, &user.uid))?;
@@ -164,7 +189,7 @@ impl Logic {
         gid: &str,
         seq: u64,
     ) -> Result<(), LogicError> {
-        crate::logic::check_id("group", gid)?;
+        switchboard_proto::limits::check_id("group", gid)?;
         let key = GroupKey::new(user.app.clone(), gid);
         let store = self.store();
         let (group, member) = tokio::try_join!(store.group(&key), store.member(&key, &user.uid))?;
@@ -197,8 +222,10 @@ impl Logic {
         entry: Entry,
         skip_conn: Option<u64>,
     ) {
-        // lead: replace — a placeholder until the one delivery path
-        // (issue 12 Part 1) reaches the member devices.
-        tracing::debug!(%group, seq = entry.seq, ?skip_conn, "group entry stored");
+        let delivery = Delivery {
+            entries: vec![(Target::Group(group.clone()), entry)],
+            skip_conn: skip_conn.map(|c| (self.config().node.clone(), c)),
+        };
+        self.deliver(delivery).await;
     }
 }

@@ -162,6 +162,15 @@ impl Logic {
         self.store().group(key).await?.ok_or_else(not_found)
     }
 
+    /// Tells every node's hub; a failure is logged, not returned: the
+    /// membership is stored, and the store refuses a removed member's reads
+    /// and posts whatever its hub still holds.
+    async fn leave_or_join(&self, key: &GroupKey, uids: &[String], joined: bool) {
+        if let Err(e) = self.membership(key, uids, joined).await {
+            tracing::warn!(error = %e, group = %key, joined, "could not tell the nodes of a membership change");
+        }
+    }
+
     /// Deletes the group, its members and its timeline; `GROUP_NOT_FOUND`
     /// when there is none.
     pub async fn delete_group(&self, key: &GroupKey) -> Result<(), LogicError> {
@@ -169,8 +178,9 @@ impl Logic {
         if !self.store().delete_group(key).await? {
             return Err(not_found());
         }
-        // lead: route.membership — every member's devices leave the group
-        // (Route::membership(group, uids, false)) once h/path adds it.
+        // Every connection leaves it, so a group created again with this
+        // id reaches only its new members.
+        self.leave_or_join(key, &[], false).await;
         self.publish_group_event(events::GROUP_DELETED, key, &[], 0)
             .await;
         Ok(())
@@ -200,8 +210,8 @@ impl Logic {
             .add_members(key, &unique, self.config().max_group_members)
             .await?;
         if !changed.changed.is_empty() {
-            // lead: route.membership — Route::membership(key, &changed.changed, true)
-            // once h/path adds it, so online devices of the new members join.
+            // Online devices of the new members get the group's pushes now.
+            self.leave_or_join(key, &changed.changed, true).await;
             self.publish_group_event(
                 events::GROUP_MEMBERS_ADDED,
                 key,
@@ -232,8 +242,8 @@ impl Logic {
         }
         let changed = self.store().remove_members(key, &unique).await?;
         if !changed.changed.is_empty() {
-            // lead: route.membership — Route::membership(key, &changed.changed, false)
-            // once h/path adds it, so removed members' devices stop getting pushes.
+            // Removed members' devices get no more pushes of the group.
+            self.leave_or_join(key, &changed.changed, false).await;
             self.publish_group_event(
                 events::GROUP_MEMBERS_REMOVED,
                 key,

@@ -1,14 +1,14 @@
 //! Presence: which devices of a user are online, and on which node.
 //!
-//! The embedded [`MemoryPresence`] keeps it in this process; the clustered
+//! The embedded [`HubPresence`] is a view of this node's hub; the clustered
 //! one keeps it in Redis, where each node's entries expire with its heartbeat
 //! so a dead node's users drop out on their own.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use crate::hub::Hub;
 use crate::model::UserKey;
 
 /// One online device.
@@ -106,39 +106,34 @@ pub trait Presence: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), PresenceError> {
         Ok(())
     }
-    /// Every device this presence knows is on this node (the in-process
-    /// presence). Then this node's hub holds the same connections, and a
-    /// fan-out hands every target straight to it instead of looking each
-    /// user up twice (a cache miss or more per user, ~1 µs, measured).
-    fn single_node(&self) -> bool {
-        false
-    }
 }
 
-/// In-process presence for a single node.
-#[derive(Default)]
-pub struct MemoryPresence {
-    // A std Mutex: every operation is a short map update that never awaits.
-    // foldhash: see the hub's shards.
-    users: Mutex<HashMap<UserKey, Vec<DeviceSession>, foldhash::fast::RandomState>>,
+/// Presence on a single node: a view of this node's [`Hub`], which holds
+/// every connection there is, so no second registry is kept in step with it.
+///
+/// A connection is online once the gate registered it in the hub (before
+/// the login's [`Presence::online`], which has nothing left to record);
+/// [`Presence::offline`] takes it out of the hub (a device kicked past the
+/// device limit, or replaced, stops getting pushes at once, and its own
+/// logout then finds it gone and stays silent).
+pub struct HubPresence {
+    hub: Arc<Hub>,
+    node: String,
 }
 
-impl MemoryPresence {
-    pub fn new() -> MemoryPresence {
-        MemoryPresence::default()
+impl HubPresence {
+    /// The presence of `hub`, whose connections are on node `node`.
+    pub fn new(hub: Arc<Hub>, node: impl Into<String>) -> HubPresence {
+        HubPresence {
+            hub,
+            node: node.into(),
+        }
     }
 }
 
 #[async_trait]
-impl Presence for MemoryPresence {
-    async fn online(&self, session: &DeviceSession) -> Result<(), PresenceError> {
-        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        let devices = users.entry(session.user.clone()).or_default();
-        devices.retain(|d| d.device_id != session.device_id);
-        // Exactly one more slot: most users have one device, and a Vec's
-        // first growth would make room for four (544 B instead of 136).
-        devices.reserve_exact(1);
-        devices.push(session.clone());
+impl Presence for HubPresence {
+    async fn online(&self, _session: &DeviceSession) -> Result<(), PresenceError> {
         Ok(())
     }
 
@@ -148,45 +143,23 @@ impl Presence for MemoryPresence {
         device_id: &str,
         conn_id: u64,
     ) -> Result<(), PresenceError> {
-        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(devices) = users.get_mut(user) {
-            devices.retain(|d| !(d.device_id == device_id && d.conn_id == conn_id));
-            if devices.is_empty() {
-                users.remove(user);
-            }
+        let found = self
+            .hub
+            .connections_of(user)
+            .iter()
+            .any(|c| c.conn_id == conn_id && c.device_id == device_id);
+        if found {
+            self.hub.unregister(user, conn_id);
         }
         Ok(())
     }
 
     async fn devices(&self, user: &UserKey) -> Result<Vec<DeviceSession>, PresenceError> {
-        let users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(users.get(user).cloned().unwrap_or_default())
-    }
-
-    async fn devices_many(
-        &self,
-        users: &[UserKey],
-    ) -> Result<Vec<Vec<DeviceSession>>, PresenceError> {
-        // One lock for the whole batch.
-        let map = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        Ok(users
+        Ok(self
+            .hub
+            .connections_of(user)
             .iter()
-            .map(|u| map.get(u).cloned().unwrap_or_default())
+            .map(|c| c.device_session(&self.node))
             .collect())
-    }
-
-    fn single_node(&self) -> bool {
-        true
-    }
-
-    async fn placement(&self, users: &[UserKey]) -> Result<Placement, PresenceError> {
-        let mut placement = Placement::default();
-        let map = self.users.lock().unwrap_or_else(|e| e.into_inner());
-        for (i, user) in users.iter().enumerate() {
-            for d in map.get(user).into_iter().flatten() {
-                placement.add(i, &d.node);
-            }
-        }
-        Ok(placement)
     }
 }

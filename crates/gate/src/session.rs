@@ -21,7 +21,8 @@ use futures::stream::FuturesOrdered;
 use switchboard_core::hub::{Closed, OutboundRx, outbound_queue};
 use switchboard_core::logic::{C2cRequest, LoginState};
 use switchboard_core::logic_group::GroupPost;
-use switchboard_core::{ConnHandle, LogicError, Outbound, UserKey};
+use switchboard_core::{C2cOrder, ConnHandle, LogicError, Outbound, UserKey};
+use switchboard_proto::limits::{MAX_ID_LEN, MAX_PLATFORM_LEN};
 use switchboard_proto::{Compression, Packet, code, pb};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::{Instant, sleep_until};
@@ -51,9 +52,13 @@ enum Event {
     Timer,
 }
 
+/// A sent push waiting for its ack: its timeline (`None`: the user's own,
+/// else the group's id), its sequence there, and its frame for a resend.
+type UnackedPush = (Option<Arc<str>>, u64, Bytes);
+
 /// Pushes sent and waiting for their ack, oldest first.
 struct Unacked {
-    frames: VecDeque<(u64, Bytes)>,
+    frames: VecDeque<UnackedPush>,
     /// When the oldest unacked push is resent (one timer per connection).
     deadline: Option<Instant>,
     resends: u32,
@@ -207,12 +212,12 @@ async fn accept_login<T: Transport>(
         Ok(u) => u,
         Err(e) => return Err(fatal(t, seq, e.code(), e.to_string()).await),
     };
-    if login.platform.len() > 32 || login.device_id.len() > 128 {
+    if login.platform.len() > MAX_PLATFORM_LEN || login.device_id.len() > MAX_ID_LEN {
         return Err(fatal(
             t,
             seq,
             code::INVALID_ARGUMENT,
-            "platform is at most 32 bytes, device_id at most 128".into(),
+            format!("platform is at most {MAX_PLATFORM_LEN} bytes, device_id at most {MAX_ID_LEN}"),
         )
         .await);
     }
@@ -262,6 +267,8 @@ async fn accept_login<T: Transport>(
             return Err(fatal(t, seq, e.code(), e.to_string()).await);
         }
     };
+    let gids: Vec<String> = groups.iter().map(|g| g.gid.clone()).collect();
+    gate.logic.subscribe_groups(conn_id, &user, &gids);
     let compression = if t.can_compress() {
         Compression::negotiate(&login.compression, gate.config.compression_threshold)
     } else {
@@ -332,24 +339,20 @@ type Answer = Pin<Box<dyn Future<Output = (u32, Packet)> + Send>>;
 
 /// Requests of one connection in flight, answered in request order.
 ///
-/// Order is explicit, not left to how futures happen to be polled: every
-/// c2c waits for the previous c2c of the connection to have its place in the
-/// store's queue before it submits its own append (so c2c N gets its
-/// timeline sequences before c2c N+1), and to have been pushed before it
-/// pushes (so each receiver's devices get this sender's messages in sequence
-/// order). c2s are chained the same way among themselves. `FuturesOrdered`
-/// runs them all concurrently and yields answers in the order they were
-/// pushed, which is request order.
+/// Order is explicit, not left to how futures happen to be polled: the
+/// c2c of the connection keep the sender's order through core's
+/// [`C2cOrder`] (the rule is the domain's, see `Logic::c2c_in_order`), and
+/// c2s are chained among themselves here. `FuturesOrdered` runs them all
+/// concurrently and yields answers in the order they were pushed, which is
+/// request order.
 #[derive(Default)]
 struct Pipeline {
     /// Created with the first request and dropped once every answer is out:
     /// an idle connection holds no allocation for it (`FuturesOrdered::new`
     /// allocates).
     answers: Option<FuturesOrdered<Answer>>,
-    /// Resolves once the previous c2c is queued in the store (or failed before).
-    c2c_queued: Option<oneshot::Receiver<()>>,
-    /// Resolves once the previous c2c was pushed (or failed).
-    c2c_pushed: Option<oneshot::Receiver<()>>,
+    /// This connection's c2c order (one sender).
+    c2c: C2cOrder,
     /// Resolves once the previous c2s is durable on the bus (or failed).
     c2s_done: Option<oneshot::Receiver<()>>,
 }
@@ -401,86 +404,80 @@ impl Pipeline {
         self.push(Box::pin(std::future::ready((seq, reply))));
     }
 
-    fn c2c(&mut self, gate: Arc<Gate>, from: UserKey, conn_id: u64, seq: u32, req: pb::C2c) {
+    fn c2c(&mut self, gate: &Arc<Gate>, from: UserKey, conn_id: u64, seq: u32, req: pb::C2c) {
         if !req.group.is_empty() {
             return self.group_post(gate, from, conn_id, seq, req);
         }
-        let (queued_tx, queued_rx) = oneshot::channel::<()>();
-        let (pushed_tx, pushed_rx) = oneshot::channel::<()>();
-        let prev_queued = self.c2c_queued.replace(queued_rx);
-        let prev_pushed = self.c2c_pushed.replace(pushed_rx);
+        let client_msg_id = req.client_msg_id.clone();
+        let to = req
+            .to
+            .map(|u| UserKey::from_pb(&u))
+            .unwrap_or_else(|| UserKey::new("", ""));
+        let request = C2cRequest {
+            client_msg_id: req.client_msg_id,
+            to,
+            kind: req.r#type,
+            body: req.body,
+        };
+        let sent = gate
+            .logic
+            .c2c_in_order(&mut self.c2c, from, Some(conn_id), request);
         self.push(Box::pin(async move {
-            let client_msg_id = req.client_msg_id.clone();
-            let to = req
-                .to
-                .map(|u| UserKey::from_pb(&u))
-                .unwrap_or_else(|| UserKey::new("", ""));
-            let request = C2cRequest {
-                client_msg_id: req.client_msg_id,
-                to,
-                kind: req.r#type,
-                body: req.body,
-            };
-            after(prev_queued).await;
-            let submitted = gate.logic.c2c_submit(&from, Some(conn_id), request).await;
-            drop(queued_tx);
-            let stored = match submitted {
-                Ok(s) => s.durable().await,
-                Err(e) => Err(e),
-            };
-            after(prev_pushed).await;
-            let reply = match stored {
-                Ok(stored) => {
-                    let r = gate.logic.c2c_deliver(stored).await;
-                    Packet::C2cAck(pb::C2cAck {
-                        client_msg_id,
-                        msg_id: r.message.id,
-                        seq: r.sender_seq,
-                        server_time_ms: r.message.server_time_ms,
-                        duplicate: r.duplicate,
-                    })
-                }
+            let reply = match sent.await {
+                Ok(r) => Packet::C2cAck(pb::C2cAck {
+                    client_msg_id,
+                    msg_id: r.message.id,
+                    seq: r.sender_seq,
+                    server_time_ms: r.message.server_time_ms,
+                    duplicate: r.duplicate,
+                }),
                 Err(e) => error_packet(e),
             };
-            drop(pushed_tx);
             (seq, reply)
         }));
     }
 
-    /// A message to a group: after this connection's earlier messages are
-    /// pushed (so its posts keep their order on the group's timeline), it
-    /// is stored, pushed, and answered like a c2c.
-    fn group_post(&mut self, gate: Arc<Gate>, from: UserKey, conn_id: u64, seq: u32, req: pb::C2c) {
-        let (done_tx, done_rx) = oneshot::channel::<()>();
-        let prev_pushed = self.c2c_pushed.replace(done_rx);
-        self.push(Box::pin(async move {
-            let client_msg_id = req.client_msg_id.clone();
-            let reply = if req.to.as_ref().is_some_and(|u| !u.uid.is_empty()) {
+    /// A message to a group, in this connection's order with its other
+    /// messages, answered like a c2c.
+    fn group_post(
+        &mut self,
+        gate: &Arc<Gate>,
+        from: UserKey,
+        conn_id: u64,
+        seq: u32,
+        req: pb::C2c,
+    ) {
+        if req.to.as_ref().is_some_and(|u| !u.uid.is_empty()) {
+            return self.ready(
+                seq,
                 Packet::error(
                     code::INVALID_ARGUMENT,
                     "a message has either a group or a receiver (to), not both",
                     false,
-                )
-            } else {
-                after(prev_pushed).await;
-                let post = GroupPost {
-                    client_msg_id: req.client_msg_id,
-                    gid: req.group,
-                    kind: req.r#type,
-                    body: req.body,
-                };
-                match gate.logic.group_post(&from, Some(conn_id), post).await {
-                    Ok(r) => Packet::C2cAck(pb::C2cAck {
-                        client_msg_id,
-                        msg_id: r.message.id,
-                        seq: r.seq,
-                        server_time_ms: r.message.server_time_ms,
-                        duplicate: r.duplicate,
-                    }),
-                    Err(e) => error_packet(e),
-                }
+                ),
+            );
+        }
+        let client_msg_id = req.client_msg_id.clone();
+        let post = GroupPost {
+            client_msg_id: req.client_msg_id,
+            gid: req.group,
+            kind: req.r#type,
+            body: req.body,
+        };
+        let sent = gate
+            .logic
+            .group_post_in_order(&mut self.c2c, from, Some(conn_id), post);
+        self.push(Box::pin(async move {
+            let reply = match sent.await {
+                Ok(r) => Packet::C2cAck(pb::C2cAck {
+                    client_msg_id,
+                    msg_id: r.message.id,
+                    seq: r.seq,
+                    server_time_ms: r.message.server_time_ms,
+                    duplicate: r.duplicate,
+                }),
+                Err(e) => error_packet(e),
             };
-            drop(done_tx);
             (seq, reply)
         }));
     }
@@ -627,10 +624,14 @@ impl Session {
         end
     }
 
+    /// Leaves presence, then the hub: the logout must still find this
+    /// connection in presence to publish `user.offline` (on one node the
+    /// hub is the presence), and a push routed here meanwhile only lands in
+    /// a queue nobody reads any more.
     async fn cleanup(&mut self) {
-        self.gate.hub.unregister(self.user(), self.handle.conn_id);
         let device = self.handle.device_session(&self.gate.logic.config().node);
         self.gate.logic.logout(&device).await;
+        self.gate.hub.unregister(self.user(), self.handle.conn_id);
     }
 
     fn next_timer(&self) -> Instant {
@@ -702,7 +703,7 @@ impl Session {
     async fn write_pushes<T: Transport>(&mut self, t: &mut T, first: Outbound) -> Result<(), End> {
         let mut batch = Vec::new();
         let mut next = Some(first);
-        while let Some(Outbound::Push { seq, frame }) = next {
+        while let Some(Outbound::Push { seq, frame, group }) = next {
             if seq > 0 {
                 if self.unacked.frames.len() >= self.gate.config.max_unacked {
                     return Err(End::Kicked(code::KICK_SLOW_CONSUMER));
@@ -711,7 +712,7 @@ impl Session {
                     self.unacked.deadline = Some(Instant::now() + self.gate.config.ack_timeout);
                     self.unacked.resends = 0;
                 }
-                self.unacked.frames.push_back((seq, frame.clone()));
+                self.unacked.frames.push_back((group, seq, frame.clone()));
             }
             batch.push(frame);
             next = if batch.len() < MAX_BATCH {
@@ -762,7 +763,12 @@ impl Session {
             unacked = self.unacked.frames.len(),
             "resending unacknowledged pushes"
         );
-        let frames: Vec<Bytes> = self.unacked.frames.iter().map(|(_, f)| f.clone()).collect();
+        let frames: Vec<Bytes> = self
+            .unacked
+            .frames
+            .iter()
+            .map(|(_, _, f)| f.clone())
+            .collect();
         for chunk in frames.chunks(MAX_BATCH) {
             self.write(t, chunk).await?;
         }
@@ -782,7 +788,7 @@ impl Session {
             // Keepalive is answered as soon as it is read, ahead of answers
             // still in flight: it measures the connection, not the store.
             Packet::Ping(_) => return self.write(t, &[pong().encode(seq)]).await,
-            Packet::PushAck(ack) => self.on_push_ack(ack.seq).await,
+            Packet::PushAck(ack) => self.on_push_ack(ack.group, ack.seq).await,
             Packet::Logout(_) => {
                 self.flush_answers(t).await?;
                 send(t, seq, Packet::LogoutAck(pb::LogoutAck {})).await?;
@@ -808,7 +814,7 @@ impl Session {
                 )
             }
             Packet::C2c(req) => self.pipeline.c2c(
-                gate.clone(),
+                gate,
                 self.handle.user.clone(),
                 self.handle.conn_id,
                 seq,
@@ -833,9 +839,17 @@ impl Session {
         Ok(())
     }
 
-    async fn on_push_ack(&mut self, seq: u64) {
+    /// An ack of everything up to `seq` on one timeline: the user's own
+    /// when `group` is empty, else that group's.
+    async fn on_push_ack(&mut self, group: String, seq: u64) {
         let before = self.unacked.frames.len();
-        self.unacked.frames.retain(|(s, _)| *s > seq);
+        self.unacked.frames.retain(|(g, s, _)| {
+            let same_timeline = match g {
+                None => group.is_empty(),
+                Some(g) => **g == *group,
+            };
+            !same_timeline || *s > seq
+        });
         if self.unacked.frames.is_empty() {
             // Idle again: let go of the buffer, not only of the frames.
             self.unacked.frames = VecDeque::new();
@@ -847,12 +861,13 @@ impl Session {
         }
         // The cursor is the device's own: it may only be moved by this user's
         // connection, and the store keeps it monotonic.
-        if let Err(e) = self
-            .gate
-            .logic
-            .ack(&self.handle.user, &self.handle.device_id, seq)
-            .await
-        {
+        let (logic, user, device) = (&self.gate.logic, &self.handle.user, &self.handle.device_id);
+        let moved = if group.is_empty() {
+            logic.ack(user, device, seq).await
+        } else {
+            logic.ack_group(user, device, &group, seq).await
+        };
+        if let Err(e) = moved {
             tracing::warn!(error = %e, "could not move the cursor; the device may get entries again");
         }
     }

@@ -10,6 +10,7 @@ pub mod code;
 mod compress;
 mod frame;
 pub mod json;
+pub mod limits;
 mod packet;
 
 pub use compress::{CompressError, Compression};

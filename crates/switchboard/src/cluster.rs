@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use switchboard_backends::jetstream_bus::{JetStreamBus, JetStreamConfig};
 use switchboard_backends::nats_route::{self, NatsRoute};
 use switchboard_backends::redis_presence::{RedisPresence, RedisPresenceConfig};
-use switchboard_core::{Bus, Hub, LocalRoute, MemoryPresence, OutboxBus, Presence, Route, Store};
+use switchboard_core::{Bus, Hub, HubPresence, LocalRoute, OutboxBus, Presence, Route, Store};
 
 use crate::config::Config;
 
@@ -45,7 +45,8 @@ impl Backends {
     ) -> anyhow::Result<Backends> {
         let mut redis = None;
         let presence: Arc<dyn Presence> = match config.presence.backend.as_str() {
-            "memory" => Arc::new(MemoryPresence::new()),
+            // One node: its hub holds every connection there is.
+            "memory" => Arc::new(HubPresence::new(hub.clone(), config.node.clone())),
             "redis" => {
                 let p = &config.presence;
                 let r = Arc::new(
@@ -73,9 +74,15 @@ impl Backends {
             "nats" => {
                 let client = nats_client(&mut nats, &config.route.url, &config.node).await?;
                 Arc::new(
-                    NatsRoute::start(client, &config.route.prefix, &config.node, hub.clone())
-                        .await
-                        .context("cannot set up the NATS route")?,
+                    NatsRoute::start(
+                        client,
+                        &config.route.prefix,
+                        &config.node,
+                        hub.clone(),
+                        presence.clone(),
+                    )
+                    .await
+                    .context("cannot set up the NATS route")?,
                 )
             }
             other => bail!("unknown route backend {other:?} (known: local, nats)"),

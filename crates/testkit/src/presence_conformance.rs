@@ -1,5 +1,5 @@
 //! The conformance suite every [`Presence`] implementation must pass
-//! (`MemoryPresence`, `RedisPresence` on a server and on a Redis Cluster), so
+//! (`RedisPresence` on a server and on a Redis Cluster), so
 //! they cannot drift apart.
 //!
 //! Each property is a `pub async fn` that panics with the reason when the
