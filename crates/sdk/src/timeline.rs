@@ -14,6 +14,9 @@ use std::collections::BTreeMap;
 use switchboard_proto::pb;
 
 /// One timeline entry as the SDK keeps it.
+// Nearly every entry is a message (`Own` is the rare one), so boxing the
+// message would add an allocation per entry to save nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Entry {
     /// A message for the application.
