@@ -10,9 +10,11 @@
 //! <prefix>.events.<app>.<topic>.<type>
 //! ```
 //!
-//! where `topic` is `c2s`, `user_online`, `user_offline`, `message_stored`
-//! (dots of the event topic become `_`, so the subject always has five
-//! tokens) and `type` is the app's message type for a c2s (`_` when empty).
+//! where `topic` is `c2s`, `user_online`, `user_offline`, `message_stored`,
+//! `group_created`, `group_deleted`, `group_members_added`,
+//! `group_members_removed` (dots of the event topic become `_`, so the
+//! subject always has five tokens; every platform event comes here, whatever
+//! webhooks the app has) and `type` is the app's message type for a c2s (`_` when empty).
 //! Characters that cannot be in a subject token (space, `.`, `*`, `>`,
 //! anything outside `[A-Za-z0-9_-]`) become `_`; the exact values are in the
 //! headers. A business server filters with e.g. `sb.events.shop.c2s.*` or
