@@ -8,10 +8,11 @@
 //! [`Store`]: crate::store::Store
 
 use bytes::Bytes;
+use switchboard_proto::limits::check_id;
 
 use crate::error::LogicError;
 use crate::events::{self, GroupData};
-use crate::group::{Group, GroupKey, GroupRefusal, GroupSpec, Member, NewGroupMessage, Role};
+use crate::group::{Group, GroupKey, GroupRefusal, GroupSpec, Member, Role};
 use crate::logic::Logic;
 use crate::model::{Message, UserKey};
 use crate::store::StoreError;
@@ -27,11 +28,6 @@ pub const MAX_GROUP_META_BYTES: usize = 4 * 1024;
 pub const DEFAULT_GROUP_PAGE: usize = 100;
 /// The largest page of members or of a user's groups.
 pub const MAX_GROUP_PAGE: usize = 1_000;
-
-// The id and type limits of the protocol. (The same numbers as in logic.rs
-// and logic_api.rs; issue 12 Part 1 moves them into one limits module.)
-const MAX_ID_LEN: usize = 128;
-const MAX_TYPE_LEN: usize = 64;
 
 /// A post to a group through the HTTP API.
 #[derive(Debug, Clone)]
@@ -77,15 +73,6 @@ fn not_found() -> LogicError {
     LogicError::Store(StoreError::Group(GroupRefusal::NotFound))
 }
 
-fn check_id(field: &str, value: &str) -> Result<(), LogicError> {
-    if value.is_empty() || value.len() > MAX_ID_LEN {
-        return Err(LogicError::InvalidArgument(format!(
-            "{field} must be 1 to {MAX_ID_LEN} bytes"
-        )));
-    }
-    Ok(())
-}
-
 /// The page size a caller asked for: 0 is the default, above the maximum
 /// is the maximum.
 fn page_limit(limit: usize) -> usize {
@@ -114,7 +101,7 @@ impl Logic {
         if self.apps().get(&key.app).is_none() {
             return Err(LogicError::UnknownApp(key.app.clone()));
         }
-        check_id("gid", &key.gid)
+        Ok(check_id("gid", &key.gid)?)
     }
 
     /// Publishes a `group.*` event, keyed by the app's system user.
@@ -311,18 +298,7 @@ impl Logic {
         if let Some(uid) = &post.from {
             check_id("from", uid)?;
         }
-        check_id("client_msg_id", &post.client_msg_id)?;
-        if post.kind.len() > MAX_TYPE_LEN {
-            return Err(LogicError::InvalidArgument(format!(
-                "type is over {MAX_TYPE_LEN} bytes"
-            )));
-        }
-        if post.body.len() > self.config().max_body_bytes {
-            return Err(LogicError::InvalidArgument(format!(
-                "body is over {} bytes",
-                self.config().max_body_bytes
-            )));
-        }
+        self.check_content(&post.client_msg_id, &post.kind, &post.body)?;
         let check_sender = post.from.is_some();
         let from = match post.from {
             Some(uid) => UserKey::new(key.app.as_str(), uid),
@@ -338,26 +314,17 @@ impl Logic {
             server_time_ms: crate::now_ms(),
             group: key.gid.clone(),
         };
-        let appended = self
-            .store()
-            .group_append(NewGroupMessage {
-                message,
-                group: key.clone(),
-                check_sender,
-            })
+        // Screened like a member's post over the protocol, then stored,
+        // pushed and published as `message.stored`.
+        let posted = self
+            .group_store_and_deliver(key.clone(), message, check_sender, None)
             .await?;
-        let Some(entry) = appended.entries().next() else {
-            return Err(LogicError::Internal(
-                "the store answered a group append without its sequence".into(),
-            ));
-        };
         let posted = GroupPosted {
-            msg_id: entry.message.id,
-            seq: entry.seq,
-            server_time_ms: entry.message.server_time_ms,
-            duplicate: appended.duplicate,
+            msg_id: posted.message.id,
+            seq: posted.seq,
+            server_time_ms: posted.message.server_time_ms,
+            duplicate: posted.duplicate,
         };
-        self.deliver_group_entry(key, entry, None).await;
         Ok(posted)
     }
 }
