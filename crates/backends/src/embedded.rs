@@ -10,11 +10,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use switchboard_core::group::{
+    Group, GroupKey, GroupSpec, GroupState, Member, MembersChanged, NewGroupMessage, Role,
+};
 use switchboard_core::store::{LoginState, OutboxReceipt, PendingAppend};
 use switchboard_core::{Appended, BusEvent, Message, NewMessage, Page, Store, StoreError, UserKey};
 
 use crate::read_pool::{ReadContext, ReadPool};
-use crate::single_writer::{Command, Cursors, WriteQueue};
+use crate::single_writer::{Command, Cursors, GroupDone, GroupOp, WriteQueue};
 
 /// What a reader thread of an embedded store answers.
 pub trait Reads: ReadContext {
@@ -48,6 +51,38 @@ pub trait Reads: ReadContext {
 
     /// The engine can serve (for `/readyz`).
     fn ping(&mut self) -> Result<(), StoreError>;
+
+    fn group(&mut self, key: &GroupKey) -> Result<Option<Group>, StoreError>;
+
+    fn member(&mut self, key: &GroupKey, uid: &str) -> Result<Option<Member>, StoreError>;
+
+    fn members(
+        &mut self,
+        key: &GroupKey,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Member>, StoreError>;
+
+    fn user_groups(
+        &mut self,
+        user: &UserKey,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// With the WRITTEN group cursors (the ones in memory may be ahead).
+    fn group_states(
+        &mut self,
+        user: &UserKey,
+        device_id: &str,
+    ) -> Result<Vec<GroupState>, StoreError>;
+
+    fn group_entries_after(
+        &mut self,
+        key: &GroupKey,
+        since: u64,
+        limit: usize,
+    ) -> Result<Page, StoreError>;
 }
 
 /// An embedded store: one writer thread, a few reader threads.
@@ -103,6 +138,11 @@ impl<R: Reads> Embedded<R> {
     /// Writes every advanced cursor now.
     pub async fn flush_cursors(&self) -> Result<(), StoreError> {
         self.queue.write(Command::Flush).await
+    }
+
+    /// Runs a group write on the writer thread.
+    async fn group_write(&self, op: GroupOp) -> Result<GroupDone, StoreError> {
+        self.queue.write(|r| Command::Group(op, r)).await
     }
 
     /// Runs a read on one of the reader threads.
@@ -241,6 +281,144 @@ impl<R: Reads> Store for Embedded<R> {
         self.read(move |r| r.tokens_revoked_before(&user)).await
     }
 
+    async fn put_group(&self, spec: &GroupSpec) -> Result<(Group, bool), StoreError> {
+        match self.group_write(GroupOp::Put(spec.clone())).await? {
+            GroupDone::Put(g, created) => Ok((g, created)),
+            other => Err(mismatch(&other)),
+        }
+    }
+
+    async fn group(&self, key: &GroupKey) -> Result<Option<Group>, StoreError> {
+        let key = key.clone();
+        self.read(move |r| r.group(&key)).await
+    }
+
+    async fn delete_group(&self, key: &GroupKey) -> Result<bool, StoreError> {
+        match self.group_write(GroupOp::Delete(key.clone())).await? {
+            GroupDone::Deleted(d) => {
+                // Acks of the deleted group's entries, not yet written.
+                self.cursors.forget_group(&key.app, &key.gid);
+                Ok(d)
+            }
+            other => Err(mismatch(&other)),
+        }
+    }
+
+    async fn add_members(
+        &self,
+        key: &GroupKey,
+        members: &[(String, Role)],
+        max_members: u64,
+    ) -> Result<MembersChanged, StoreError> {
+        let op = GroupOp::Add(key.clone(), members.to_vec(), max_members);
+        match self.group_write(op).await? {
+            GroupDone::Members(c) => Ok(c),
+            other => Err(mismatch(&other)),
+        }
+    }
+
+    async fn remove_members(
+        &self,
+        key: &GroupKey,
+        uids: &[String],
+    ) -> Result<MembersChanged, StoreError> {
+        match self
+            .group_write(GroupOp::Remove(key.clone(), uids.to_vec()))
+            .await?
+        {
+            GroupDone::Members(c) => Ok(c),
+            other => Err(mismatch(&other)),
+        }
+    }
+
+    async fn member(&self, key: &GroupKey, uid: &str) -> Result<Option<Member>, StoreError> {
+        let (key, uid) = (key.clone(), uid.to_owned());
+        self.read(move |r| r.member(&key, &uid)).await
+    }
+
+    async fn members(
+        &self,
+        key: &GroupKey,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Member>, StoreError> {
+        let (key, after) = (key.clone(), after.map(str::to_owned));
+        self.read(move |r| r.members(&key, after.as_deref(), limit))
+            .await
+    }
+
+    async fn user_groups(
+        &self,
+        user: &UserKey,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let (user, after) = (user.clone(), after.map(str::to_owned));
+        self.read(move |r| r.user_groups(&user, after.as_deref(), limit))
+            .await
+    }
+
+    /// One read for every group, then the cursors still in memory. (Read
+    /// after the written ones, a cursor flushed in between is missed and
+    /// the device's cursor is a little behind: it gets a few entries
+    /// again, which the contract allows, never fewer.)
+    async fn group_states(
+        &self,
+        user: &UserKey,
+        device_id: &str,
+    ) -> Result<Vec<GroupState>, StoreError> {
+        let (u, device) = (user.clone(), device_id.to_owned());
+        let mut states = self.read(move |r| r.group_states(&u, &device)).await?;
+        for s in &mut states {
+            let in_memory = self
+                .cursors
+                .get(&Cursors::group_key(user, device_id, &s.gid));
+            // A cursor never passes the head (one left in memory by a
+            // deleted group of the same id must not hide entries).
+            s.cursor = s.cursor.max(in_memory).min(s.head);
+        }
+        Ok(states)
+    }
+
+    async fn group_append(&self, msg: NewGroupMessage) -> Result<Appended, StoreError> {
+        match self.group_write(GroupOp::Append(msg)).await? {
+            GroupDone::Appended(a) => Ok(a),
+            other => Err(mismatch(&other)),
+        }
+    }
+
+    async fn group_entries_after(
+        &self,
+        key: &GroupKey,
+        since: u64,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        let key = key.clone();
+        self.read(move |r| r.group_entries_after(&key, since, limit))
+            .await
+    }
+
+    async fn advance_group_cursor(
+        &self,
+        user: &UserKey,
+        device_id: &str,
+        key: &GroupKey,
+        seq: u64,
+    ) -> Result<(), StoreError> {
+        self.queue.check_open()?;
+        if seq > R::MAX_CURSOR {
+            return Err(StoreError::Invalid(format!("cursor {seq} out of range")));
+        }
+        if key.app != user.app {
+            return Err(StoreError::Invalid(format!(
+                "{user} is not of the app of group {key}"
+            )));
+        }
+        self.cursors
+            .advance(Cursors::group_key(user, device_id, &key.gid), seq);
+        Ok(())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.queue.writer_alive()?;
         self.read(|r| r.ping()).await
@@ -250,4 +428,9 @@ impl<R: Reads> Store for Embedded<R> {
         // Waiters already queued are answered first; later callers are refused.
         self.queue.close().await
     }
+}
+
+/// A writer answered a group op with another op's answer: a bug.
+fn mismatch(done: &GroupDone) -> StoreError {
+    StoreError::Corrupt(format!("the writer answered a group op with {done:?}"))
 }

@@ -21,6 +21,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use switchboard_core::group::{
+    Group as StoredGroup, GroupKey, GroupSpec, MembersChanged, NewGroupMessage, Role,
+};
 use switchboard_core::stats;
 use switchboard_core::store::OutboxReceipt;
 use switchboard_core::{Appended, BusEvent, NewMessage, StoreError, UserKey};
@@ -203,6 +206,7 @@ pub enum Pending {
     Count(Reply<usize>, Result<usize, StoreError>),
     /// A token revocation time now in force.
     Revoked(Reply<u64>, Result<u64, StoreError>),
+    Group(Reply<GroupDone>, Result<GroupDone, StoreError>),
     Unit(Reply<()>),
 }
 
@@ -215,6 +219,7 @@ impl Pending {
             Pending::Outbox(tx, r) => tx.send(r).map_err(drop),
             Pending::Count(tx, r) => tx.send(r).map_err(drop),
             Pending::Revoked(tx, r) => tx.send(r).map_err(drop),
+            Pending::Group(tx, r) => tx.send(r).map_err(drop),
             Pending::Unit(tx) => tx.send(Ok(())).map_err(drop),
         };
     }
@@ -229,13 +234,15 @@ impl Pending {
             Pending::Outbox(tx, _) => tx.send(err(e)).map_err(drop),
             Pending::Count(tx, _) => tx.send(err(e)).map_err(drop),
             Pending::Revoked(tx, _) => tx.send(err(e)).map_err(drop),
+            Pending::Group(tx, _) => tx.send(err(e)).map_err(drop),
             Pending::Unit(tx) => tx.send(err(e)).map_err(drop),
         };
     }
 }
 
-/// `(app, uid, device_id)`.
-pub type CursorKey = (String, String, String);
+/// `(app, uid, device_id, gid)`: `gid` is empty for the cursor on the
+/// user's own timeline, a group's id for the cursor on that group's.
+pub type CursorKey = (String, String, String, String);
 
 /// Cursors advanced in memory and not yet written; the writer writes a
 /// snapshot of them and then forgets the entries that did not move since.
@@ -254,7 +261,22 @@ impl Cursors {
     }
 
     pub fn key(user: &UserKey, device_id: &str) -> CursorKey {
-        (user.app.clone(), user.uid.clone(), device_id.to_owned())
+        (
+            user.app.clone(),
+            user.uid.clone(),
+            device_id.to_owned(),
+            String::new(),
+        )
+    }
+
+    /// The key of a device's cursor on a group's timeline.
+    pub fn group_key(user: &UserKey, device_id: &str, gid: &str) -> CursorKey {
+        (
+            user.app.clone(),
+            user.uid.clone(),
+            device_id.to_owned(),
+            gid.to_owned(),
+        )
     }
 
     /// Moves a cursor forward in memory (never back).
@@ -262,6 +284,13 @@ impl Cursors {
         let mut map = self.lock();
         let e = map.entry(key).or_insert(0);
         *e = (*e).max(seq);
+    }
+
+    /// Forgets the cursors on a deleted group (`app`, `gid`), so none of
+    /// them reaches the group created again with that id.
+    pub fn forget_group(&self, app: &str, gid: &str) {
+        self.lock()
+            .retain(|(a, _, _, g), _| !(g == gid && a == app));
     }
 
     /// The cursor in memory, 0 when it is not there. Read it BEFORE the
@@ -298,12 +327,40 @@ pub enum Command {
     MarkDelivered(Vec<u64>, Reply<usize>),
     /// Raise a user's token revocation time (never lower it).
     Revoke(UserKey, u64, Reply<u64>),
+    /// A group operation (`Store::put_group` and the others that write).
+    Group(GroupOp, Reply<GroupDone>),
     /// Purge expired de-dup and delivered outbox entries now.
     Purge(Reply<usize>),
     /// Write dirty cursors now.
     Flush(Reply<()>),
     /// Write everything due, answer, and stop the thread.
     Close(Reply<()>),
+}
+
+/// A write to a group, run by the writer like an append.
+pub enum GroupOp {
+    Put(GroupSpec),
+    Delete(GroupKey),
+    /// Members with their roles, and the most the group may hold.
+    Add(GroupKey, Vec<(String, Role)>, u64),
+    Remove(GroupKey, Vec<String>),
+    Append(NewGroupMessage),
+}
+
+impl GroupOp {
+    /// Changes membership or settings (everything but an append).
+    pub fn is_membership(&self) -> bool {
+        !matches!(self, GroupOp::Append(_))
+    }
+}
+
+/// What a [`GroupOp`] answers, one variant per op.
+#[derive(Debug)]
+pub enum GroupDone {
+    Put(StoredGroup, bool),
+    Deleted(bool),
+    Members(MembersChanged),
+    Appended(Appended),
 }
 
 /// One group for the writer: the commands, and what is due with them.

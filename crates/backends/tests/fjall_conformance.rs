@@ -51,6 +51,18 @@ conformance!(
     a_bad_append_fails_alone,
     submitted_appends_keep_submit_order,
     token_revocations_only_move_forward,
+    groups_create_update_get_delete,
+    group_created_again_starts_empty,
+    group_members_add_remove_idempotent,
+    group_full_is_refused_whole,
+    group_members_page_in_uid_order,
+    user_groups_page_in_gid_order,
+    group_states_at_login,
+    group_appends_gap_free_under_concurrency,
+    group_append_refusals,
+    group_dedupe_returns_first_result_even_after_removal,
+    group_entries_after_pages,
+    group_cursor_moves_forward_only_per_device,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,6 +97,27 @@ async fn survives_close_and_reopen() {
         async move { open(&path) }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_survive_close_and_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir_of(&dir);
+    conf::groups_survive_close_and_reopen(&|| {
+        let path = path.clone();
+        async move { open(&path) }
+    })
+    .await;
+}
+
+/// 100,000 members in batches of 1,000; a message is one entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_100_000_members() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = open(&dir_of(&dir));
+    let (added, appended) = conf::a_group_of_100_000_members(store.clone()).await;
+    eprintln!("fjall: 100,000 members added in {added:?}; one append took {appended:?}");
+    store.close().await.expect("close");
 }
 
 /// Small batches, to exercise many group commits and batch boundaries.

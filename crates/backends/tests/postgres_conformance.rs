@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use switchboard_backends::{PgOptions, PgStore};
+use switchboard_core::group::{
+    Group, GroupKey, GroupSpec, GroupState, Member, MembersChanged, NewGroupMessage, Role,
+};
 use switchboard_core::store::OutboxReceipt;
 use switchboard_core::{Appended, BusEvent, Message, NewMessage, Page, Store, StoreError, UserKey};
 use switchboard_testkit::pg::shared_url;
@@ -115,7 +118,53 @@ conformance!(
     outbox_drains_in_id_order,
     a_bad_append_fails_alone,
     token_revocations_only_move_forward,
+    groups_create_update_get_delete,
+    group_created_again_starts_empty,
+    group_members_add_remove_idempotent,
+    group_full_is_refused_whole,
+    group_members_page_in_uid_order,
+    user_groups_page_in_gid_order,
+    group_states_at_login,
+    group_appends_gap_free_under_concurrency,
+    group_append_refusals,
+    group_dedupe_returns_first_result_even_after_removal,
+    group_entries_after_pages,
+    group_cursor_moves_forward_only_per_device,
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_survive_close_and_reopen() {
+    let schema = Schema::new();
+    conf::groups_survive_close_and_reopen(&|| async { schema.open().await as Arc<dyn Store> })
+        .await;
+}
+
+/// 100,000 members in batches of 1,000; a message is one entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_of_100_000_members() {
+    let schema = Schema::new();
+    let store = schema.open().await;
+    let (added, appended) = conf::a_group_of_100_000_members(store.clone()).await;
+    eprintln!("postgres: 100,000 members added in {added:?}; one append took {appended:?}");
+    store.close().await.expect("close");
+}
+
+/// Group appends and membership changes racing on two nodes: one gap-free
+/// group timeline, one de-dup answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_groups() {
+    let schema = Schema::new();
+    let nodes = TwoNodes {
+        nodes: [schema.open().await, schema.open().await],
+        next: AtomicUsize::new(0),
+    };
+    let store: Arc<dyn Store> = Arc::new(nodes);
+    conf::group_appends_gap_free_under_concurrency(store.clone()).await;
+    conf::group_dedupe_returns_first_result_even_after_removal(store.clone()).await;
+    conf::group_members_add_remove_idempotent(store.clone()).await;
+    conf::group_append_refusals(store.clone()).await;
+    store.close().await.expect("close");
+}
 
 /// PostgreSQL text can't hold NUL: such a client_msg_id is refused alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -243,6 +292,78 @@ impl Store for TwoNodes {
     }
     async fn tokens_revoked_before(&self, u: &UserKey) -> Result<Option<u64>, StoreError> {
         self.pick().tokens_revoked_before(u).await
+    }
+    async fn put_group(&self, spec: &GroupSpec) -> Result<(Group, bool), StoreError> {
+        self.pick().put_group(spec).await
+    }
+    async fn group(&self, key: &GroupKey) -> Result<Option<Group>, StoreError> {
+        self.pick().group(key).await
+    }
+    async fn delete_group(&self, key: &GroupKey) -> Result<bool, StoreError> {
+        self.pick().delete_group(key).await
+    }
+    async fn add_members(
+        &self,
+        key: &GroupKey,
+        members: &[(String, Role)],
+        max_members: u64,
+    ) -> Result<MembersChanged, StoreError> {
+        self.pick().add_members(key, members, max_members).await
+    }
+    async fn remove_members(
+        &self,
+        key: &GroupKey,
+        uids: &[String],
+    ) -> Result<MembersChanged, StoreError> {
+        self.pick().remove_members(key, uids).await
+    }
+    async fn member(&self, key: &GroupKey, uid: &str) -> Result<Option<Member>, StoreError> {
+        self.pick().member(key, uid).await
+    }
+    async fn members(
+        &self,
+        key: &GroupKey,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Member>, StoreError> {
+        self.pick().members(key, after, limit).await
+    }
+    async fn user_groups(
+        &self,
+        u: &UserKey,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.pick().user_groups(u, after, limit).await
+    }
+    async fn group_states(
+        &self,
+        u: &UserKey,
+        device_id: &str,
+    ) -> Result<Vec<GroupState>, StoreError> {
+        self.pick().group_states(u, device_id).await
+    }
+    async fn group_append(&self, msg: NewGroupMessage) -> Result<Appended, StoreError> {
+        self.pick().group_append(msg).await
+    }
+    async fn group_entries_after(
+        &self,
+        key: &GroupKey,
+        since: u64,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        self.pick().group_entries_after(key, since, limit).await
+    }
+    async fn advance_group_cursor(
+        &self,
+        u: &UserKey,
+        device_id: &str,
+        key: &GroupKey,
+        seq: u64,
+    ) -> Result<(), StoreError> {
+        self.pick()
+            .advance_group_cursor(u, device_id, key, seq)
+            .await
     }
     async fn ping(&self) -> Result<(), StoreError> {
         self.pick().ping().await

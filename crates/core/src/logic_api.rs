@@ -483,6 +483,93 @@ mod tests {
         ) -> Result<crate::store::OutboxReceipt, crate::store::StoreError> {
             Err(crate::store::StoreError::Unavailable("no store".into()))
         }
+        // Groups: this store keeps none (every group is unknown).
+        async fn put_group(
+            &self,
+            _: &crate::group::GroupSpec,
+        ) -> Result<(crate::group::Group, bool), crate::store::StoreError> {
+            Err(crate::store::StoreError::Unavailable("no store".into()))
+        }
+        async fn group(
+            &self,
+            _: &crate::group::GroupKey,
+        ) -> Result<Option<crate::group::Group>, crate::store::StoreError> {
+            Ok(None)
+        }
+        async fn delete_group(
+            &self,
+            _: &crate::group::GroupKey,
+        ) -> Result<bool, crate::store::StoreError> {
+            Ok(false)
+        }
+        async fn add_members(
+            &self,
+            _: &crate::group::GroupKey,
+            _: &[(String, crate::group::Role)],
+            _: u64,
+        ) -> Result<crate::group::MembersChanged, crate::store::StoreError> {
+            Err(crate::group::GroupRefusal::NotFound.into())
+        }
+        async fn remove_members(
+            &self,
+            _: &crate::group::GroupKey,
+            _: &[String],
+        ) -> Result<crate::group::MembersChanged, crate::store::StoreError> {
+            Err(crate::group::GroupRefusal::NotFound.into())
+        }
+        async fn member(
+            &self,
+            _: &crate::group::GroupKey,
+            _: &str,
+        ) -> Result<Option<crate::group::Member>, crate::store::StoreError> {
+            Ok(None)
+        }
+        async fn members(
+            &self,
+            _: &crate::group::GroupKey,
+            _: Option<&str>,
+            _: usize,
+        ) -> Result<Vec<crate::group::Member>, crate::store::StoreError> {
+            Ok(Vec::new())
+        }
+        async fn user_groups(
+            &self,
+            _: &UserKey,
+            _: Option<&str>,
+            _: usize,
+        ) -> Result<Vec<String>, crate::store::StoreError> {
+            Ok(Vec::new())
+        }
+        async fn group_states(
+            &self,
+            _: &UserKey,
+            _: &str,
+        ) -> Result<Vec<crate::group::GroupState>, crate::store::StoreError> {
+            Ok(Vec::new())
+        }
+        async fn group_append(
+            &self,
+            _: crate::group::NewGroupMessage,
+        ) -> Result<crate::store::Appended, crate::store::StoreError> {
+            Err(crate::group::GroupRefusal::NotFound.into())
+        }
+        async fn group_entries_after(
+            &self,
+            _: &crate::group::GroupKey,
+            _: u64,
+            _: usize,
+        ) -> Result<crate::store::Page, crate::store::StoreError> {
+            Ok(crate::store::Page::default())
+        }
+        async fn advance_group_cursor(
+            &self,
+            _: &UserKey,
+            _: &str,
+            _: &crate::group::GroupKey,
+            _: u64,
+        ) -> Result<(), crate::store::StoreError> {
+            Ok(())
+        }
         async fn ping(&self) -> Result<(), crate::store::StoreError> {
             Ok(())
         }

@@ -238,24 +238,15 @@ pub trait Store: Send + Sync + 'static {
     /// Creates the group, or updates its settings (name, meta, post policy,
     /// history) when it exists. Returns the group as stored and whether it
     /// was created by this call.
-    async fn put_group(&self, spec: &GroupSpec) -> Result<(Group, bool), StoreError> {
-        let _ = spec;
-        Err(no_groups())
-    }
+    async fn put_group(&self, spec: &GroupSpec) -> Result<(Group, bool), StoreError>;
 
     /// The group, `None` when there is no such group.
-    async fn group(&self, key: &GroupKey) -> Result<Option<Group>, StoreError> {
-        let _ = key;
-        Err(no_groups())
-    }
+    async fn group(&self, key: &GroupKey) -> Result<Option<Group>, StoreError>;
 
     /// Deletes the group: its settings, members and timeline. False when
     /// there was no such group. A group created again with the same id
     /// starts empty, at head 0.
-    async fn delete_group(&self, key: &GroupKey) -> Result<bool, StoreError> {
-        let _ = key;
-        Err(no_groups())
-    }
+    async fn delete_group(&self, key: &GroupKey) -> Result<bool, StoreError>;
 
     /// Adds members (or changes the role of existing ones), atomically.
     /// A new member's `joined_seq` is the group's head at this call. A
@@ -268,10 +259,7 @@ pub trait Store: Send + Sync + 'static {
         key: &GroupKey,
         members: &[(String, Role)],
         max_members: u64,
-    ) -> Result<MembersChanged, StoreError> {
-        let _ = (key, members, max_members);
-        Err(no_groups())
-    }
+    ) -> Result<MembersChanged, StoreError>;
 
     /// Removes members, atomically; uids that are not members are skipped.
     /// Refused with [`GroupRefusal::NotFound`] for no such group.
@@ -279,16 +267,10 @@ pub trait Store: Send + Sync + 'static {
         &self,
         key: &GroupKey,
         uids: &[String],
-    ) -> Result<MembersChanged, StoreError> {
-        let _ = (key, uids);
-        Err(no_groups())
-    }
+    ) -> Result<MembersChanged, StoreError>;
 
     /// One member, `None` when `uid` is not a member (or no such group).
-    async fn member(&self, key: &GroupKey, uid: &str) -> Result<Option<Member>, StoreError> {
-        let _ = (key, uid);
-        Err(no_groups())
-    }
+    async fn member(&self, key: &GroupKey, uid: &str) -> Result<Option<Member>, StoreError>;
 
     /// Members in ascending uid order, those after `after` when given, at
     /// most `limit`.
@@ -297,10 +279,7 @@ pub trait Store: Send + Sync + 'static {
         key: &GroupKey,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<Member>, StoreError> {
-        let _ = (key, after, limit);
-        Err(no_groups())
-    }
+    ) -> Result<Vec<Member>, StoreError>;
 
     /// The ids of the user's groups in ascending order, those after
     /// `after` when given, at most `limit`.
@@ -309,10 +288,7 @@ pub trait Store: Send + Sync + 'static {
         user: &UserKey,
         after: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<String>, StoreError> {
-        let _ = (user, after, limit);
-        Err(no_groups())
-    }
+    ) -> Result<Vec<String>, StoreError>;
 
     /// Every group of the user with its head, this device's cursor and
     /// where the member's view starts, in ascending group id order: what a
@@ -321,10 +297,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         user: &UserKey,
         device_id: &str,
-    ) -> Result<Vec<GroupState>, StoreError> {
-        let _ = (user, device_id);
-        Err(no_groups())
-    }
+    ) -> Result<Vec<GroupState>, StoreError>;
 
     /// Stores a message once, as the next entry of the group's timeline
     /// (`Appended::seqs` holds that one sequence), durably. With
@@ -334,10 +307,7 @@ pub trait Store: Send + Sync + 'static {
     /// `(from, client_msg_id)` per group like [`Store::append`]: a resend
     /// gets the first result with `duplicate = true`, even when the sender
     /// was removed since.
-    async fn group_append(&self, msg: NewGroupMessage) -> Result<Appended, StoreError> {
-        let _ = msg;
-        Err(no_groups())
-    }
+    async fn group_append(&self, msg: NewGroupMessage) -> Result<Appended, StoreError>;
 
     /// Group timeline entries with `seq > since`, in order, at most `limit`.
     async fn group_entries_after(
@@ -345,10 +315,7 @@ pub trait Store: Send + Sync + 'static {
         key: &GroupKey,
         since: u64,
         limit: usize,
-    ) -> Result<Page, StoreError> {
-        let _ = (key, since, limit);
-        Err(no_groups())
-    }
+    ) -> Result<Page, StoreError>;
 
     /// Moves the device's cursor on the group's timeline forward to `seq`
     /// (never back). May be lazy, like [`Store::advance_cursor`].
@@ -358,19 +325,11 @@ pub trait Store: Send + Sync + 'static {
         device_id: &str,
         key: &GroupKey,
         seq: u64,
-    ) -> Result<(), StoreError> {
-        let _ = (user, device_id, key, seq);
-        Err(no_groups())
-    }
+    ) -> Result<(), StoreError>;
 
     /// Checks that the backend is reachable (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
 
     /// Flushes lazy state (cursors) and stops background work. Idempotent.
     async fn close(&self) -> Result<(), StoreError>;
-}
-
-// Transitional (removed once every store implements groups).
-fn no_groups() -> StoreError {
-    StoreError::Unavailable("this store does not keep groups yet".into())
 }

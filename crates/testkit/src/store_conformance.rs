@@ -23,6 +23,9 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
+use switchboard_core::group::{
+    GroupKey, GroupRefusal, GroupSpec, GroupState, NewGroupMessage, PostPolicy, Role,
+};
 use switchboard_core::id::IdGenerator;
 use switchboard_core::{
     Appended, BusEvent, Message, NewMessage, Store, StoreError, UserKey, now_ms,
@@ -121,10 +124,12 @@ where
     outbox_drains_in_id_order(store.clone()).await;
     a_bad_append_fails_alone(store.clone()).await;
     token_revocations_only_move_forward(store.clone()).await;
+    run_groups(store.clone()).await;
     store.close().await.expect("close");
     store.close().await.expect("close is idempotent");
     drop(store);
     survives_close_and_reopen(&open).await;
+    groups_survive_close_and_reopen(&open).await;
 }
 
 /// 8 tasks × 200 c2c appends to one receiver: the receiver's timeline holds
@@ -998,4 +1003,1136 @@ pub async fn token_revocations_only_move_forward(store: Arc<dyn Store>) {
         store.tokens_revoked_before(&alice).await.expect("read"),
         Some(2_000)
     );
+}
+
+// ---- Groups (`switchboard_core::group`): stored once, read by every member.
+
+/// A group no other property call uses, with default settings.
+pub fn fresh_group(name: &str) -> GroupSpec {
+    GroupSpec {
+        key: GroupKey::new(APP, format!("{name}-{}", next_id())),
+        name: format!("the {name} group"),
+        meta: Bytes::from_static(b"{\"order\":42}"),
+        post_policy: PostPolicy::Members,
+        history_visible: false,
+    }
+}
+
+/// A message from `from` to the group (checked against its membership).
+pub fn group_msg(
+    from: &UserKey,
+    group: &GroupKey,
+    client_msg_id: &str,
+    body: impl Into<Bytes>,
+) -> NewGroupMessage {
+    NewGroupMessage {
+        message: Message {
+            id: next_id(),
+            from: from.clone(),
+            to: UserKey::new(group.app.clone(), ""),
+            kind: "text".into(),
+            body: body.into(),
+            client_msg_id: client_msg_id.into(),
+            server_time_ms: now_ms(),
+            group: group.gid.clone(),
+        },
+        group: group.clone(),
+        check_sender: true,
+    }
+}
+
+/// The most members the suite's groups may have unless a property says.
+const MAX: u64 = 1_000_000;
+
+fn members_of(uids: &[&UserKey], role: Role) -> Vec<(String, Role)> {
+    uids.iter().map(|u| (u.uid.clone(), role)).collect()
+}
+
+fn refusal<T: std::fmt::Debug>(r: Result<T, StoreError>) -> GroupRefusal {
+    match r {
+        Err(StoreError::Group(g)) => g,
+        other => panic!("expected a group refusal, got {other:?}"),
+    }
+}
+
+/// Every group property, on one store.
+pub async fn run_groups(store: Arc<dyn Store>) {
+    groups_create_update_get_delete(store.clone()).await;
+    group_created_again_starts_empty(store.clone()).await;
+    group_members_add_remove_idempotent(store.clone()).await;
+    group_full_is_refused_whole(store.clone()).await;
+    group_members_page_in_uid_order(store.clone()).await;
+    user_groups_page_in_gid_order(store.clone()).await;
+    group_states_at_login(store.clone()).await;
+    group_appends_gap_free_under_concurrency(store.clone()).await;
+    group_append_refusals(store.clone()).await;
+    group_dedupe_returns_first_result_even_after_removal(store.clone()).await;
+    group_entries_after_pages(store.clone()).await;
+    group_cursor_moves_forward_only_per_device(store.clone()).await;
+}
+
+/// Create, read back, update in place (created = false, members and
+/// head kept), delete (then absent, a second delete is false).
+pub async fn groups_create_update_get_delete(store: Arc<dyn Store>) {
+    let spec = fresh_group("orders");
+    assert_eq!(store.group(&spec.key).await.expect("group"), None);
+    let (g, created) = store.put_group(&spec).await.expect("create");
+    assert!(created, "a new group must say created");
+    assert_eq!((g.spec.clone(), g.head, g.members), (spec.clone(), 0, 0));
+    assert!(g.created_ms > 0);
+    assert_eq!(
+        store.group(&spec.key).await.expect("group"),
+        Some(g.clone())
+    );
+
+    let alice = fresh_user("alice");
+    store
+        .add_members(&spec.key, &members_of(&[&alice], Role::Member), MAX)
+        .await
+        .expect("add");
+    store
+        .group_append(group_msg(&alice, &spec.key, "m1", "hi"))
+        .await
+        .expect("append");
+    let updated = GroupSpec {
+        name: "renamed".into(),
+        meta: Bytes::new(),
+        post_policy: PostPolicy::Admins,
+        history_visible: true,
+        ..spec.clone()
+    };
+    let (g2, created) = store.put_group(&updated).await.expect("update");
+    assert!(!created, "an update must not say created");
+    assert_eq!(g2.spec, updated);
+    assert_eq!(
+        (g2.created_ms, g2.head, g2.members),
+        (g.created_ms, 1, 1),
+        "an update keeps creation time, timeline and members"
+    );
+    assert_eq!(store.group(&spec.key).await.expect("group"), Some(g2));
+
+    assert!(store.delete_group(&spec.key).await.expect("delete"));
+    assert_eq!(store.group(&spec.key).await.expect("group"), None);
+    assert!(!store.delete_group(&spec.key).await.expect("delete again"));
+    assert_eq!(
+        store.member(&spec.key, &alice.uid).await.expect("member"),
+        None
+    );
+    assert!(
+        store
+            .members(&spec.key, None, 10)
+            .await
+            .expect("members")
+            .is_empty()
+    );
+    assert!(
+        store
+            .user_groups(&alice, None, 10)
+            .await
+            .expect("groups")
+            .is_empty(),
+        "a deleted group stays in a member's index"
+    );
+    assert!(
+        store
+            .group_states(&alice, "phone")
+            .await
+            .expect("states")
+            .is_empty()
+    );
+    let page = store
+        .group_entries_after(&spec.key, 0, 10)
+        .await
+        .expect("entries of a deleted group");
+    assert!(page.entries.is_empty() && page.head == 0);
+    // Another app's group of the same id is another group.
+    let other_app = GroupKey::new("another-app", spec.key.gid.clone());
+    assert_eq!(store.group(&other_app).await.expect("group"), None);
+}
+
+/// A group deleted and created again with the same id starts at head 0,
+/// with no members, no entries, no cursors and no de-dup of the old one.
+pub async fn group_created_again_starts_empty(store: Arc<dyn Store>) {
+    let spec = fresh_group("again");
+    let alice = fresh_user("alice");
+    store.put_group(&spec).await.expect("create");
+    store
+        .add_members(&spec.key, &members_of(&[&alice], Role::Member), MAX)
+        .await
+        .expect("add");
+    for i in 0..5 {
+        store
+            .group_append(group_msg(&alice, &spec.key, &format!("m{i}"), "old"))
+            .await
+            .expect("append");
+    }
+    store
+        .advance_group_cursor(&alice, "phone", &spec.key, 5)
+        .await
+        .expect("advance");
+    assert!(store.delete_group(&spec.key).await.expect("delete"));
+
+    let (g, created) = store.put_group(&spec).await.expect("create again");
+    assert!(created);
+    assert_eq!(
+        (g.head, g.members),
+        (0, 0),
+        "a re-created group starts empty"
+    );
+    let page = store
+        .group_entries_after(&spec.key, 0, 10)
+        .await
+        .expect("entries");
+    assert!(page.entries.is_empty(), "old entries came back");
+    assert_eq!(
+        store.member(&spec.key, &alice.uid).await.expect("member"),
+        None
+    );
+    store
+        .add_members(&spec.key, &members_of(&[&alice], Role::Member), MAX)
+        .await
+        .expect("add");
+    let again = store
+        .group_append(group_msg(&alice, &spec.key, "m0", "new"))
+        .await
+        .expect("append");
+    assert!(!again.duplicate, "de-dup of the deleted group matched");
+    assert_eq!(again.seqs, vec![1]);
+    let states = store.group_states(&alice, "phone").await.expect("states");
+    assert_eq!(states.len(), 1);
+    assert_eq!(
+        (states[0].head, states[0].cursor),
+        (1, 0),
+        "the deleted group's cursor leaked into the new one"
+    );
+}
+
+/// add/remove are idempotent: `changed` holds only what changed, counts
+/// follow, a role change keeps `joined_seq`, the user index follows.
+pub async fn group_members_add_remove_idempotent(store: Arc<dyn Store>) {
+    let spec = fresh_group("team");
+    let (a, b, c) = (fresh_user("a"), fresh_user("b"), fresh_user("c"));
+    let nobody = GroupKey::new(APP, format!("missing-{}", next_id()));
+    assert_eq!(
+        refusal(
+            store
+                .add_members(&nobody, &members_of(&[&a], Role::Member), MAX)
+                .await
+        ),
+        GroupRefusal::NotFound
+    );
+    assert_eq!(
+        refusal(store.remove_members(&nobody, &[a.uid.clone()]).await),
+        GroupRefusal::NotFound
+    );
+    store.put_group(&spec).await.expect("create");
+    let r = store
+        .add_members(&spec.key, &members_of(&[&a, &b], Role::Member), MAX)
+        .await
+        .expect("add");
+    assert_eq!(r.changed, vec![a.uid.clone(), b.uid.clone()]);
+    assert_eq!(r.members, 2);
+    store
+        .group_append(group_msg(&a, &spec.key, "1", "x"))
+        .await
+        .expect("append");
+
+    // Again, plus c: only c changes; c joins at head 1.
+    let r = store
+        .add_members(&spec.key, &members_of(&[&a, &b, &c], Role::Member), MAX)
+        .await
+        .expect("add again");
+    assert_eq!(
+        r.changed,
+        vec![c.uid.clone()],
+        "an unchanged member was reported"
+    );
+    assert_eq!(r.members, 3);
+    let mc = store
+        .member(&spec.key, &c.uid)
+        .await
+        .expect("member")
+        .expect("c");
+    assert_eq!((mc.role, mc.joined_seq), (Role::Member, 1));
+    let ma = store
+        .member(&spec.key, &a.uid)
+        .await
+        .expect("member")
+        .expect("a");
+    assert_eq!(ma.joined_seq, 0);
+
+    // A role change is a change; joined_seq stays.
+    let r = store
+        .add_members(&spec.key, &[(a.uid.clone(), Role::Admin)], MAX)
+        .await
+        .expect("promote");
+    assert_eq!((r.changed, r.members), (vec![a.uid.clone()], 3));
+    let ma2 = store
+        .member(&spec.key, &a.uid)
+        .await
+        .expect("member")
+        .expect("a");
+    assert_eq!(
+        (ma2.role, ma2.joined_seq, ma2.joined_ms),
+        (Role::Admin, 0, ma.joined_ms)
+    );
+    assert_eq!(
+        store.group(&spec.key).await.expect("g").expect("g").members,
+        3
+    );
+
+    // Remove b and a stranger: only b; again: nothing.
+    let stranger = fresh_user("stranger");
+    let r = store
+        .remove_members(&spec.key, &[b.uid.clone(), stranger.uid.clone()])
+        .await
+        .expect("remove");
+    assert_eq!((r.changed, r.members), (vec![b.uid.clone()], 2));
+    let r = store
+        .remove_members(&spec.key, &[b.uid.clone()])
+        .await
+        .expect("remove again");
+    assert_eq!((r.changed, r.members), (Vec::<String>::new(), 2));
+    assert_eq!(store.member(&spec.key, &b.uid).await.expect("member"), None);
+    assert!(
+        store
+            .user_groups(&b, None, 10)
+            .await
+            .expect("groups")
+            .is_empty()
+    );
+    assert_eq!(
+        store.user_groups(&a, None, 10).await.expect("groups"),
+        vec![spec.key.gid.clone()]
+    );
+    assert_eq!(
+        store.group(&spec.key).await.expect("g").expect("g").members,
+        2
+    );
+
+    // Added back later: joins at the head now.
+    store
+        .group_append(group_msg(&a, &spec.key, "2", "y"))
+        .await
+        .expect("append");
+    store
+        .add_members(&spec.key, &members_of(&[&b], Role::Member), MAX)
+        .await
+        .expect("add back");
+    let mb = store
+        .member(&spec.key, &b.uid)
+        .await
+        .expect("member")
+        .expect("b");
+    assert_eq!(mb.joined_seq, 2);
+}
+
+/// Over `max_members` nothing is added, not even the members that fit.
+pub async fn group_full_is_refused_whole(store: Arc<dyn Store>) {
+    let spec = fresh_group("small");
+    store.put_group(&spec).await.expect("create");
+    let users: Vec<UserKey> = (0..4).map(|i| fresh_user(&format!("u{i}"))).collect();
+    let refs: Vec<&UserKey> = users.iter().collect();
+    let r = store
+        .add_members(&spec.key, &members_of(&refs[..2], Role::Member), 3)
+        .await
+        .expect("add 2 of 3");
+    assert_eq!(r.members, 2);
+    assert_eq!(
+        refusal(
+            store
+                .add_members(&spec.key, &members_of(&refs[1..4], Role::Member), 3)
+                .await
+        ),
+        GroupRefusal::Full
+    );
+    assert_eq!(
+        store.group(&spec.key).await.expect("g").expect("g").members,
+        2
+    );
+    assert_eq!(
+        store
+            .member(&spec.key, &users[2].uid)
+            .await
+            .expect("member"),
+        None
+    );
+    assert_eq!(
+        store
+            .members(&spec.key, None, 10)
+            .await
+            .expect("members")
+            .len(),
+        2
+    );
+    // Re-adding existing members (or a role change) at the limit is fine.
+    let r = store
+        .add_members(&spec.key, &[(users[0].uid.clone(), Role::Admin)], 2)
+        .await
+        .expect("role change at the limit");
+    assert_eq!(r.members, 2);
+    let r = store
+        .add_members(&spec.key, &members_of(&refs[2..3], Role::Member), 3)
+        .await
+        .expect("the third fits");
+    assert_eq!(r.members, 3);
+}
+
+/// Members come in ascending uid (byte) order, paged by the last uid.
+pub async fn group_members_page_in_uid_order(store: Arc<dyn Store>) {
+    let spec = fresh_group("paged");
+    store.put_group(&spec).await.expect("create");
+    // Different lengths and cases: byte order, not length order.
+    let mut uids: Vec<String> = (0..250).map(|i| format!("m{}", i * 7 % 1000)).collect();
+    uids.extend([
+        "B".to_string(),
+        "a".into(),
+        "aa".into(),
+        "b".into(),
+        "Z-9".into(),
+    ]);
+    let members: Vec<(String, Role)> = uids.iter().map(|u| (u.clone(), Role::Member)).collect();
+    store
+        .add_members(&spec.key, &members, MAX)
+        .await
+        .expect("add");
+    let mut want = uids.clone();
+    want.sort();
+    let mut got = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .members(&spec.key, after.as_deref(), 100)
+            .await
+            .expect("members");
+        assert!(page.len() <= 100);
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|m| m.uid.clone());
+        got.extend(page.into_iter().map(|m| m.uid));
+    }
+    assert_eq!(got, want, "members not in uid order or not all there");
+    assert!(
+        store
+            .members(&spec.key, None, 0)
+            .await
+            .expect("limit 0")
+            .is_empty()
+    );
+}
+
+/// A user's groups come in ascending gid order, paged by the last gid.
+pub async fn user_groups_page_in_gid_order(store: Arc<dyn Store>) {
+    let user = fresh_user("joiner");
+    let mut gids = Vec::new();
+    for i in 0..25 {
+        let mut spec = fresh_group("g");
+        spec.key.gid = format!("{}-{}", ["b", "aa", "a", "Z"][i % 4], spec.key.gid);
+        store.put_group(&spec).await.expect("create");
+        store
+            .add_members(&spec.key, &members_of(&[&user], Role::Member), MAX)
+            .await
+            .expect("add");
+        gids.push(spec.key.gid);
+    }
+    gids.sort();
+    let mut got = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .user_groups(&user, after.as_deref(), 10)
+            .await
+            .expect("groups");
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 10);
+        after = page.last().cloned();
+        got.extend(page);
+    }
+    assert_eq!(got, gids);
+}
+
+/// `group_states`: every group of the user with its head, this device's
+/// cursor, and where the member's view starts (its join, or 0 when the
+/// history is visible).
+pub async fn group_states_at_login(store: Arc<dyn Store>) {
+    let (early, late) = (fresh_user("early"), fresh_user("late"));
+    let mut closed = fresh_group("closed");
+    closed.key.gid = format!("a-{}", closed.key.gid);
+    let mut open = fresh_group("open");
+    open.key.gid = format!("b-{}", open.key.gid);
+    open.history_visible = true;
+    for spec in [&closed, &open] {
+        store.put_group(spec).await.expect("create");
+        store
+            .add_members(&spec.key, &members_of(&[&early], Role::Member), MAX)
+            .await
+            .expect("add");
+        for i in 0..3 {
+            store
+                .group_append(group_msg(&early, &spec.key, &format!("m{i}"), "x"))
+                .await
+                .expect("append");
+        }
+        store
+            .add_members(&spec.key, &members_of(&[&late], Role::Member), MAX)
+            .await
+            .expect("add late");
+        store
+            .group_append(group_msg(&late, &spec.key, "late", "x"))
+            .await
+            .expect("append");
+    }
+    store
+        .advance_group_cursor(&early, "phone", &closed.key, 2)
+        .await
+        .expect("advance");
+    let early_phone = store.group_states(&early, "phone").await.expect("states");
+    assert_eq!(
+        early_phone,
+        vec![
+            GroupState {
+                gid: closed.key.gid.clone(),
+                head: 4,
+                cursor: 2,
+                visible_after: 0
+            },
+            GroupState {
+                gid: open.key.gid.clone(),
+                head: 4,
+                cursor: 0,
+                visible_after: 0
+            },
+        ]
+    );
+    assert!(early_phone.iter().all(GroupState::has_unread));
+    let late_laptop = store.group_states(&late, "laptop").await.expect("states");
+    assert_eq!(
+        late_laptop,
+        vec![
+            GroupState {
+                gid: closed.key.gid.clone(),
+                head: 4,
+                cursor: 0,
+                visible_after: 3
+            },
+            GroupState {
+                gid: open.key.gid.clone(),
+                head: 4,
+                cursor: 0,
+                visible_after: 0
+            },
+        ]
+    );
+    assert_eq!(late_laptop[0].read_from(), 3);
+    // Caught up: nothing unread.
+    for spec in [&closed, &open] {
+        store
+            .advance_group_cursor(&late, "laptop", &spec.key, 4)
+            .await
+            .expect("advance");
+    }
+    let caught_up = store.group_states(&late, "laptop").await.expect("states");
+    assert!(caught_up.iter().all(|s| s.cursor == 4 && !s.has_unread()));
+    assert!(
+        store
+            .group_states(&fresh_user("none"), "x")
+            .await
+            .expect("states")
+            .is_empty()
+    );
+}
+
+/// 8 tasks × 50 appends to one group: the group's timeline is exactly
+/// 1..=400, each entry the message acknowledged with that seq, and each
+/// sender's messages in its sending order.
+pub async fn group_appends_gap_free_under_concurrency(store: Arc<dyn Store>) {
+    const TASKS: usize = 8;
+    const PER_TASK: usize = 50;
+    let spec = fresh_group("busy");
+    store.put_group(&spec).await.expect("create");
+    let senders: Vec<UserKey> = (0..TASKS).map(|i| fresh_user(&format!("s{i}"))).collect();
+    let refs: Vec<&UserKey> = senders.iter().collect();
+    store
+        .add_members(&spec.key, &members_of(&refs, Role::Member), MAX)
+        .await
+        .expect("add");
+    let mut tasks = JoinSet::new();
+    for sender in senders.clone() {
+        let (store, key) = (store.clone(), spec.key.clone());
+        tasks.spawn(async move {
+            let mut acks = Vec::new();
+            for i in 0..PER_TASK {
+                let a = store
+                    .group_append(group_msg(&sender, &key, &format!("c{i}"), format!("{i}")))
+                    .await
+                    .expect("append");
+                assert!(!a.duplicate);
+                assert_eq!(a.seqs.len(), 1, "a group append has ONE entry");
+                acks.push((a.seqs[0], a.message.id));
+            }
+            acks
+        });
+    }
+    let mut acked = HashMap::new();
+    while let Some(r) = tasks.join_next().await {
+        let acks = r.expect("task");
+        assert!(
+            acks.windows(2).all(|w| w[0].0 < w[1].0),
+            "a sender's order broke"
+        );
+        acked.extend(acks);
+    }
+    let mut entries = Vec::new();
+    loop {
+        let page = store
+            .group_entries_after(&spec.key, entries.len() as u64, 64)
+            .await
+            .expect("page");
+        if page.entries.is_empty() {
+            assert_eq!(page.head, (TASKS * PER_TASK) as u64);
+            break;
+        }
+        entries.extend(page.entries);
+    }
+    assert_eq!(entries.len(), TASKS * PER_TASK);
+    for (i, e) in entries.iter().enumerate() {
+        assert_eq!(
+            e.seq,
+            i as u64 + 1,
+            "gap or duplicate on the group timeline"
+        );
+        assert_eq!(
+            acked.get(&e.seq),
+            Some(&e.message.id),
+            "entry {} is not what was acked",
+            e.seq
+        );
+        assert_eq!(e.message.group, spec.key.gid, "message.group not kept");
+    }
+    assert_eq!(
+        store.group(&spec.key).await.expect("g").expect("g").head,
+        400
+    );
+}
+
+/// Refusals: unknown group, non-member, non-admin in an admins-only group,
+/// a removed member; the system may post to an admins-only group; a
+/// refusal stores nothing.
+pub async fn group_append_refusals(store: Arc<dyn Store>) {
+    let spec = fresh_group("broadcast");
+    let (admin, member, outsider) = (fresh_user("admin"), fresh_user("member"), fresh_user("out"));
+    let missing = GroupKey::new(APP, format!("missing-{}", next_id()));
+    assert_eq!(
+        refusal(
+            store
+                .group_append(group_msg(&admin, &missing, "x", "x"))
+                .await
+        ),
+        GroupRefusal::NotFound
+    );
+    store.put_group(&spec).await.expect("create");
+    store
+        .add_members(
+            &spec.key,
+            &[
+                (admin.uid.clone(), Role::Admin),
+                (member.uid.clone(), Role::Member),
+            ],
+            MAX,
+        )
+        .await
+        .expect("add");
+    assert_eq!(
+        refusal(
+            store
+                .group_append(group_msg(&outsider, &spec.key, "o", "x"))
+                .await
+        ),
+        GroupRefusal::NotMember
+    );
+    // A user of another app with the same uid is not a member.
+    let foreign = UserKey::new("another-app", member.uid.clone());
+    assert_eq!(
+        refusal(
+            store
+                .group_append(group_msg(&foreign, &spec.key, "f", "x"))
+                .await
+        ),
+        GroupRefusal::NotMember
+    );
+    let a1 = store
+        .group_append(group_msg(&member, &spec.key, "m", "x"))
+        .await
+        .expect("members may post");
+    assert_eq!(a1.seqs, vec![1]);
+    store
+        .put_group(&GroupSpec {
+            post_policy: PostPolicy::Admins,
+            ..spec.clone()
+        })
+        .await
+        .expect("make it a broadcast");
+    assert_eq!(
+        refusal(
+            store
+                .group_append(group_msg(&member, &spec.key, "m2", "x"))
+                .await
+        ),
+        GroupRefusal::AdminsOnly
+    );
+    let a2 = store
+        .group_append(group_msg(&admin, &spec.key, "a", "x"))
+        .await
+        .expect("an admin may post");
+    assert_eq!(a2.seqs, vec![2]);
+    let mut system = group_msg(&UserKey::new(APP, "system"), &spec.key, "", "notice");
+    system.check_sender = false;
+    let a3 = store
+        .group_append(system)
+        .await
+        .expect("the system may post");
+    assert_eq!(a3.seqs, vec![3]);
+    store
+        .remove_members(&spec.key, &[admin.uid.clone()])
+        .await
+        .expect("remove");
+    assert_eq!(
+        refusal(
+            store
+                .group_append(group_msg(&admin, &spec.key, "a2", "x"))
+                .await
+        ),
+        GroupRefusal::NotMember
+    );
+    let mut wrong = group_msg(&member, &spec.key, "w", "x");
+    wrong.message.group = "another".into();
+    assert!(matches!(
+        store.group_append(wrong).await,
+        Err(StoreError::Invalid(_))
+    ));
+    // The refusals stored nothing: exactly the 3 accepted entries.
+    let page = store
+        .group_entries_after(&spec.key, 0, 10)
+        .await
+        .expect("page");
+    assert_eq!(
+        page.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!(page.head, 3);
+    store.delete_group(&spec.key).await.expect("delete");
+    assert_eq!(
+        refusal(
+            store
+                .group_append(group_msg(&member, &spec.key, "d", "x"))
+                .await
+        ),
+        GroupRefusal::NotFound
+    );
+}
+
+/// A resend of `(from, client_msg_id)` to a group answers the first result
+/// (also concurrently, also after the sender was removed); the same id in
+/// another group, or from another sender, is another message.
+pub async fn group_dedupe_returns_first_result_even_after_removal(store: Arc<dyn Store>) {
+    let (g1, g2) = (fresh_group("d1"), fresh_group("d2"));
+    let (alice, bob) = (fresh_user("alice"), fresh_user("bob"));
+    for g in [&g1, &g2] {
+        store.put_group(g).await.expect("create");
+        store
+            .add_members(&g.key, &members_of(&[&alice, &bob], Role::Member), MAX)
+            .await
+            .expect("add");
+    }
+    let first = store
+        .group_append(group_msg(&alice, &g1.key, "same", "first"))
+        .await
+        .expect("append");
+    let mut tasks = JoinSet::new();
+    for _ in 0..8 {
+        let (store, alice, key) = (store.clone(), alice.clone(), g1.key.clone());
+        tasks.spawn(async move {
+            store
+                .group_append(group_msg(&alice, &key, "same", "again"))
+                .await
+                .expect("resend")
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        let again = r.expect("task");
+        assert!(again.duplicate);
+        assert_eq!(
+            (again.message.id, &again.seqs),
+            (first.message.id, &first.seqs)
+        );
+        assert_eq!(again.message.body, Bytes::from_static(b"first"));
+    }
+    let other_group = store
+        .group_append(group_msg(&alice, &g2.key, "same", "x"))
+        .await
+        .expect("append");
+    assert!(!other_group.duplicate, "de-dup crossed groups");
+    let other_sender = store
+        .group_append(group_msg(&bob, &g1.key, "same", "x"))
+        .await
+        .expect("append");
+    assert!(!other_sender.duplicate);
+    assert_eq!(other_sender.seqs, vec![2]);
+    store
+        .remove_members(&g1.key, &[alice.uid.clone()])
+        .await
+        .expect("remove");
+    let after = store
+        .group_append(group_msg(&alice, &g1.key, "same", "late resend"))
+        .await
+        .expect("a resend after removal answers the first result");
+    assert!(after.duplicate);
+    assert_eq!(
+        (after.message.id, after.seqs.clone()),
+        (first.message.id, vec![1])
+    );
+    assert_eq!(store.group(&g1.key).await.expect("g").expect("g").head, 2);
+}
+
+/// `group_entries_after` pages like `entries_after`: in order, at most
+/// `limit`, with the head; the message comes back whole.
+pub async fn group_entries_after_pages(store: Arc<dyn Store>) {
+    let spec = fresh_group("pages");
+    let alice = fresh_user("alice");
+    store.put_group(&spec).await.expect("create");
+    store
+        .add_members(&spec.key, &members_of(&[&alice], Role::Member), MAX)
+        .await
+        .expect("add");
+    let mut acks = Vec::new();
+    for i in 0..10 {
+        acks.push(
+            store
+                .group_append(group_msg(
+                    &alice,
+                    &spec.key,
+                    &format!("p{i}"),
+                    format!("body {i}"),
+                ))
+                .await
+                .expect("append"),
+        );
+    }
+    let page = store
+        .group_entries_after(&spec.key, 3, 4)
+        .await
+        .expect("page");
+    assert_eq!(page.head, 10);
+    assert_eq!(
+        page.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![4, 5, 6, 7]
+    );
+    for e in &page.entries {
+        let acked = &acks[e.seq as usize - 1];
+        assert_eq!(*e.message, *acked.message, "a stored group message differs");
+    }
+    let tail = store
+        .group_entries_after(&spec.key, 8, 100)
+        .await
+        .expect("page");
+    assert_eq!(
+        tail.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![9, 10]
+    );
+    let none = store
+        .group_entries_after(&spec.key, 10, 100)
+        .await
+        .expect("page");
+    assert!(none.entries.is_empty() && none.head == 10);
+    let zero = store
+        .group_entries_after(&spec.key, 0, 0)
+        .await
+        .expect("page");
+    assert!(zero.entries.is_empty() && zero.head == 10);
+    let max = store
+        .group_entries_after(&spec.key, u64::MAX, 10)
+        .await
+        .expect("page");
+    assert!(max.entries.is_empty());
+    // Group messages are on no user's timeline.
+    assert_eq!(store.timeline_head(&alice).await.expect("head"), 0);
+}
+
+/// A group cursor starts at 0, only moves forward, and is per device and
+/// per group.
+pub async fn group_cursor_moves_forward_only_per_device(store: Arc<dyn Store>) {
+    let (g1, g2) = (fresh_group("c1"), fresh_group("c2"));
+    let user = fresh_user("reader");
+    for g in [&g1, &g2] {
+        store.put_group(g).await.expect("create");
+        store
+            .add_members(&g.key, &members_of(&[&user], Role::Member), MAX)
+            .await
+            .expect("add");
+        for i in 0..100 {
+            store
+                .group_append(group_msg(&user, &g.key, &format!("{i}"), "x"))
+                .await
+                .expect("append");
+        }
+    }
+    let cursor = |device: &'static str, g: GroupKey| {
+        let (store, user) = (store.clone(), user.clone());
+        async move {
+            store
+                .group_states(&user, device)
+                .await
+                .expect("states")
+                .into_iter()
+                .find(|s| s.gid == g.gid)
+                .expect("the group is the user's")
+                .cursor
+        }
+    };
+    assert_eq!(cursor("phone", g1.key.clone()).await, 0);
+    store
+        .advance_group_cursor(&user, "phone", &g1.key, 5)
+        .await
+        .expect("advance");
+    store
+        .advance_group_cursor(&user, "phone", &g1.key, 3)
+        .await
+        .expect("advance back");
+    assert_eq!(
+        cursor("phone", g1.key.clone()).await,
+        5,
+        "a group cursor moved back"
+    );
+    assert_eq!(
+        cursor("laptop", g1.key.clone()).await,
+        0,
+        "group cursors are per device"
+    );
+    assert_eq!(
+        cursor("phone", g2.key.clone()).await,
+        0,
+        "group cursors are per group"
+    );
+    let mut tasks = JoinSet::new();
+    for seq in (10..=60).rev() {
+        let (store, user, key) = (store.clone(), user.clone(), g1.key.clone());
+        tasks.spawn(async move {
+            store
+                .advance_group_cursor(&user, "phone", &key, seq)
+                .await
+                .expect("advance")
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.expect("task");
+    }
+    assert_eq!(cursor("phone", g1.key.clone()).await, 60);
+    // A user cursor is another cursor.
+    assert_eq!(store.cursor(&user, "phone").await.expect("cursor"), 0);
+}
+
+/// Groups, members, entries, de-dup and group cursors are all there after
+/// `close` and a reopen, and appends continue gap-free.
+pub async fn groups_survive_close_and_reopen<F, Fut>(open: &F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn Store>>,
+{
+    let spec = GroupSpec {
+        history_visible: true,
+        ..fresh_group("durable")
+    };
+    let (alice, bob) = (fresh_user("alice"), fresh_user("bob"));
+    let store = open().await;
+    let (created, _) = store.put_group(&spec).await.expect("create");
+    store
+        .add_members(
+            &spec.key,
+            &[
+                (alice.uid.clone(), Role::Admin),
+                (bob.uid.clone(), Role::Member),
+            ],
+            MAX,
+        )
+        .await
+        .expect("add");
+    let mut acks = Vec::new();
+    for i in 0..20 {
+        acks.push(
+            store
+                .group_append(group_msg(
+                    &alice,
+                    &spec.key,
+                    &format!("r{i}"),
+                    format!("b{i}"),
+                ))
+                .await
+                .expect("append"),
+        );
+    }
+    store
+        .advance_group_cursor(&bob, "phone", &spec.key, 12)
+        .await
+        .expect("advance");
+    let before = store
+        .group_entries_after(&spec.key, 0, 100)
+        .await
+        .expect("page");
+    let members_before = store.members(&spec.key, None, 10).await.expect("members");
+    store.close().await.expect("close");
+    drop(store);
+
+    let store = open().await;
+    let g = store
+        .group(&spec.key)
+        .await
+        .expect("group")
+        .expect("the group survives");
+    assert_eq!(
+        (g.spec.clone(), g.created_ms, g.head, g.members),
+        (spec.clone(), created.created_ms, 20, 2)
+    );
+    assert_eq!(
+        store.members(&spec.key, None, 10).await.expect("members"),
+        members_before
+    );
+    let after = store
+        .group_entries_after(&spec.key, 0, 100)
+        .await
+        .expect("page");
+    assert_eq!(
+        after.entries, before.entries,
+        "group timeline differs after reopen"
+    );
+    assert_eq!(
+        store.group_states(&bob, "phone").await.expect("states"),
+        vec![GroupState {
+            gid: spec.key.gid.clone(),
+            head: 20,
+            cursor: 12,
+            visible_after: 0
+        }],
+        "close must flush group cursors"
+    );
+    assert_eq!(
+        store.user_groups(&alice, None, 10).await.expect("groups"),
+        vec![spec.key.gid.clone()]
+    );
+    let dup = store
+        .group_append(group_msg(&alice, &spec.key, "r7", "again"))
+        .await
+        .expect("resend");
+    assert!(dup.duplicate, "group de-dup forgot a message across reopen");
+    assert_eq!(
+        (dup.message.id, &dup.seqs),
+        (acks[7].message.id, &acks[7].seqs)
+    );
+    let next = store
+        .group_append(group_msg(&bob, &spec.key, "n", "next"))
+        .await
+        .expect("append");
+    assert_eq!(
+        next.seqs,
+        vec![21],
+        "appends after reopen continue from the stored head"
+    );
+    store.close().await.expect("close");
+}
+
+/// A group of 100,000 members, added in batches of 1,000: counts and pages
+/// hold, and a message is still ONE entry (stored once, not per member).
+/// Returns how long the add and one append took, for the caller to print.
+pub async fn a_group_of_100_000_members(
+    store: Arc<dyn Store>,
+) -> (std::time::Duration, std::time::Duration) {
+    const MEMBERS: usize = 100_000;
+    const BATCH: usize = 1_000;
+    let spec = fresh_group("huge");
+    store.put_group(&spec).await.expect("create");
+    let started = std::time::Instant::now();
+    let tag = next_id();
+    let uid = |i: usize| format!("h{tag}-{i:06}");
+    for batch in 0..MEMBERS / BATCH {
+        let members: Vec<(String, Role)> = (batch * BATCH..(batch + 1) * BATCH)
+            .map(|i| (uid(i), Role::Member))
+            .collect();
+        let r = store
+            .add_members(&spec.key, &members, MEMBERS as u64)
+            .await
+            .expect("add a batch");
+        assert_eq!(r.changed.len(), BATCH);
+        assert_eq!(r.members, ((batch + 1) * BATCH) as u64);
+    }
+    let added = started.elapsed();
+    assert_eq!(
+        refusal(
+            store
+                .add_members(
+                    &spec.key,
+                    &[("one-too-many".into(), Role::Member)],
+                    MEMBERS as u64
+                )
+                .await
+        ),
+        GroupRefusal::Full
+    );
+    let g = store.group(&spec.key).await.expect("group").expect("group");
+    assert_eq!(g.members, MEMBERS as u64);
+    let page = store
+        .members(&spec.key, Some(&uid(54_321)), 3)
+        .await
+        .expect("members");
+    assert_eq!(
+        page.iter().map(|m| m.uid.clone()).collect::<Vec<_>>(),
+        vec![uid(54_322), uid(54_323), uid(54_324)]
+    );
+    let sender = UserKey::new(APP, uid(77_777));
+    let started = std::time::Instant::now();
+    let a = store
+        .group_append(group_msg(&sender, &spec.key, "big", "to everyone"))
+        .await
+        .expect("append to a huge group");
+    let appended = started.elapsed();
+    assert_eq!(a.seqs, vec![1], "one entry, whatever the member count");
+    let p = store
+        .group_entries_after(&spec.key, 0, 10)
+        .await
+        .expect("page");
+    assert_eq!(p.entries.len(), 1);
+    assert_eq!(p.head, 1);
+    let states = store
+        .group_states(&UserKey::new(APP, uid(99_999)), "phone")
+        .await
+        .expect("states");
+    assert_eq!(
+        states,
+        vec![GroupState {
+            gid: spec.key.gid.clone(),
+            head: 1,
+            cursor: 0,
+            visible_after: 0
+        }]
+    );
+    // Members' own timelines got nothing.
+    assert_eq!(
+        store
+            .timeline_head(&UserKey::new(APP, uid(0)))
+            .await
+            .expect("head"),
+        0
+    );
+    assert!(
+        store
+            .delete_group(&spec.key)
+            .await
+            .expect("delete a huge group")
+    );
+    assert_eq!(
+        store.member(&spec.key, &uid(5)).await.expect("member"),
+        None
+    );
+    (added, appended)
 }

@@ -17,15 +17,31 @@
 //! | `outbox_dedupe` | user ++ dedupe_id | event id |
 //! | `outbox_delivered` | delivered_ms ++ event id | (empty) |
 //! | `revocations` | user | issued_before (seconds; tokens with an earlier `iat` are refused) |
+//! | `groups` | group | [`encode_group`]; the key `[]` holds the last generation handed out |
+//! | `group_members` | group ++ uid (raw, so members sort by uid) | [`encode_member`] |
+//! | `user_groups` | user ++ gid (raw) | (empty): a user's groups, by id |
+//! | `group_timelines` | group ++ seq | msg_id |
+//! | `group_cursors` | user ++ device_id ++ gid ++ generation | seq |
+//!
+//! A group is `len(app) app len(gid) gid`. Its generation is a number the
+//! writer hands out at creation, never twice: a cursor or a de-dup key of
+//! a deleted group holds the old generation and never matches the group
+//! created again with the same id. A group message's de-dup key is the
+//! c2c one (`from ++ client_msg_id`) followed by `group ++ generation`.
 //!
 //! A user is `len(app) app len(uid) uid`. Values start with a format byte
 //! where they may change ([`FORMAT`]).
 
 use bytes::Bytes;
+use switchboard_core::group::{GroupKey, Member, PostPolicy, Role};
 use switchboard_core::{BusEvent, Message, StoreError, UserKey};
 
 /// The first byte of an encoded message or event.
 pub const FORMAT: u8 = 1;
+
+/// The first byte of an encoded message to a group: [`FORMAT`]'s layout
+/// with the group's id after `client_msg_id` (a c2c message keeps format 1).
+pub const GROUP_MESSAGE_FORMAT: u8 = 2;
 
 /// Appends a u16-length-prefixed string; `Invalid` past 65,535 bytes.
 fn push_str(out: &mut Vec<u8>, s: &str) -> Result<(), StoreError> {
@@ -192,11 +208,18 @@ pub fn encode_message(m: &Message) -> Vec<u8> {
         &m.client_msg_id,
     ];
     let len: usize = strings.iter().map(|s| s.len() + 4).sum();
-    let mut v = Vec::with_capacity(1 + 16 + len + m.body.len());
-    v.push(FORMAT);
+    let mut v = Vec::with_capacity(1 + 16 + len + m.group.len() + 4 + m.body.len());
+    v.push(if m.group.is_empty() {
+        FORMAT
+    } else {
+        GROUP_MESSAGE_FORMAT
+    });
     v.extend_from_slice(&m.id.to_be_bytes());
     for s in strings {
         put_string(&mut v, s);
+    }
+    if !m.group.is_empty() {
+        put_string(&mut v, &m.group);
     }
     v.extend_from_slice(&m.server_time_ms.to_be_bytes());
     v.extend_from_slice(&m.body);
@@ -205,7 +228,8 @@ pub fn encode_message(m: &Message) -> Vec<u8> {
 
 pub fn decode_message(v: &[u8]) -> Result<Message, StoreError> {
     let mut r = Reader { b: v };
-    if r.bytes(1)? != [FORMAT] {
+    let format = r.bytes(1)?[0];
+    if format != FORMAT && format != GROUP_MESSAGE_FORMAT {
         return Err(corrupt("message"));
     }
     let id = r.i64()? as u64;
@@ -219,6 +243,11 @@ pub fn decode_message(v: &[u8]) -> Result<Message, StoreError> {
     };
     let kind = r.string()?;
     let client_msg_id = r.string()?;
+    let group = if format == GROUP_MESSAGE_FORMAT {
+        r.string()?
+    } else {
+        String::new()
+    };
     let server_time_ms = r.i64()?;
     Ok(Message {
         id,
@@ -228,7 +257,132 @@ pub fn decode_message(v: &[u8]) -> Result<Message, StoreError> {
         body: Bytes::copy_from_slice(r.b),
         client_msg_id,
         server_time_ms,
-        group: String::new(),
+        group,
+    })
+}
+
+/// `len(app) app len(gid) gid`: the prefix of all of a group's keys.
+pub fn group(g: &GroupKey) -> Result<Vec<u8>, StoreError> {
+    let mut k = Vec::with_capacity(g.app.len() + g.gid.len() + 4);
+    push_str(&mut k, &g.app)?;
+    push_str(&mut k, &g.gid)?;
+    Ok(k)
+}
+
+/// `prefix ++ raw`: a member (group ++ uid), a user's group (user ++ gid).
+pub fn raw_after(prefix: &[u8], raw: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + raw.len());
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(raw.as_bytes());
+    k
+}
+
+/// A device's cursor on a group: user ++ device_id ++ gid ++ generation.
+pub fn group_cursor(
+    user_key: &[u8],
+    device_id: &str,
+    gid: &str,
+    generation: u64,
+) -> Result<Vec<u8>, StoreError> {
+    let mut k = user_and(user_key, device_id)?;
+    push_str(&mut k, gid)?;
+    k.extend_from_slice(&generation.to_be_bytes());
+    Ok(k)
+}
+
+/// A group message's de-dup key: from ++ client_msg_id ++ group ++ generation.
+pub fn group_dedupe(
+    from: &[u8],
+    client_msg_id: &str,
+    group_key: &[u8],
+    generation: u64,
+) -> Result<Vec<u8>, StoreError> {
+    let mut k = user_and(from, client_msg_id)?;
+    k.extend_from_slice(group_key);
+    k.extend_from_slice(&generation.to_be_bytes());
+    Ok(k)
+}
+
+/// A stored group's record: everything but its head (the last key of its
+/// timeline) and its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupRecord {
+    pub generation: u64,
+    pub created_ms: i64,
+    pub members: u64,
+    pub post_policy: PostPolicy,
+    pub history_visible: bool,
+    pub name: String,
+    pub meta: Bytes,
+}
+
+/// `FORMAT generation created_ms members policy history name meta…`.
+pub fn encode_group(g: &GroupRecord) -> Vec<u8> {
+    let mut v = Vec::with_capacity(32 + g.name.len() + g.meta.len());
+    v.push(FORMAT);
+    v.extend_from_slice(&g.generation.to_be_bytes());
+    v.extend_from_slice(&g.created_ms.to_be_bytes());
+    v.extend_from_slice(&g.members.to_be_bytes());
+    v.push(match g.post_policy {
+        PostPolicy::Members => 0,
+        PostPolicy::Admins => 1,
+    });
+    v.push(u8::from(g.history_visible));
+    put_string(&mut v, &g.name);
+    v.extend_from_slice(&g.meta);
+    v
+}
+
+pub fn decode_group(v: &[u8]) -> Result<GroupRecord, StoreError> {
+    let mut r = Reader { b: v };
+    if r.bytes(1)? != [FORMAT] {
+        return Err(corrupt("group"));
+    }
+    let generation = r.i64()? as u64;
+    let created_ms = r.i64()?;
+    let members = r.i64()? as u64;
+    let flags = r.bytes(2)?;
+    let post_policy = match flags[0] {
+        0 => PostPolicy::Members,
+        1 => PostPolicy::Admins,
+        _ => return Err(corrupt("group post policy")),
+    };
+    let history_visible = flags[1] != 0;
+    let name = r.string()?;
+    Ok(GroupRecord {
+        generation,
+        created_ms,
+        members,
+        post_policy,
+        history_visible,
+        name,
+        meta: Bytes::copy_from_slice(r.b),
+    })
+}
+
+/// `role joined_seq joined_ms`.
+pub fn encode_member(role: Role, joined_seq: u64, joined_ms: i64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(17);
+    v.push(match role {
+        Role::Member => 0,
+        Role::Admin => 1,
+    });
+    v.extend_from_slice(&joined_seq.to_be_bytes());
+    v.extend_from_slice(&joined_ms.to_be_bytes());
+    v
+}
+
+pub fn decode_member(uid: String, v: &[u8]) -> Result<Member, StoreError> {
+    let role = match v.first() {
+        Some(0) => Role::Member,
+        Some(1) => Role::Admin,
+        _ => return Err(corrupt("member")),
+    };
+    Ok(Member {
+        uid,
+        role,
+        joined_seq: u64_at(v, 1)?,
+        joined_ms: u64_at(v, 9)? as i64,
     })
 }
 
@@ -299,6 +453,21 @@ mod tests {
         };
         let back = decode_message(&encode_message(&m)).unwrap();
         assert_eq!(back, m);
+        let g = Message {
+            group: "g-1".into(),
+            ..m.clone()
+        };
+        assert_eq!(decode_message(&encode_message(&g)).unwrap(), g);
+        let rec = GroupRecord {
+            generation: 3,
+            created_ms: 9,
+            members: 2,
+            post_policy: PostPolicy::Admins,
+            history_visible: true,
+            name: "n".into(),
+            meta: Bytes::from_static(b"{}"),
+        };
+        assert_eq!(decode_group(&encode_group(&rec)).unwrap(), rec);
         let e = BusEvent {
             id: 7,
             topic: "c2s".into(),
@@ -318,7 +487,7 @@ mod tests {
         for v in [
             &b""[..],
             b"\x01",
-            b"\x02abcdefghijklmnop",
+            b"\x03abcdefghijklmnop",
             b"\x01\0\0\0\0\0\0\0\x01\xff\xff",
         ] {
             assert!(matches!(decode_message(v), Err(StoreError::Corrupt(_))));

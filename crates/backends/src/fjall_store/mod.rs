@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
+use switchboard_core::group::{Group, GroupKey, GroupState, Member};
 use switchboard_core::{BusEvent, Message, Page, StoreError, UserKey};
 
 use crate::embedded::{Embedded, Reads};
@@ -104,6 +105,11 @@ pub(crate) struct Keyspaces {
     outbox_dedupe: Keyspace,
     outbox_delivered: Keyspace,
     revocations: Keyspace,
+    groups: Keyspace,
+    group_members: Keyspace,
+    user_groups: Keyspace,
+    group_timelines: Keyspace,
+    group_cursors: Keyspace,
 }
 
 impl Keyspaces {
@@ -145,6 +151,11 @@ impl Keyspaces {
             outbox_dedupe: ks("outbox_dedupe")?,
             outbox_delivered: ks("outbox_delivered")?,
             revocations: ks("revocations")?,
+            groups: ks("groups")?,
+            group_members: ks("group_members")?,
+            user_groups: ks("user_groups")?,
+            group_timelines: ks("group_timelines")?,
+            group_cursors: ks("group_cursors")?,
             db,
             poisoned: AtomicBool::new(false),
         })
@@ -205,6 +216,49 @@ impl Reads for FjallReads {
         }
         let _ = self.0.messages.first_key_value();
         Ok(())
+    }
+
+    fn group(&mut self, key: &GroupKey) -> Result<Option<Group>, StoreError> {
+        read::group(&self.0, key)
+    }
+
+    fn member(&mut self, key: &GroupKey, uid: &str) -> Result<Option<Member>, StoreError> {
+        read::member(&self.0, key, uid)
+    }
+
+    fn members(
+        &mut self,
+        key: &GroupKey,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Member>, StoreError> {
+        read::members(&self.0, key, after, limit)
+    }
+
+    fn user_groups(
+        &mut self,
+        user: &UserKey,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        read::user_groups(&self.0, user, after, limit)
+    }
+
+    fn group_states(
+        &mut self,
+        user: &UserKey,
+        device_id: &str,
+    ) -> Result<Vec<GroupState>, StoreError> {
+        read::group_states(&self.0, user, device_id)
+    }
+
+    fn group_entries_after(
+        &mut self,
+        key: &GroupKey,
+        since: u64,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        read::group_entries_after(&self.0, key, since, limit)
     }
 }
 

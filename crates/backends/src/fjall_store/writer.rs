@@ -13,14 +13,18 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use fjall::{OwnedWriteBatch as WriteBatch, PersistMode};
+use fjall::{OwnedWriteBatch as WriteBatch, PersistMode, Readable, Snapshot};
+use switchboard_core::group::{
+    GroupKey, GroupRefusal, MembersChanged, NewGroupMessage, PostPolicy, Role,
+};
 use switchboard_core::stats;
 use switchboard_core::store::OutboxReceipt;
 use switchboard_core::{Appended, BusEvent, Message, NewMessage, StoreError, UserKey, now_ms};
 
-use super::{FjallOptions, Keyspaces, fjall_error, keys};
+use super::{FjallOptions, Keyspaces, fjall_error, keys, read};
 use crate::single_writer::{
-    Command, CursorKey, Cursors, Gather, Group, Heads, Pending, Queued, answer_group,
+    Command, CursorKey, Cursors, Gather, Group, GroupDone, GroupOp, Heads, Pending, Queued,
+    answer_group,
 };
 
 /// Most expired entries of each kind one group deletes; the rest go with
@@ -55,6 +59,8 @@ struct Batch {
     revoked: HashMap<Vec<u8>, u64>,
     /// Timelines whose cached head moved in this group.
     touched: Vec<UserKey>,
+    /// Group timelines whose cached head moved (or that were deleted).
+    groups_touched: Vec<Vec<u8>>,
 }
 
 pub struct Writer {
@@ -64,6 +70,39 @@ pub struct Writer {
     dedupe_window: Duration,
     /// Cached head of each timeline seen lately (the last seq written).
     heads: Heads,
+    /// The same for group timelines, and the last generation handed out.
+    groups: GroupCache,
+}
+
+/// The writer's cache of group timeline heads (by group key) and of the
+/// last group generation handed out.
+#[derive(Default)]
+struct GroupCache {
+    heads: HashMap<Vec<u8>, u64>,
+    last_generation: Option<u64>,
+}
+
+impl GroupCache {
+    /// As [`Heads::settle`]; a failed part also forgets the generation.
+    fn settle(&mut self, committed: bool, touched: &[Vec<u8>]) {
+        if !committed {
+            for k in touched {
+                self.heads.remove(k);
+            }
+            self.last_generation = None;
+        } else if self.heads.len() > 100_000 {
+            self.heads.clear();
+        }
+    }
+
+    fn head(&mut self, ks: &Keyspaces, snap: &Snapshot, gk: &[u8]) -> Result<u64, StoreError> {
+        if let Some(&h) = self.heads.get(gk) {
+            return Ok(h);
+        }
+        let h = super::read::group_head(snap, ks, gk)?;
+        self.heads.insert(gk.to_vec(), h);
+        Ok(h)
+    }
 }
 
 impl Writer {
@@ -85,6 +124,7 @@ impl Writer {
             cursors,
             dedupe_window: opts.dedupe_window,
             heads: Heads::default(),
+            groups: GroupCache::default(),
         }
     }
 
@@ -96,9 +136,48 @@ impl Writer {
         tracing::debug!("fjall writer stopped");
     }
 
+    /// Runs one group of commands. A membership or settings change to a
+    /// group commits on its own, between the commands before and after it
+    /// (a fjall batch does not read its own writes, and an append must see
+    /// the membership it is checked against); they are rare, appends are
+    /// not. The cursors and the purge go with the last part.
     fn run_group(&mut self, group: Group) {
+        let Group {
+            batch,
+            purge,
+            cursors,
+        } = group;
+        let mut parts: Vec<Vec<Queued>> = Vec::new();
+        let mut current = Vec::new();
+        for q in batch {
+            if matches!(&q.cmd, Command::Group(op, _) if op.is_membership()) {
+                if !current.is_empty() {
+                    parts.push(std::mem::take(&mut current));
+                }
+                parts.push(vec![q]);
+            } else {
+                current.push(q);
+            }
+        }
+        parts.push(current);
+        let last = parts.len() - 1;
+        for (i, part) in parts.into_iter().enumerate() {
+            let is_last = i == last;
+            if part.is_empty() && !(is_last && (purge || !cursors.is_empty())) {
+                continue;
+            }
+            let (c, p): (&[(CursorKey, u64)], bool) = if is_last {
+                (&cursors, purge)
+            } else {
+                (&[], false)
+            };
+            self.run_part(part, c, p);
+        }
+    }
+
+    fn run_part(&mut self, batch: Vec<Queued>, cursors: &[(CursorKey, u64)], purge: bool) {
         let started = Instant::now();
-        let commands = group.batch.len();
+        let commands = batch.len();
         let mut b = Batch {
             wb: self.ks.db.batch().durability(Some(PersistMode::SyncAll)),
             dedupe: HashMap::new(),
@@ -108,13 +187,14 @@ impl Writer {
             delivered: HashSet::new(),
             revoked: HashMap::new(),
             touched: Vec::new(),
+            groups_touched: Vec::new(),
         };
         let mut pending = Vec::with_capacity(commands);
         let filled = self
-            .fill(&mut b, group.batch, &mut pending)
-            .and_then(|()| write_cursors(&self.ks, &mut b.wb, &group.cursors))
+            .fill(&mut b, batch, &mut pending)
+            .and_then(|()| write_cursors(&self.ks, &mut b.wb, cursors))
             .and_then(|()| {
-                if !group.purge {
+                if !purge {
                     return Ok(());
                 }
                 let (n, more) = purge_expired(&self.ks, &mut b, self.dedupe_window)?;
@@ -126,7 +206,12 @@ impl Writer {
                 }
                 Ok(())
             });
-        let Batch { wb, touched, .. } = b;
+        let Batch {
+            wb,
+            touched,
+            groups_touched,
+            ..
+        } = b;
         let outcome = filled.and_then(|()| {
             let commit = Instant::now();
             let committed = wb.commit().map_err(|e| {
@@ -141,8 +226,9 @@ impl Writer {
         });
         let committed = outcome.is_ok();
         self.heads.settle(committed, &touched);
+        self.groups.settle(committed, &groups_touched);
         if committed {
-            self.cursors.flushed(&group.cursors);
+            self.cursors.flushed(cursors);
         }
         answer_group("fjall", started, commands, outcome, pending);
     }
@@ -196,6 +282,9 @@ impl Writer {
                 |r| Pending::Append(reply, r),
                 pending,
             ),
+            Command::Group(op, reply) => {
+                settle(self.group_op(b, op), |r| Pending::Group(reply, r), pending)
+            }
             Command::Outbox(event, dedupe_id, reply) => settle(
                 outbox_append(&self.ks, b, &event, &dedupe_id),
                 |r| Pending::Outbox(reply, r),
@@ -247,6 +336,7 @@ fn unanswered(cmd: Command) -> Pending {
     match cmd {
         Command::Append(_, r) => Pending::Append(r, none()),
         Command::Outbox(_, _, r) => Pending::Outbox(r, none()),
+        Command::Group(_, r) => Pending::Group(r, none()),
         Command::MarkDelivered(_, r) | Command::Purge(r) => Pending::Count(r, none()),
         Command::Revoke(_, _, r) => Pending::Revoked(r, none()),
         Command::Flush(r) | Command::Close(r) => Pending::Unit(r),
@@ -509,7 +599,11 @@ fn write_cursors(
     wb: &mut WriteBatch,
     cursors: &[(CursorKey, u64)],
 ) -> Result<(), StoreError> {
-    for ((app, uid, device), seq) in cursors {
+    for ((app, uid, device, gid), seq) in cursors {
+        if !gid.is_empty() {
+            write_group_cursor(ks, wb, (app, uid, device, gid), *seq)?;
+            continue;
+        }
         let key = keys::cursor(app, uid, device)?;
         let stored = match ks.cursors.get(&key).map_err(fjall_error)? {
             Some(v) => keys::u64_at(&v, 0)?,
@@ -520,4 +614,306 @@ fn write_cursors(
         }
     }
     Ok(())
+}
+
+/// Writes a device's cursor on a group under the group's generation now,
+/// never past its head (an ack of a deleted group of the same id must not
+/// hide the new one's entries); dropped when there is no such group.
+fn write_group_cursor(
+    ks: &Keyspaces,
+    wb: &mut WriteBatch,
+    (app, uid, device, gid): (&str, &str, &str, &str),
+    seq: u64,
+) -> Result<(), StoreError> {
+    let snap = ks.db.snapshot();
+    let gk = keys::group(&GroupKey::new(app, gid))?;
+    let Some(rec) = super::read::group_record(&snap, ks, &gk)? else {
+        return Ok(());
+    };
+    let seq = seq.min(super::read::group_head(&snap, ks, &gk)?);
+    let uk = keys::user(&UserKey::new(app, uid))?;
+    let key = keys::group_cursor(&uk, device, gid, rec.generation)?;
+    let stored = match snap.get(&ks.group_cursors, &key).map_err(fjall_error)? {
+        Some(v) => keys::u64_at(&v, 0)?,
+        None => 0,
+    };
+    if seq > stored {
+        wb.insert(&ks.group_cursors, key, seq.to_be_bytes());
+    }
+    Ok(())
+}
+
+/// The key of a generation counter in the `groups` keyspace (a group's
+/// key is at least 4 bytes long).
+const GENERATION_KEY: [u8; 1] = [0];
+
+impl Writer {
+    /// Runs one group op against the store (membership ops run alone in
+    /// their batch, see [`Writer::run_group`], so the store is up to date
+    /// for them; an append sees the heads of earlier appends through the
+    /// cache). Nothing goes into the batch before every check passed.
+    fn group_op(&mut self, b: &mut Batch, op: GroupOp) -> Result<GroupDone, Failure> {
+        let ks = self.ks.clone();
+        let snap = ks.db.snapshot();
+        let reject = Failure::Reject;
+        match op {
+            GroupOp::Put(spec) => {
+                let gk = keys::group(&spec.key).map_err(reject)?;
+                let stored = read::group_record(&snap, &ks, &gk).map_err(Failure::Abort)?;
+                let created = stored.is_none();
+                let rec = match stored {
+                    Some(rec) => keys::GroupRecord {
+                        post_policy: spec.post_policy,
+                        history_visible: spec.history_visible,
+                        name: spec.name.clone(),
+                        meta: spec.meta.clone(),
+                        ..rec
+                    },
+                    None => keys::GroupRecord {
+                        generation: self.next_generation(b, &snap)?,
+                        created_ms: now_ms(),
+                        members: 0,
+                        post_policy: spec.post_policy,
+                        history_visible: spec.history_visible,
+                        name: spec.name.clone(),
+                        meta: spec.meta.clone(),
+                    },
+                };
+                let head = if created {
+                    // A group deleted earlier left no timeline behind.
+                    self.groups.heads.insert(gk.clone(), 0);
+                    b.groups_touched.push(gk.clone());
+                    0
+                } else {
+                    self.groups.head(&ks, &snap, &gk).map_err(Failure::Abort)?
+                };
+                b.wb.insert(&ks.groups, gk, keys::encode_group(&rec));
+                Ok(GroupDone::Put(
+                    read::to_group(&spec.key, rec, head),
+                    created,
+                ))
+            }
+            GroupOp::Delete(key) => {
+                let gk = keys::group(&key).map_err(reject)?;
+                if read::group_record(&snap, &ks, &gk)
+                    .map_err(Failure::Abort)?
+                    .is_none()
+                {
+                    return Ok(GroupDone::Deleted(false));
+                }
+                b.wb.remove(&ks.groups, gk.clone());
+                for kv in snap.prefix(&ks.group_members, &gk) {
+                    let k = kv.key()?;
+                    let uid = String::from_utf8(k[gk.len()..].to_vec())
+                        .map_err(|_| Failure::Abort(keys::corrupt("member key")))?;
+                    let uk =
+                        keys::user(&UserKey::new(key.app.clone(), uid)).map_err(Failure::Abort)?;
+                    b.wb.remove(&ks.user_groups, keys::raw_after(&uk, &key.gid));
+                    b.wb.remove(&ks.group_members, k.clone());
+                }
+                for kv in snap.prefix(&ks.group_timelines, &gk) {
+                    let (k, v) = kv.into_inner()?;
+                    b.wb.remove(&ks.messages, v);
+                    b.wb.remove(&ks.group_timelines, k);
+                }
+                self.groups.heads.remove(&gk);
+                b.groups_touched.push(gk);
+                Ok(GroupDone::Deleted(true))
+            }
+            GroupOp::Add(key, members, max_members) => {
+                let gk = keys::group(&key).map_err(reject)?;
+                let Some(mut rec) = read::group_record(&snap, &ks, &gk).map_err(Failure::Abort)?
+                else {
+                    return Err(reject(GroupRefusal::NotFound.into()));
+                };
+                let head = self.groups.head(&ks, &snap, &gk).map_err(Failure::Abort)?;
+                let now = now_ms();
+                // uid -> its role after this call, for the writes at the end.
+                let mut wanted: HashMap<&str, Role> = HashMap::new();
+                let mut writes = Vec::new();
+                let mut changed = Vec::new();
+                for (uid, role) in &members {
+                    let current = match wanted.get(uid.as_str()) {
+                        Some(&r) => Some((r, head, now)),
+                        None => read::member_at(&snap, &ks, &gk, uid)
+                            .map_err(Failure::Abort)?
+                            .map(|m| (m.role, m.joined_seq, m.joined_ms)),
+                    };
+                    let (joined_seq, joined_ms) = match current {
+                        Some((r, _, _)) if r == *role => continue,
+                        Some((_, seq, ms)) => (seq, ms),
+                        None => {
+                            rec.members += 1;
+                            let uk = keys::user(&UserKey::new(key.app.clone(), uid.clone()))
+                                .map_err(reject)?;
+                            writes.push((None, keys::raw_after(&uk, &key.gid), Vec::new()));
+                            (head, now)
+                        }
+                    };
+                    wanted.insert(uid, *role);
+                    writes.push((
+                        Some(()),
+                        keys::raw_after(&gk, uid),
+                        keys::encode_member(*role, joined_seq, joined_ms),
+                    ));
+                    if !changed.contains(uid) {
+                        changed.push(uid.clone());
+                    }
+                }
+                if rec.members > max_members {
+                    return Err(reject(GroupRefusal::Full.into()));
+                }
+                for (member, k, v) in writes {
+                    if member.is_some() {
+                        b.wb.insert(&ks.group_members, k, v);
+                    } else {
+                        b.wb.insert(&ks.user_groups, k, v);
+                    }
+                }
+                b.wb.insert(&ks.groups, gk, keys::encode_group(&rec));
+                Ok(GroupDone::Members(MembersChanged {
+                    changed,
+                    members: rec.members,
+                }))
+            }
+            GroupOp::Remove(key, uids) => {
+                let gk = keys::group(&key).map_err(reject)?;
+                let Some(mut rec) = read::group_record(&snap, &ks, &gk).map_err(Failure::Abort)?
+                else {
+                    return Err(reject(GroupRefusal::NotFound.into()));
+                };
+                let mut changed: Vec<String> = Vec::new();
+                for uid in &uids {
+                    if changed.contains(uid) {
+                        continue;
+                    }
+                    let mk = keys::raw_after(&gk, uid);
+                    if !snap.contains_key(&ks.group_members, &mk)? {
+                        continue;
+                    }
+                    let uk =
+                        keys::user(&UserKey::new(key.app.clone(), uid.clone())).map_err(reject)?;
+                    b.wb.remove(&ks.group_members, mk);
+                    b.wb.remove(&ks.user_groups, keys::raw_after(&uk, &key.gid));
+                    rec.members = rec.members.saturating_sub(1);
+                    changed.push(uid.clone());
+                }
+                if !changed.is_empty() {
+                    b.wb.insert(&ks.groups, gk, keys::encode_group(&rec));
+                }
+                Ok(GroupDone::Members(MembersChanged {
+                    changed,
+                    members: rec.members,
+                }))
+            }
+            GroupOp::Append(msg) => self.group_append(b, &snap, msg).map(GroupDone::Appended),
+        }
+    }
+
+    /// A generation no group had before (written with the batch).
+    fn next_generation(&mut self, b: &mut Batch, snap: &Snapshot) -> Result<u64, Failure> {
+        let last = match self.groups.last_generation {
+            Some(g) => g,
+            None => match snap.get(&self.ks.groups, GENERATION_KEY)? {
+                Some(v) => keys::u64_at(&v, 0).map_err(Failure::Abort)?,
+                None => 0,
+            },
+        };
+        let next = last + 1;
+        self.groups.last_generation = Some(next);
+        b.wb.insert(&self.ks.groups, GENERATION_KEY, next.to_be_bytes());
+        Ok(next)
+    }
+
+    fn group_append(
+        &mut self,
+        b: &mut Batch,
+        snap: &Snapshot,
+        msg: NewGroupMessage,
+    ) -> Result<Appended, Failure> {
+        let ks = self.ks.clone();
+        let reject = Failure::Reject;
+        let m = &msg.message;
+        if m.group != msg.group.gid {
+            return Err(reject(StoreError::Invalid(format!(
+                "message.group {:?} is not the group {}",
+                m.group, msg.group
+            ))));
+        }
+        let gk = keys::group(&msg.group).map_err(reject)?;
+        let Some(rec) = read::group_record(snap, &ks, &gk).map_err(Failure::Abort)? else {
+            return Err(reject(GroupRefusal::NotFound.into()));
+        };
+        let from = keys::user(&m.from).map_err(reject)?;
+        let dedupe_key = if m.client_msg_id.is_empty() {
+            None
+        } else {
+            Some(keys::group_dedupe(&from, &m.client_msg_id, &gk, rec.generation).map_err(reject)?)
+        };
+        // A resend answers the first result, whatever the membership now.
+        if let Some(key) = &dedupe_key {
+            if let Some((first, seqs)) = b.dedupe.get(key) {
+                return Ok(Appended {
+                    message: first.clone(),
+                    seqs: seqs.clone(),
+                    duplicate: true,
+                });
+            }
+            if let Some(v) = ks.dedupe.get(key)? {
+                let (msg_id, seqs) = keys::decode_dedupe(&v).map_err(reject)?;
+                let first = read::message(&ks, msg_id).map_err(reject)?;
+                return Ok(Appended {
+                    message: Arc::new(first),
+                    seqs,
+                    duplicate: true,
+                });
+            }
+        }
+        if msg.check_sender {
+            let member = if m.from.app == msg.group.app {
+                read::member_at(snap, &ks, &gk, &m.from.uid).map_err(Failure::Abort)?
+            } else {
+                None
+            };
+            match member {
+                None => return Err(reject(GroupRefusal::NotMember.into())),
+                Some(mb) if rec.post_policy == PostPolicy::Admins && mb.role != Role::Admin => {
+                    return Err(reject(GroupRefusal::AdminsOnly.into()));
+                }
+                Some(_) => {}
+            }
+        }
+        if b.msg_ids.contains(&m.id) || ks.messages.contains_key(m.id.to_be_bytes())? {
+            return Err(reject(StoreError::Invalid(format!(
+                "message id {} is already stored",
+                m.id
+            ))));
+        }
+        let seq = self.groups.head(&ks, snap, &gk).map_err(Failure::Abort)? + 1;
+        b.wb.insert(&ks.messages, m.id.to_be_bytes(), keys::encode_message(m));
+        b.wb.insert(
+            &ks.group_timelines,
+            keys::timeline(&gk, seq),
+            m.id.to_be_bytes(),
+        );
+        let message = Arc::new(msg.message);
+        if let Some(key) = dedupe_key {
+            let created = now_ms();
+            b.wb.insert(&ks.dedupe_by_time, keys::by_time(created, &key), []);
+            b.wb.insert(
+                &ks.dedupe,
+                key.clone(),
+                keys::dedupe_value(message.id, created, &[seq]),
+            );
+            b.dedupe.insert(key, (message.clone(), vec![seq]));
+        }
+        b.msg_ids.insert(message.id);
+        self.groups.heads.insert(gk.clone(), seq);
+        b.groups_touched.push(gk);
+        Ok(Appended {
+            message,
+            seqs: vec![seq],
+            duplicate: false,
+        })
+    }
 }

@@ -18,6 +18,7 @@
 //!   pool drops broken connections and opens new ones when PostgreSQL is back.
 //! - The schema and its embedded migrations: `schema`.
 
+mod groups;
 mod read;
 mod schema;
 mod writer;
@@ -31,6 +32,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::{
     Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime,
+};
+use switchboard_core::group::{
+    Group, GroupKey, GroupSpec, GroupState, Member, MembersChanged, NewGroupMessage, Role,
 };
 use switchboard_core::store::{LoginState, OutboxReceipt};
 use switchboard_core::{
@@ -97,8 +101,9 @@ impl Default for PgOptions {
     }
 }
 
-/// `(app, uid, device_id)`.
-type CursorKey = (String, String, String);
+/// `(app, uid, device_id, gid)`: `gid` is empty for the cursor on the
+/// user's own timeline, a group's id for the cursor on that group's.
+type CursorKey = (String, String, String, String);
 
 /// What the handle, the writers and the maintenance task share.
 struct Inner {
@@ -303,7 +308,30 @@ impl PgStore {
     }
 
     fn cursor_key(user: &UserKey, device_id: &str) -> CursorKey {
-        (user.app.clone(), user.uid.clone(), device_id.to_owned())
+        Self::group_cursor_key(user, device_id, "")
+    }
+
+    fn group_cursor_key(user: &UserKey, device_id: &str, gid: &str) -> CursorKey {
+        (
+            user.app.clone(),
+            user.uid.clone(),
+            device_id.to_owned(),
+            gid.to_owned(),
+        )
+    }
+
+    /// Runs `op` on a pooled connection within `op_timeout`.
+    async fn on_conn<T>(
+        &self,
+        op: impl AsyncFnOnce(&mut Object) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.check_open()?;
+        self.inner
+            .bounded(async {
+                let mut conn = self.inner.conn().await?;
+                op(&mut conn).await
+            })
+            .await
     }
 
     /// Stops the writers and the maintenance task without waiting for them:
@@ -508,6 +536,135 @@ impl Store for PgStore {
                 read::mark_delivered(&conn, ids).await
             })
             .await
+    }
+
+    async fn put_group(&self, spec: &GroupSpec) -> Result<(Group, bool), StoreError> {
+        self.on_conn(async |c| groups::put_group(c, spec).await)
+            .await
+    }
+
+    async fn group(&self, key: &GroupKey) -> Result<Option<Group>, StoreError> {
+        self.on_conn(async |c| groups::group(c, key).await).await
+    }
+
+    async fn delete_group(&self, key: &GroupKey) -> Result<bool, StoreError> {
+        let deleted = self
+            .on_conn(async |c| groups::delete_group(c, key).await)
+            .await?;
+        // Acks of the deleted group's entries this node holds in memory.
+        // (Another node's, advanced within its flush interval before the
+        // delete, may still reach the group created again with this id,
+        // never past its head.)
+        self.inner
+            .cursors()
+            .retain(|(a, _, _, g), _| !(*g == key.gid && *a == key.app));
+        Ok(deleted)
+    }
+
+    async fn add_members(
+        &self,
+        key: &GroupKey,
+        members: &[(String, Role)],
+        max_members: u64,
+    ) -> Result<MembersChanged, StoreError> {
+        self.on_conn(async |c| groups::add_members(c, key, members, max_members).await)
+            .await
+    }
+
+    async fn remove_members(
+        &self,
+        key: &GroupKey,
+        uids: &[String],
+    ) -> Result<MembersChanged, StoreError> {
+        self.on_conn(async |c| groups::remove_members(c, key, uids).await)
+            .await
+    }
+
+    async fn member(&self, key: &GroupKey, uid: &str) -> Result<Option<Member>, StoreError> {
+        self.on_conn(async |c| groups::member(c, key, uid).await)
+            .await
+    }
+
+    async fn members(
+        &self,
+        key: &GroupKey,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Member>, StoreError> {
+        self.on_conn(async |c| groups::members(c, key, after, limit).await)
+            .await
+    }
+
+    async fn user_groups(
+        &self,
+        user: &UserKey,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.on_conn(async |c| groups::user_groups(c, user, after, limit).await)
+            .await
+    }
+
+    /// One query, then the cursors still in memory (read after the
+    /// written ones, a cursor flushed in between is missed and the device
+    /// is a little behind: it gets a few entries again, never fewer).
+    async fn group_states(
+        &self,
+        user: &UserKey,
+        device_id: &str,
+    ) -> Result<Vec<GroupState>, StoreError> {
+        let mut states = self
+            .on_conn(async |c| groups::group_states(c, user, device_id).await)
+            .await?;
+        let map = self.inner.cursors();
+        for s in &mut states {
+            let key = Self::group_cursor_key(user, device_id, &s.gid);
+            let in_memory = map.get(&key).copied().unwrap_or(0);
+            s.cursor = s.cursor.max(in_memory).min(s.head);
+        }
+        Ok(states)
+    }
+
+    async fn group_append(&self, msg: NewGroupMessage) -> Result<Appended, StoreError> {
+        self.on_conn(async |c| groups::group_append(c, msg).await)
+            .await
+    }
+
+    async fn group_entries_after(
+        &self,
+        key: &GroupKey,
+        since: u64,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        self.on_conn(async |c| groups::group_entries_after(c, key, since, limit).await)
+            .await
+    }
+
+    async fn advance_group_cursor(
+        &self,
+        user: &UserKey,
+        device_id: &str,
+        key: &GroupKey,
+        seq: u64,
+    ) -> Result<(), StoreError> {
+        self.check_open()?;
+        if seq > i64::MAX as u64 {
+            return Err(StoreError::Invalid(format!("cursor {seq} out of range")));
+        }
+        if key.app != user.app {
+            return Err(StoreError::Invalid(format!(
+                "{user} is not of the app of group {key}"
+            )));
+        }
+        for (what, s) in [("app", &user.app), ("uid", &user.uid), ("gid", &key.gid)] {
+            writer::check_text(what, s)?;
+        }
+        writer::check_text("device_id", device_id)?;
+        let key = Self::group_cursor_key(user, device_id, &key.gid);
+        let mut map = self.inner.cursors();
+        let e = map.entry(key).or_insert(0);
+        *e = (*e).max(seq);
+        Ok(())
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

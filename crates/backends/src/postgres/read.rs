@@ -16,8 +16,8 @@ use super::{CursorKey, corrupt, unavailable};
 /// Most cursors upserted by one statement.
 pub const CURSOR_CHUNK: usize = 1_000;
 
-/// The nine `message` columns, in the order [`message_from_row`] reads them.
-pub const MESSAGE_COLUMNS: &str = "m.msg_id, m.app, m.from_uid, m.to_app, m.to_uid, m.kind, m.body, m.client_msg_id, m.server_time_ms";
+/// The ten `message` columns, in the order [`message_from_row`] reads them.
+pub const MESSAGE_COLUMNS: &str = "m.msg_id, m.app, m.from_uid, m.to_app, m.to_uid, m.kind, m.body, m.client_msg_id, m.server_time_ms, m.group_gid";
 
 /// A page of `user`'s timeline after `since`, and the head, in ONE statement
 /// (one snapshot), so `head >= every entry's seq`.
@@ -209,29 +209,57 @@ pub async fn tokens_revoked_before(
 }
 
 /// Upserts cursors (sorted by the caller); `GREATEST` keeps a stored cursor
-/// from moving back when two nodes flush the same device.
+/// from moving back when two nodes flush the same device. A group cursor
+/// goes to the group of that id now, never past its head (an ack from
+/// before a delete must not hide the new group's entries), and nowhere
+/// when there is no such group.
 pub async fn upsert_cursors(conn: &Object, cursors: &[(CursorKey, u64)]) -> Result<(), StoreError> {
-    let stmt = conn
-        .prepare_cached(
-            "INSERT INTO cursor (app, uid, device_id, seq)
-             SELECT a, u, d, s FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
-                 AS t(a, u, d, s)
-             ORDER BY a, u, d
-             ON CONFLICT (app, uid, device_id) DO UPDATE SET seq = GREATEST(cursor.seq, excluded.seq)",
-        )
-        .await
-        .map_err(unavailable)?;
-    let apps: Vec<&str> = cursors.iter().map(|((a, _, _), _)| a.as_str()).collect();
-    let uids: Vec<&str> = cursors.iter().map(|((_, u, _), _)| u.as_str()).collect();
-    let devices: Vec<&str> = cursors.iter().map(|((_, _, d), _)| d.as_str()).collect();
+    let (users, groups): (Vec<_>, Vec<_>) =
+        cursors.iter().partition(|((_, _, _, g), _)| g.is_empty());
     // advance_cursor rejects seqs above i64::MAX, so this never clamps.
-    let seqs: Vec<i64> = cursors
-        .iter()
-        .map(|(_, s)| i64::try_from(*s).unwrap_or(i64::MAX))
-        .collect();
-    conn.execute(&stmt, &[&apps, &uids, &devices, &seqs])
-        .await
-        .map_err(unavailable)?;
+    let seq = |s: u64| i64::try_from(s).unwrap_or(i64::MAX);
+    if !users.is_empty() {
+        let stmt = conn
+            .prepare_cached(
+                "INSERT INTO cursor (app, uid, device_id, seq)
+                 SELECT a, u, d, s FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[])
+                     AS t(a, u, d, s)
+                 ORDER BY a, u, d
+                 ON CONFLICT (app, uid, device_id) DO UPDATE SET seq = GREATEST(cursor.seq, excluded.seq)",
+            )
+            .await
+            .map_err(unavailable)?;
+        let apps: Vec<&str> = users.iter().map(|((a, _, _, _), _)| a.as_str()).collect();
+        let uids: Vec<&str> = users.iter().map(|((_, u, _, _), _)| u.as_str()).collect();
+        let devices: Vec<&str> = users.iter().map(|((_, _, d, _), _)| d.as_str()).collect();
+        let seqs: Vec<i64> = users.iter().map(|(_, s)| seq(*s)).collect();
+        conn.execute(&stmt, &[&apps, &uids, &devices, &seqs])
+            .await
+            .map_err(unavailable)?;
+    }
+    if !groups.is_empty() {
+        let stmt = conn
+            .prepare_cached(
+                "INSERT INTO group_cursor (app, uid, device_id, group_id, seq)
+                 SELECT t.a, t.u, t.d, g.id, LEAST(t.s, g.head)
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[])
+                     AS t(a, u, d, gid, s)
+                 JOIN grp g ON g.app = t.a AND g.gid = t.gid
+                 ORDER BY 1, 2, 3, 4
+                 ON CONFLICT (app, uid, device_id, group_id)
+                 DO UPDATE SET seq = GREATEST(group_cursor.seq, excluded.seq)",
+            )
+            .await
+            .map_err(unavailable)?;
+        let apps: Vec<&str> = groups.iter().map(|((a, _, _, _), _)| a.as_str()).collect();
+        let uids: Vec<&str> = groups.iter().map(|((_, u, _, _), _)| u.as_str()).collect();
+        let devices: Vec<&str> = groups.iter().map(|((_, _, d, _), _)| d.as_str()).collect();
+        let gids: Vec<&str> = groups.iter().map(|((_, _, _, g), _)| g.as_str()).collect();
+        let seqs: Vec<i64> = groups.iter().map(|(_, s)| seq(*s)).collect();
+        conn.execute(&stmt, &[&apps, &uids, &devices, &gids, &seqs])
+            .await
+            .map_err(unavailable)?;
+    }
     Ok(())
 }
 
@@ -349,9 +377,11 @@ pub async fn purge(conn: &Object, cutoff_ms: i64) -> Result<usize, StoreError> {
     let stmt = conn
         .prepare_cached(
             "WITH d AS (DELETE FROM dedupe WHERE created_ms < $1 RETURNING 1),
+                  g AS (DELETE FROM group_dedupe WHERE created_ms < $1 RETURNING 1),
                   o AS (DELETE FROM outbox WHERE delivered_ms IS NOT NULL AND delivered_ms < $1
                         RETURNING 1)
-             SELECT (SELECT count(*) FROM d) + (SELECT count(*) FROM o)",
+             SELECT (SELECT count(*) FROM d) + (SELECT count(*) FROM g)
+                  + (SELECT count(*) FROM o)",
         )
         .await
         .map_err(unavailable)?;
@@ -395,7 +425,7 @@ pub fn message_from_row(row: &Row, first: usize) -> Result<Message, StoreError> 
         body: Bytes::from(row.try_get::<_, Vec<u8>>(first + 6).map_err(corrupt)?),
         client_msg_id: row.try_get(first + 7).map_err(corrupt)?,
         server_time_ms: row.try_get(first + 8).map_err(corrupt)?,
-        group: String::new(),
+        group: row.try_get(first + 9).map_err(corrupt)?,
     })
 }
 

@@ -50,6 +50,29 @@
 //! CREATE TABLE token_revocation (app TEXT, uid TEXT, issued_before BIGINT,
 //!                                PRIMARY KEY (app, uid));
 //! ```
+//!
+//! Version 3 (`migrations/0003_groups.sql`): groups, stored once.
+//!
+//! ```sql
+//! ALTER TABLE message ADD COLUMN group_gid TEXT NOT NULL DEFAULT '';
+//! -- id: the generation (never reused); head and members: O(1) reads;
+//! -- an append locks the row to take the next seq.
+//! CREATE TABLE grp (id BIGSERIAL PRIMARY KEY, app TEXT, gid TEXT COLLATE "C",
+//!     name TEXT, meta BYTEA, post_policy TEXT, history_visible BOOLEAN,
+//!     created_ms BIGINT, head BIGINT, members BIGINT, UNIQUE (app, gid));
+//! CREATE TABLE group_member (group_id BIGINT, uid TEXT COLLATE "C", role TEXT,
+//!     joined_seq BIGINT, joined_ms BIGINT, PRIMARY KEY (group_id, uid));
+//! CREATE TABLE user_group (app TEXT, uid TEXT, gid TEXT COLLATE "C",
+//!     group_id BIGINT, PRIMARY KEY (app, uid, gid));
+//! CREATE TABLE group_timeline (group_id BIGINT, seq BIGINT, msg_id BIGINT,
+//!     PRIMARY KEY (group_id, seq));                -- one row per message
+//! CREATE TABLE group_cursor (app TEXT, uid TEXT, device_id TEXT,
+//!     group_id BIGINT, seq BIGINT, PRIMARY KEY (app, uid, device_id, group_id));
+//! CREATE TABLE group_dedupe (group_id BIGINT, app TEXT, uid TEXT,
+//!     client_msg_id TEXT, msg_id BIGINT, seq BIGINT, created_ms BIGINT,
+//!     PRIMARY KEY (group_id, app, uid, client_msg_id));
+//! CREATE INDEX group_dedupe_created ON group_dedupe (created_ms);
+//! ```
 
 use deadpool_postgres::Object;
 use switchboard_core::StoreError;
@@ -75,10 +98,15 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_token_revocation",
         sql: include_str!("migrations/0002_token_revocation.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_groups",
+        sql: include_str!("migrations/0003_groups.sql"),
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// First key of the advisory lock; the second is the hash of the schema name,
 /// so stores in different schemas of one database migrate independently.

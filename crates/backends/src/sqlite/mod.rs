@@ -29,6 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
+use switchboard_core::group::{Group, GroupKey, GroupState, Member};
 use switchboard_core::{BusEvent, Message, Page, StoreError, UserKey};
 
 pub use schema::SCHEMA_VERSION;
@@ -176,6 +177,49 @@ impl Reads for Connection {
     fn ping(&mut self) -> Result<(), StoreError> {
         self.query_row("SELECT 1", [], |_| Ok(()))
             .map_err(unavailable)
+    }
+
+    fn group(&mut self, key: &GroupKey) -> Result<Option<Group>, StoreError> {
+        Ok(read::group_row(self, key)?.map(|(_, g)| g))
+    }
+
+    fn member(&mut self, key: &GroupKey, uid: &str) -> Result<Option<Member>, StoreError> {
+        read::member(self, key, uid)
+    }
+
+    fn members(
+        &mut self,
+        key: &GroupKey,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Member>, StoreError> {
+        read::members(self, key, after, limit)
+    }
+
+    fn user_groups(
+        &mut self,
+        user: &UserKey,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        read::user_groups(self, user, after, limit)
+    }
+
+    fn group_states(
+        &mut self,
+        user: &UserKey,
+        device_id: &str,
+    ) -> Result<Vec<GroupState>, StoreError> {
+        read::group_states(self, user, device_id)
+    }
+
+    fn group_entries_after(
+        &mut self,
+        key: &GroupKey,
+        since: u64,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        read::group_entries_after(self, key, since, limit)
     }
 }
 

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, params};
+use switchboard_core::group::{Group, GroupKey, GroupSpec, GroupState, Member, PostPolicy, Role};
 use switchboard_core::{BusEvent, Entry, Message, Page, StoreError, UserKey};
 
 use super::{corrupt_or_unavailable, schema, unavailable};
@@ -33,7 +34,7 @@ pub fn connections(path: &Path, size: usize) -> Result<Vec<Connection>, StoreErr
 
 const ENTRIES_AFTER_SQL: &str =
     "SELECT t.seq, m.msg_id, m.app, m.from_uid, m.to_app, m.to_uid, m.kind, m.body,
-            m.client_msg_id, m.server_time_ms
+            m.client_msg_id, m.server_time_ms, m.group_gid
      FROM timeline t JOIN message m ON m.msg_id = t.msg_id
      WHERE t.app = ?1 AND t.uid = ?2 AND t.seq > ?3
      ORDER BY t.seq LIMIT ?4";
@@ -89,8 +90,7 @@ pub fn conversation(
     // Ids are stored as their i64 bit pattern and stay below 2^63.
     let before = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    const COLUMNS: &str =
-        "msg_id, app, from_uid, to_app, to_uid, kind, body, client_msg_id, server_time_ms";
+    const COLUMNS: &str = "msg_id, app, from_uid, to_app, to_uid, kind, body, client_msg_id, server_time_ms, group_gid";
     let one_way = |from: &UserKey, to: &UserKey| -> Result<Vec<Message>, StoreError> {
         let mut stmt = conn
             .prepare_cached(&format!(
@@ -187,8 +187,9 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<BusEvent> {
     })
 }
 
-/// Decodes the nine `message` columns starting at `first`
-/// (msg_id, app, from_uid, to_app, to_uid, kind, body, client_msg_id, server_time_ms).
+/// Decodes the ten `message` columns starting at `first` (msg_id, app,
+/// from_uid, to_app, to_uid, kind, body, client_msg_id, server_time_ms,
+/// group_gid).
 pub fn message_from_row(row: &Row<'_>, first: usize) -> Result<Message, StoreError> {
     let m = || -> rusqlite::Result<Message> {
         let app: String = row.get(first + 1)?;
@@ -206,7 +207,7 @@ pub fn message_from_row(row: &Row<'_>, first: usize) -> Result<Message, StoreErr
             body: Bytes::from(row.get::<_, Vec<u8>>(first + 6)?),
             client_msg_id: row.get(first + 7)?,
             server_time_ms: row.get(first + 8)?,
-            group: String::new(),
+            group: row.get(first + 9)?,
         })
     };
     m().map_err(corrupt_or_unavailable)
@@ -216,7 +217,8 @@ pub fn message_from_row(row: &Row<'_>, first: usize) -> Result<Message, StoreErr
 pub fn message_by_id(conn: &Connection, msg_id: u64) -> Result<Option<Message>, StoreError> {
     let mut stmt = conn
         .prepare_cached(
-            "SELECT msg_id, app, from_uid, to_app, to_uid, kind, body, client_msg_id, server_time_ms
+            "SELECT msg_id, app, from_uid, to_app, to_uid, kind, body, client_msg_id, server_time_ms,
+                    group_gid
              FROM message WHERE msg_id = ?1",
         )
         .map_err(unavailable)?;
@@ -253,6 +255,231 @@ pub fn decode_seqs(blob: &[u8]) -> Result<Vec<u64>, StoreError> {
             u64::from_be_bytes(b)
         })
         .collect())
+}
+
+/// A stored group and its generation (the `grp.id` rowid, never reused).
+pub fn group_row(conn: &Connection, key: &GroupKey) -> Result<Option<(i64, Group)>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT id, name, meta, post_policy, history_visible, created_ms, head, members
+             FROM grp WHERE app = ?1 AND gid = ?2",
+        )
+        .map_err(unavailable)?;
+    let row = stmt
+        .query_row(params![key.app, key.gid], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+                r.get::<_, String>(3)?,
+                r.get::<_, bool>(4)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, i64>(6)?,
+                r.get::<_, i64>(7)?,
+            ))
+        })
+        .optional()
+        .map_err(corrupt_or_unavailable)?;
+    let Some((id, name, meta, policy, history_visible, created_ms, head, members)) = row else {
+        return Ok(None);
+    };
+    let post_policy = PostPolicy::parse(&policy)
+        .ok_or_else(|| StoreError::Corrupt(format!("grp.post_policy {policy:?}")))?;
+    Ok(Some((
+        id,
+        Group {
+            spec: GroupSpec {
+                key: key.clone(),
+                name,
+                meta: Bytes::from(meta),
+                post_policy,
+                history_visible,
+            },
+            created_ms,
+            head: to_u64(head, "grp.head")?,
+            members: to_u64(members, "grp.members")?,
+        },
+    )))
+}
+
+fn member_from_row(row: &Row<'_>) -> Result<Member, StoreError> {
+    let role: String = row.get(1).map_err(corrupt_or_unavailable)?;
+    Ok(Member {
+        uid: row.get(0).map_err(corrupt_or_unavailable)?,
+        role: Role::parse(&role)
+            .ok_or_else(|| StoreError::Corrupt(format!("group_member.role {role:?}")))?,
+        joined_seq: to_u64(
+            row.get(2).map_err(corrupt_or_unavailable)?,
+            "group_member.joined_seq",
+        )?,
+        joined_ms: row.get(3).map_err(corrupt_or_unavailable)?,
+    })
+}
+
+/// One member of the group with generation `group_id`.
+pub fn member_by_id(
+    conn: &Connection,
+    group_id: i64,
+    uid: &str,
+) -> Result<Option<Member>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT uid, role, joined_seq, joined_ms FROM group_member
+             WHERE group_id = ?1 AND uid = ?2",
+        )
+        .map_err(unavailable)?;
+    let mut rows = stmt.query(params![group_id, uid]).map_err(unavailable)?;
+    match rows.next().map_err(unavailable)? {
+        Some(row) => member_from_row(row).map(Some),
+        None => Ok(None),
+    }
+}
+
+pub fn member(conn: &Connection, key: &GroupKey, uid: &str) -> Result<Option<Member>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT m.uid, m.role, m.joined_seq, m.joined_ms
+             FROM grp g JOIN group_member m ON m.group_id = g.id
+             WHERE g.app = ?1 AND g.gid = ?2 AND m.uid = ?3",
+        )
+        .map_err(unavailable)?;
+    let mut rows = stmt
+        .query(params![key.app, key.gid, uid])
+        .map_err(unavailable)?;
+    match rows.next().map_err(unavailable)? {
+        Some(row) => member_from_row(row).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// `after` as a lower bound: `''` sorts before every uid (and uids are
+/// never empty), so one statement serves the first page too.
+pub fn members(
+    conn: &Connection,
+    key: &GroupKey,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<Member>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT m.uid, m.role, m.joined_seq, m.joined_ms
+             FROM grp g JOIN group_member m ON m.group_id = g.id
+             WHERE g.app = ?1 AND g.gid = ?2 AND m.uid > ?3
+             ORDER BY m.uid LIMIT ?4",
+        )
+        .map_err(unavailable)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut rows = stmt
+        .query(params![key.app, key.gid, after.unwrap_or(""), limit])
+        .map_err(unavailable)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(unavailable)? {
+        out.push(member_from_row(row)?);
+    }
+    Ok(out)
+}
+
+pub fn user_groups(
+    conn: &Connection,
+    user: &UserKey,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT gid FROM user_group WHERE app = ?1 AND uid = ?2 AND gid > ?3
+             ORDER BY gid LIMIT ?4",
+        )
+        .map_err(unavailable)?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut rows = stmt
+        .query(params![user.app, user.uid, after.unwrap_or(""), limit])
+        .map_err(unavailable)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(unavailable)? {
+        out.push(row.get(0).map_err(corrupt_or_unavailable)?);
+    }
+    Ok(out)
+}
+
+/// Every group of the user with head, written cursor and view start: one
+/// statement over the user's index rows joined to the groups, memberships
+/// and cursors.
+pub fn group_states(
+    conn: &Connection,
+    user: &UserKey,
+    device_id: &str,
+) -> Result<Vec<GroupState>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT g.gid, g.head, COALESCE(c.seq, 0),
+                    CASE WHEN g.history_visible THEN 0 ELSE m.joined_seq END
+             FROM user_group u
+             JOIN grp g ON g.id = u.group_id
+             JOIN group_member m ON m.group_id = g.id AND m.uid = u.uid
+             LEFT JOIN group_cursor c
+               ON c.app = u.app AND c.uid = u.uid AND c.device_id = ?3 AND c.group_id = g.id
+             WHERE u.app = ?1 AND u.uid = ?2
+             ORDER BY u.gid",
+        )
+        .map_err(unavailable)?;
+    let mut rows = stmt
+        .query(params![user.app, user.uid, device_id])
+        .map_err(unavailable)?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(unavailable)? {
+        let get = |i: usize, what: &str| -> Result<u64, StoreError> {
+            to_u64(row.get(i).map_err(corrupt_or_unavailable)?, what)
+        };
+        let head = get(1, "grp.head")?;
+        out.push(GroupState {
+            gid: row.get(0).map_err(corrupt_or_unavailable)?,
+            head,
+            cursor: get(2, "group_cursor.seq")?.min(head),
+            visible_after: get(3, "group_member.joined_seq")?,
+        });
+    }
+    Ok(out)
+}
+
+pub fn group_entries_after(
+    conn: &Connection,
+    key: &GroupKey,
+    since: u64,
+    limit: usize,
+) -> Result<Page, StoreError> {
+    let Some((id, group)) = group_row(conn, key)? else {
+        return Ok(Page::default());
+    };
+    let mut entries = Vec::new();
+    if limit > 0 {
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT t.seq, m.msg_id, m.app, m.from_uid, m.to_app, m.to_uid, m.kind, m.body,
+                        m.client_msg_id, m.server_time_ms, m.group_gid
+                 FROM group_timeline t JOIN message m ON m.msg_id = t.msg_id
+                 WHERE t.group_id = ?1 AND t.seq > ?2
+                 ORDER BY t.seq LIMIT ?3",
+            )
+            .map_err(unavailable)?;
+        let since = i64::try_from(since).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut rows = stmt.query(params![id, since, limit]).map_err(unavailable)?;
+        while let Some(row) = rows.next().map_err(unavailable)? {
+            let seq = to_u64(
+                row.get(0).map_err(corrupt_or_unavailable)?,
+                "group_timeline.seq",
+            )?;
+            entries.push(Entry {
+                seq,
+                message: Arc::new(message_from_row(row, 1)?),
+            });
+        }
+    }
+    Ok(Page {
+        entries,
+        head: group.head,
+    })
 }
 
 #[cfg(test)]

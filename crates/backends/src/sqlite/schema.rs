@@ -86,6 +86,75 @@
 //! ) WITHOUT ROWID;
 //! ```
 //!
+//! Version 4 adds groups (read diffusion: a group message is one
+//! `group_timeline` row):
+//!
+//! ```sql
+//! -- A message to a group carries the group's id ('' for any other).
+//! ALTER TABLE message ADD COLUMN group_gid TEXT NOT NULL DEFAULT '';
+//! -- Groups. id is the group's generation: AUTOINCREMENT never hands an id
+//! -- out twice, so rows keyed by it (cursors, de-dup) of a deleted group
+//! -- never match the group created again with the same gid. head is the
+//! -- last seq of its timeline, members its member count (both O(1) reads).
+//! CREATE TABLE grp (
+//!     id              INTEGER PRIMARY KEY AUTOINCREMENT,
+//!     app             TEXT    NOT NULL,
+//!     gid             TEXT    NOT NULL,
+//!     name            TEXT    NOT NULL,
+//!     meta            BLOB    NOT NULL,
+//!     post_policy     TEXT    NOT NULL,   -- 'members' | 'admins'
+//!     history_visible INTEGER NOT NULL,
+//!     created_ms      INTEGER NOT NULL,
+//!     head            INTEGER NOT NULL,
+//!     members         INTEGER NOT NULL,
+//!     UNIQUE (app, gid)
+//! );
+//! CREATE TABLE group_member (
+//!     group_id   INTEGER NOT NULL,
+//!     uid        TEXT    NOT NULL,
+//!     role       TEXT    NOT NULL,        -- 'member' | 'admin'
+//!     joined_seq INTEGER NOT NULL,
+//!     joined_ms  INTEGER NOT NULL,
+//!     PRIMARY KEY (group_id, uid)
+//! ) WITHOUT ROWID;
+//! -- A user's groups (members are of the group's app).
+//! CREATE TABLE user_group (
+//!     app      TEXT    NOT NULL,
+//!     uid      TEXT    NOT NULL,
+//!     gid      TEXT    NOT NULL,
+//!     group_id INTEGER NOT NULL,
+//!     PRIMARY KEY (app, uid, gid)
+//! ) WITHOUT ROWID;
+//! -- A group's timeline: ONE row per message, whatever the member count.
+//! CREATE TABLE group_timeline (
+//!     group_id INTEGER NOT NULL,
+//!     seq      INTEGER NOT NULL,
+//!     msg_id   INTEGER NOT NULL,
+//!     PRIMARY KEY (group_id, seq)
+//! ) WITHOUT ROWID;
+//! -- Device cursors on group timelines, written lazily like `cursor`.
+//! CREATE TABLE group_cursor (
+//!     app       TEXT    NOT NULL,
+//!     uid       TEXT    NOT NULL,
+//!     device_id TEXT    NOT NULL,
+//!     group_id  INTEGER NOT NULL,
+//!     seq       INTEGER NOT NULL,
+//!     PRIMARY KEY (app, uid, device_id, group_id)
+//! ) WITHOUT ROWID;
+//! -- De-duplication of (sender, client_msg_id) per group, purged with `dedupe`.
+//! CREATE TABLE group_dedupe (
+//!     group_id      INTEGER NOT NULL,
+//!     app           TEXT    NOT NULL,
+//!     uid           TEXT    NOT NULL,
+//!     client_msg_id TEXT    NOT NULL,
+//!     msg_id        INTEGER NOT NULL,
+//!     seq           INTEGER NOT NULL,
+//!     created_ms    INTEGER NOT NULL,
+//!     PRIMARY KEY (group_id, app, uid, client_msg_id)
+//! ) WITHOUT ROWID;
+//! CREATE INDEX group_dedupe_created ON group_dedupe (created_ms);
+//! ```
+//!
 //! Delivered outbox rows older than the de-dup window are purged with the
 //! de-dup rows, so neither table grows forever.
 
@@ -98,7 +167,7 @@ use switchboard_core::StoreError;
 use super::unavailable;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 const V1: &str = "
 CREATE TABLE IF NOT EXISTS message (
@@ -166,6 +235,73 @@ CREATE TABLE IF NOT EXISTS token_revocation (
     issued_before INTEGER NOT NULL,
     PRIMARY KEY (app, uid)
 ) WITHOUT ROWID;
+";
+
+/// Version 4: groups (`Store::put_group` and the rest).
+const V4: &str = "
+-- A message to a group carries the group's id ('' for any other).
+ALTER TABLE message ADD COLUMN group_gid TEXT NOT NULL DEFAULT '';
+-- Groups. id is the group's generation: AUTOINCREMENT never hands an id
+-- out twice, so rows keyed by it (cursors, de-dup) of a deleted group
+-- never match the group created again with the same gid. head is the
+-- last seq of its timeline, members its member count (both O(1) reads).
+CREATE TABLE IF NOT EXISTS grp (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    app             TEXT    NOT NULL,
+    gid             TEXT    NOT NULL,
+    name            TEXT    NOT NULL,
+    meta            BLOB    NOT NULL,
+    post_policy     TEXT    NOT NULL,   -- 'members' | 'admins'
+    history_visible INTEGER NOT NULL,
+    created_ms      INTEGER NOT NULL,
+    head            INTEGER NOT NULL,
+    members         INTEGER NOT NULL,
+    UNIQUE (app, gid)
+);
+CREATE TABLE IF NOT EXISTS group_member (
+    group_id   INTEGER NOT NULL,
+    uid        TEXT    NOT NULL,
+    role       TEXT    NOT NULL,        -- 'member' | 'admin'
+    joined_seq INTEGER NOT NULL,
+    joined_ms  INTEGER NOT NULL,
+    PRIMARY KEY (group_id, uid)
+) WITHOUT ROWID;
+-- A user's groups (members are of the group's app).
+CREATE TABLE IF NOT EXISTS user_group (
+    app      TEXT    NOT NULL,
+    uid      TEXT    NOT NULL,
+    gid      TEXT    NOT NULL,
+    group_id INTEGER NOT NULL,
+    PRIMARY KEY (app, uid, gid)
+) WITHOUT ROWID;
+-- A group's timeline: ONE row per message, whatever the member count.
+CREATE TABLE IF NOT EXISTS group_timeline (
+    group_id INTEGER NOT NULL,
+    seq      INTEGER NOT NULL,
+    msg_id   INTEGER NOT NULL,
+    PRIMARY KEY (group_id, seq)
+) WITHOUT ROWID;
+-- Device cursors on group timelines, written lazily like `cursor`.
+CREATE TABLE IF NOT EXISTS group_cursor (
+    app       TEXT    NOT NULL,
+    uid       TEXT    NOT NULL,
+    device_id TEXT    NOT NULL,
+    group_id  INTEGER NOT NULL,
+    seq       INTEGER NOT NULL,
+    PRIMARY KEY (app, uid, device_id, group_id)
+) WITHOUT ROWID;
+-- De-duplication of (sender, client_msg_id) per group, purged with `dedupe`.
+CREATE TABLE IF NOT EXISTS group_dedupe (
+    group_id      INTEGER NOT NULL,
+    app           TEXT    NOT NULL,
+    uid           TEXT    NOT NULL,
+    client_msg_id TEXT    NOT NULL,
+    msg_id        INTEGER NOT NULL,
+    seq           INTEGER NOT NULL,
+    created_ms    INTEGER NOT NULL,
+    PRIMARY KEY (group_id, app, uid, client_msg_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS group_dedupe_created ON group_dedupe (created_ms);
 ";
 
 /// How long a connection waits on a lock (a checkpoint, the writer's commit)
@@ -254,7 +390,12 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     if version < 3 {
         tx.execute_batch(V3).map_err(unavailable)?;
     }
-    // Later versions: `if version < 4 { ... }`, each step idempotent.
+    if version < 4 {
+        // ALTER TABLE ADD COLUMN has no IF NOT EXISTS: V4 runs once, in
+        // this transaction, so it never meets its own column.
+        tx.execute_batch(V4).map_err(unavailable)?;
+    }
+    // Later versions: `if version < 5 { ... }`, each step idempotent.
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(unavailable)?;
     tx.commit().map_err(unavailable)

@@ -21,10 +21,14 @@ use switchboard_core::store::OutboxReceipt;
 use switchboard_core::{Appended, BusEvent, NewMessage, StoreError, UserKey, now_ms};
 
 use super::checkpoint::{self, By, Checkpointer};
-use super::read::{decode_seqs, encode_seqs, message_by_id};
+use super::read::{self, decode_seqs, encode_seqs, message_by_id};
 use super::{SqliteOptions, unavailable};
 use crate::single_writer::{
-    Command, CursorKey, Cursors, Gather, Group, Heads, Pending, Queued, answer_group,
+    Command, CursorKey, Cursors, Gather, Group, GroupDone, GroupOp, Heads, Pending, Queued,
+    answer_group,
+};
+use switchboard_core::group::{
+    GroupRefusal, Member, MembersChanged, NewGroupMessage, PostPolicy, Role,
 };
 
 /// A failure inside a batch: `Reject` fails one command, `Abort` the whole
@@ -132,6 +136,20 @@ impl Writer {
                             }
                         };
                         pending.push(Pending::Append(reply, r));
+                    }
+                    Command::Group(op, reply) => {
+                        let r = match group_op(&tx, op) {
+                            Ok(a) => Ok(a),
+                            Err(Failure::Reject(e)) => Err(e),
+                            Err(Failure::Abort(e)) => {
+                                pending.push(Pending::Group(
+                                    reply,
+                                    Err(StoreError::Unavailable(String::new())),
+                                ));
+                                return Err(e);
+                            }
+                        };
+                        pending.push(Pending::Group(reply, r));
                     }
                     Command::Outbox(event, dedupe_id, reply) => {
                         let r = match outbox_append(&tx, &event, &dedupe_id) {
@@ -297,8 +315,9 @@ fn append(
     let inserted = tx
         .prepare_cached(
             "INSERT OR IGNORE INTO message
-             (msg_id, app, from_uid, to_app, to_uid, kind, body, client_msg_id, server_time_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+             (msg_id, app, from_uid, to_app, to_uid, kind, body, client_msg_id, server_time_ms,
+              group_gid)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?
         .execute(params![
             m.id as i64,
@@ -309,7 +328,8 @@ fn append(
             m.kind,
             m.body.as_ref(),
             m.client_msg_id,
-            m.server_time_ms
+            m.server_time_ms,
+            m.group
         ])?;
     if inserted == 0 {
         return Err(Failure::Reject(StoreError::Invalid(format!(
@@ -447,7 +467,11 @@ fn purge_expired(tx: &Transaction<'_>, window: Duration) -> Result<usize, StoreE
         .prepare_cached("DELETE FROM outbox WHERE delivered_ms IS NOT NULL AND delivered_ms < ?1")
         .and_then(|mut s| s.execute(params![cutoff]))
         .map_err(unavailable)?;
-    Ok(a + b)
+    let c = tx
+        .prepare_cached("DELETE FROM group_dedupe WHERE created_ms < ?1")
+        .and_then(|mut s| s.execute(params![cutoff]))
+        .map_err(unavailable)?;
+    Ok(a + b + c)
 }
 
 /// Upserts cursors; `MAX` keeps a cursor from moving back on disk.
@@ -461,11 +485,269 @@ fn flush_cursors(tx: &Transaction<'_>, cursors: &[(CursorKey, u64)]) -> Result<(
              ON CONFLICT (app, uid, device_id) DO UPDATE SET seq = MAX(seq, excluded.seq)",
         )
         .map_err(unavailable)?;
-    for ((app, uid, device), seq) in cursors {
+    // A group cursor goes to the group of that id now, never past its head
+    // (an ack from before a delete must not hide the new group's entries);
+    // none when there is no such group.
+    let mut group_stmt = tx
+        .prepare_cached(
+            "INSERT INTO group_cursor (app, uid, device_id, group_id, seq)
+             SELECT ?1, ?2, ?3, id, MIN(?5, head) FROM grp WHERE app = ?1 AND gid = ?4
+             ON CONFLICT (app, uid, device_id, group_id) DO UPDATE
+               SET seq = MAX(seq, excluded.seq)",
+        )
+        .map_err(unavailable)?;
+    for ((app, uid, device, gid), seq) in cursors {
         // advance_cursor rejects seqs above i64::MAX, so this never clamps.
         let seq = i64::try_from(*seq).unwrap_or(i64::MAX);
-        stmt.execute(params![app, uid, device, seq])
-            .map_err(unavailable)?;
+        if gid.is_empty() {
+            stmt.execute(params![app, uid, device, seq])
+                .map_err(unavailable)?;
+        } else {
+            group_stmt
+                .execute(params![app, uid, device, gid, seq])
+                .map_err(unavailable)?;
+        }
     }
     Ok(())
+}
+
+/// Runs one group op in the batch's transaction (which sees the writes of
+/// the commands before it). Every check runs before the first write, so a
+/// refused op leaves no trace.
+fn group_op(tx: &Transaction<'_>, op: GroupOp) -> Result<GroupDone, Failure> {
+    let reject = |r: GroupRefusal| Failure::Reject(r.into());
+    match op {
+        GroupOp::Put(spec) => {
+            let key = &spec.key;
+            let existed = read::group_row(tx, key).map_err(Failure::Abort)?.is_some();
+            if existed {
+                tx.prepare_cached(
+                    "UPDATE grp SET name = ?3, meta = ?4, post_policy = ?5, history_visible = ?6
+                     WHERE app = ?1 AND gid = ?2",
+                )?
+                .execute(params![
+                    key.app,
+                    key.gid,
+                    spec.name,
+                    spec.meta.as_ref(),
+                    spec.post_policy.as_str(),
+                    spec.history_visible
+                ])?;
+            } else {
+                tx.prepare_cached(
+                    "INSERT INTO grp (app, gid, name, meta, post_policy, history_visible,
+                                      created_ms, head, members)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, 0)",
+                )?
+                .execute(params![
+                    key.app,
+                    key.gid,
+                    spec.name,
+                    spec.meta.as_ref(),
+                    spec.post_policy.as_str(),
+                    spec.history_visible,
+                    now_ms()
+                ])?;
+            }
+            let (_, group) = read::group_row(tx, key)
+                .map_err(Failure::Abort)?
+                .ok_or_else(|| Failure::Abort(StoreError::Corrupt("group row vanished".into())))?;
+            Ok(GroupDone::Put(group, !existed))
+        }
+        GroupOp::Delete(key) => {
+            let Some((id, _)) = read::group_row(tx, &key).map_err(Failure::Abort)? else {
+                return Ok(GroupDone::Deleted(false));
+            };
+            tx.prepare_cached(
+                "DELETE FROM user_group WHERE app = ?1 AND gid = ?2
+                   AND uid IN (SELECT uid FROM group_member WHERE group_id = ?3)",
+            )?
+            .execute(params![key.app, key.gid, id])?;
+            tx.prepare_cached(
+                "DELETE FROM message WHERE msg_id IN
+                   (SELECT msg_id FROM group_timeline WHERE group_id = ?1)",
+            )?
+            .execute(params![id])?;
+            for sql in [
+                "DELETE FROM group_timeline WHERE group_id = ?1",
+                "DELETE FROM group_member WHERE group_id = ?1",
+                "DELETE FROM group_dedupe WHERE group_id = ?1",
+                "DELETE FROM grp WHERE id = ?1",
+            ] {
+                tx.prepare_cached(sql)?.execute(params![id])?;
+            }
+            Ok(GroupDone::Deleted(true))
+        }
+        GroupOp::Add(key, members, max_members) => {
+            let Some((id, group)) = read::group_row(tx, &key).map_err(Failure::Abort)? else {
+                return Err(reject(GroupRefusal::NotFound));
+            };
+            // The call's effect first (a uid given twice: its last role).
+            let mut wanted: Vec<(&str, Role, Option<Member>)> = Vec::new();
+            for (uid, role) in &members {
+                if let Some(w) = wanted.iter_mut().find(|w| w.0 == uid) {
+                    w.1 = *role;
+                    continue;
+                }
+                let current = read::member_by_id(tx, id, uid).map_err(Failure::Abort)?;
+                wanted.push((uid, *role, current));
+            }
+            wanted.retain(|(_, role, current)| current.as_ref().is_none_or(|c| c.role != *role));
+            let added = wanted.iter().filter(|w| w.2.is_none()).count() as u64;
+            let count = group.members + added;
+            if count > max_members {
+                return Err(reject(GroupRefusal::Full));
+            }
+            let now = now_ms();
+            let head = i64::try_from(group.head).unwrap_or(i64::MAX);
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO group_member (group_id, uid, role, joined_seq, joined_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (group_id, uid) DO UPDATE SET role = excluded.role",
+            )?;
+            let mut index = tx.prepare_cached(
+                "INSERT OR IGNORE INTO user_group (app, uid, gid, group_id) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for (uid, role, current) in &wanted {
+                upsert.execute(params![id, uid, role.as_str(), head, now])?;
+                if current.is_none() {
+                    index.execute(params![key.app, uid, key.gid, id])?;
+                }
+            }
+            tx.prepare_cached("UPDATE grp SET members = ?2 WHERE id = ?1")?
+                .execute(params![id, count as i64])?;
+            Ok(GroupDone::Members(MembersChanged {
+                changed: wanted.iter().map(|w| w.0.to_owned()).collect(),
+                members: count,
+            }))
+        }
+        GroupOp::Remove(key, uids) => {
+            let Some((id, group)) = read::group_row(tx, &key).map_err(Failure::Abort)? else {
+                return Err(reject(GroupRefusal::NotFound));
+            };
+            let mut delete =
+                tx.prepare_cached("DELETE FROM group_member WHERE group_id = ?1 AND uid = ?2")?;
+            let mut unindex = tx.prepare_cached(
+                "DELETE FROM user_group WHERE app = ?1 AND uid = ?2 AND gid = ?3",
+            )?;
+            let mut changed = Vec::new();
+            for uid in &uids {
+                if delete.execute(params![id, uid])? > 0 {
+                    unindex.execute(params![key.app, uid, key.gid])?;
+                    changed.push(uid.clone());
+                }
+            }
+            let count = group.members.saturating_sub(changed.len() as u64);
+            tx.prepare_cached("UPDATE grp SET members = ?2 WHERE id = ?1")?
+                .execute(params![id, count as i64])?;
+            Ok(GroupDone::Members(MembersChanged {
+                changed,
+                members: count,
+            }))
+        }
+        GroupOp::Append(msg) => group_append(tx, msg).map(GroupDone::Appended),
+    }
+}
+
+fn group_append(tx: &Transaction<'_>, msg: NewGroupMessage) -> Result<Appended, Failure> {
+    let m = &msg.message;
+    if m.group != msg.group.gid {
+        return Err(Failure::Reject(StoreError::Invalid(format!(
+            "message.group {:?} is not the group {}",
+            m.group, msg.group
+        ))));
+    }
+    let Some((id, group)) = read::group_row(tx, &msg.group).map_err(Failure::Abort)? else {
+        return Err(Failure::Reject(GroupRefusal::NotFound.into()));
+    };
+    // A resend answers the first result, whatever the membership now.
+    if !m.client_msg_id.is_empty() {
+        let hit: Option<(i64, i64)> = tx
+            .prepare_cached(
+                "SELECT msg_id, seq FROM group_dedupe
+                 WHERE group_id = ?1 AND app = ?2 AND uid = ?3 AND client_msg_id = ?4",
+            )?
+            .query_row(params![id, m.from.app, m.from.uid, m.client_msg_id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        if let Some((msg_id, seq)) = hit {
+            let first = message_by_id(tx, msg_id as u64)
+                .map_err(Failure::Reject)?
+                .ok_or_else(|| {
+                    Failure::Reject(StoreError::Corrupt(format!(
+                        "group de-dup row points at missing message {msg_id}"
+                    )))
+                })?;
+            return Ok(Appended {
+                message: Arc::new(first),
+                seqs: vec![read::to_u64(seq, "group_dedupe.seq").map_err(Failure::Reject)?],
+                duplicate: true,
+            });
+        }
+    }
+    if msg.check_sender {
+        let member = if m.from.app == msg.group.app {
+            read::member_by_id(tx, id, &m.from.uid).map_err(Failure::Abort)?
+        } else {
+            None
+        };
+        match member {
+            None => return Err(Failure::Reject(GroupRefusal::NotMember.into())),
+            Some(mb) if group.spec.post_policy == PostPolicy::Admins && mb.role != Role::Admin => {
+                return Err(Failure::Reject(GroupRefusal::AdminsOnly.into()));
+            }
+            Some(_) => {}
+        }
+    }
+    let inserted = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO message
+             (msg_id, app, from_uid, to_app, to_uid, kind, body, client_msg_id, server_time_ms,
+              group_gid)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )?
+        .execute(params![
+            m.id as i64,
+            m.from.app,
+            m.from.uid,
+            m.to.app,
+            m.to.uid,
+            m.kind,
+            m.body.as_ref(),
+            m.client_msg_id,
+            m.server_time_ms,
+            m.group
+        ])?;
+    if inserted == 0 {
+        return Err(Failure::Reject(StoreError::Invalid(format!(
+            "message id {} is already stored",
+            m.id
+        ))));
+    }
+    let seq: i64 = tx
+        .prepare_cached("UPDATE grp SET head = head + 1 WHERE id = ?1 RETURNING head")?
+        .query_row(params![id], |r| r.get(0))?;
+    tx.prepare_cached("INSERT INTO group_timeline (group_id, seq, msg_id) VALUES (?1, ?2, ?3)")?
+        .execute(params![id, seq, m.id as i64])?;
+    if !m.client_msg_id.is_empty() {
+        tx.prepare_cached(
+            "INSERT INTO group_dedupe (group_id, app, uid, client_msg_id, msg_id, seq, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![
+            id,
+            m.from.app,
+            m.from.uid,
+            m.client_msg_id,
+            m.id as i64,
+            seq,
+            now_ms()
+        ])?;
+    }
+    Ok(Appended {
+        message: Arc::new(msg.message),
+        seqs: vec![read::to_u64(seq, "grp.head").map_err(Failure::Abort)?],
+        duplicate: false,
+    })
 }
