@@ -201,9 +201,34 @@ impl Logic {
             .await?)
     }
 
+    /// At login: subscribes the connection `conn_id` (registered in the
+    /// hub) to every group of the user, and returns the groups with their
+    /// heads and where this device reads from. The states are read again
+    /// after the subscription, so an entry stored in between is either
+    /// pushed or under the head the device is told; a user in no group
+    /// costs one read.
+    pub async fn login_groups(
+        &self,
+        conn_id: u64,
+        user: &UserKey,
+        device_id: &str,
+    ) -> Result<Vec<GroupState>, LogicError> {
+        let first = self.group_states(user, device_id).await?;
+        if first.is_empty() {
+            return Ok(first);
+        }
+        let gids: Vec<String> = first.iter().map(|g| g.gid.clone()).collect();
+        self.subscribe_groups(conn_id, user, &gids);
+        let again = self.group_states(user, device_id).await?;
+        // Groups joined in between were subscribed by the membership change
+        // (the connection is in the hub); subscribing again changes nothing.
+        let gids: Vec<String> = again.iter().map(|g| g.gid.clone()).collect();
+        self.subscribe_groups(conn_id, user, &gids);
+        Ok(again)
+    }
+
     /// Every group of the user, with the group's head and where this device
-    /// reads from: the gate subscribes the connection to all of them and
-    /// tells the device those with unread entries.
+    /// reads from.
     pub async fn group_states(
         &self,
         user: &UserKey,

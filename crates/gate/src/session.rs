@@ -259,7 +259,11 @@ async fn accept_login<T: Transport>(
     };
     // The user's groups: the device learns which have entries past its
     // cursors in this one answer, and syncs only those.
-    let groups = match gate.logic.group_states(&user, &handle.device_id).await {
+    let groups = match gate
+        .logic
+        .login_groups(conn_id, &user, &handle.device_id)
+        .await
+    {
         Ok(groups) => groups,
         Err(e) => {
             gate.hub.unregister(&user, conn_id);
@@ -267,8 +271,6 @@ async fn accept_login<T: Transport>(
             return Err(fatal(t, seq, e.code(), e.to_string()).await);
         }
     };
-    let gids: Vec<String> = groups.iter().map(|g| g.gid.clone()).collect();
-    gate.logic.subscribe_groups(conn_id, &user, &gids);
     let compression = if t.can_compress() {
         Compression::negotiate(&login.compression, gate.config.compression_threshold)
     } else {
