@@ -1,10 +1,17 @@
 // The client: one WebSocket at a time, and the delivery contract of the
 // Rust SDK (crates/sdk/src/task.rs) around it. It logs in, pings, numbers
 // requests and matches answers by header seq, turns pushes, sync pages and
-// its own acks into in-order `message` events through the Timeline,
-// acknowledges what was delivered, persists the cursor, and reconnects with
+// its own acks into in-order `message` / `groupMessage` events through one
+// Timeline per timeline (a Line: the user's own, and one per group),
+// acknowledges what was delivered, persists the cursors, and reconnects with
 // jittered backoff, syncing from the last delivered sequence and resending
 // unanswered sends with their original client_msg_id.
+//
+// Every timeline goes through the same code: a push, a sync page or an own
+// message's ack names its timeline by key (the wire's `group`, empty for the
+// user's own), and the key picks the Line. Only login differs: the user's
+// timeline is always synced, a group only when the LoginAck lists it as
+// having entries past this device's cursor.
 //
 // JavaScript runs one callback at a time, so the state below needs no
 // locks: every WebSocket event and timer is handled to completion in turn.
@@ -16,6 +23,7 @@ import {
   ClosedError,
   Code,
   ConnectionError,
+  GroupError,
   KickedError,
   ProtocolError,
   ServerError,
@@ -26,6 +34,8 @@ import {
   closeError,
   codeName,
   isAuthFailure,
+  isGroupCode,
+  isGroupGone,
   isRetryableCode,
   isTerminalKick,
 } from "./errors.js";
@@ -45,6 +55,17 @@ const RETRY_MAX_MS = 10_000;
 const MISSED_PINGS = 3;
 /** The protocol's default frame limit, until the LoginAck says otherwise. */
 const DEFAULT_MAX_FRAME = 65_536;
+/**
+ * Most sync requests in flight at once. A login may list many groups; with
+ * all their syncs written at once the server would stop reading at its
+ * in-flight limit while its pages pile up unread. The rest wait in
+ * `Session.syncQueue`.
+ */
+const MAX_SYNCS = 8;
+/** Early entries buffered per timeline past a hole. */
+const MAX_PENDING = 1024;
+/** The key of the user's own timeline (the wire's empty `group`); anything else is a group id. */
+const USER = "";
 
 /** The parts of the WebSocket API the client uses: the browser's, or the `ws` package's. */
 export interface WebSocketLike {
@@ -84,7 +105,7 @@ export interface ClientOptions {
   WebSocket?: WebSocketConstructor;
   /** Where the cursor is persisted (default: in memory). */
   storage?: CursorStorage;
-  /** The storage key (default `cursor:<deviceId>`). */
+  /** The storage key (default `cursor:<deviceId>`); the user's cursor and each group's are kept under it. */
   cursorKey?: string;
   /** Reconnect backoff: floor and ceiling in ms (default 250 and 30,000), with full jitter. */
   reconnectMinMs?: number;
@@ -109,6 +130,8 @@ export interface LoginInfo {
   cursor: bigint;
   keepaliveSecs: number;
   node: string;
+  /** The user's groups with entries past this device's cursor on them (the client syncs these). */
+  groups: pb.GroupState[];
 }
 
 /** The answer to a `send`: the message is stored. */
@@ -120,6 +143,11 @@ export interface SendReceipt {
   serverTimeMs: bigint;
   /** The server had it already (a resend). */
   duplicate: boolean;
+}
+
+/** The answer to a `sendGroup`: the message is stored on the group's timeline. */
+export interface GroupSendReceipt extends SendReceipt {
+  group: string;
 }
 
 /** The answer to a `report` (c2s): it is durable on the bus. */
@@ -134,6 +162,21 @@ export type ConnectionState = "idle" | "connecting" | "connected" | "reconnectin
 export interface ClientEvents {
   /** One timeline entry: each once, in sequence order, no gaps (this device's own sends are skipped). */
   message: { seq: bigint; message: pb.Message };
+  /**
+   * One entry of a group's timeline: every entry of each group once, in
+   * the group's order, no gaps (this device's own posts are skipped; your
+   * other devices' are not). `seq` is on the group's timeline. A group first
+   * seen while online (joined now) starts where this member's view begins.
+   */
+  groupMessage: { group: string; seq: bigint; message: pb.Message };
+  /**
+   * The server refused this user the group's timeline (a sync or a post was
+   * answered `NOT_GROUP_MEMBER`: removed, or `GROUP_NOT_FOUND`: deleted).
+   * The client stops following it and forgets its position; entries
+   * delivered before came first. A later push of the group (added again)
+   * starts it over.
+   */
+  groupLeft: { group: string; code: number; name: string };
   /** An online-only message (not stored, no sequence). */
   online: { message: pb.Message };
   /** The server kicked this connection; `terminal` ones end the client (no reconnect). */
@@ -151,7 +194,40 @@ export interface SendOptions {
   type?: string;
 }
 
-type Wire = { kind: "request"; id: number } | { kind: "sync" } | { kind: "logout" };
+type Wire = { kind: "request"; id: number } | { kind: "sync"; key: string } | { kind: "logout" };
+
+/** One timeline as the client follows it: the user's own or one group's. */
+interface Line {
+  timeline: Timeline;
+  /** Highest sequence delivered to the application (or reached as our own). */
+  delivered: bigint;
+  // What this connection knows of the line; reset at every login.
+  /** Highest sequence the server has as this device's cursor: the last push_ack sent, or the login's cursor. */
+  acked: bigint;
+  /** A duplicate arrived: acknowledge again so the server stops resending. */
+  reack: boolean;
+  /** `since` of the outstanding sync page. */
+  syncing: bigint | null;
+  /** Another sync round is wanted after the current one. */
+  syncAgain: boolean;
+  /** Waiting in `Session.syncQueue` for a free sync slot. */
+  queued: boolean;
+  /** An own message's sequence sits past a hole: look again when the gap timer fires. */
+  gapCheck: boolean;
+}
+
+function newLine(last: bigint): Line {
+  return {
+    timeline: new Timeline(last, MAX_PENDING),
+    delivered: last,
+    acked: 0n,
+    reack: false,
+    syncing: null,
+    syncAgain: false,
+    queued: false,
+    gapCheck: false,
+  };
+}
 
 /** A send or report waiting for its ack, kept across reconnects. */
 interface Request {
@@ -159,6 +235,8 @@ interface Request {
   packet: Packet;
   clientMsgId: string;
   isC2c: boolean;
+  /** The group a c2c is posted to (`USER` for a message to a user, and for a c2s). */
+  group: string;
   resolve: (ack: pb.C2cAck | pb.C2sAck) => void;
   reject: (err: SwitchboardError) => void;
   /** Header seq on the current connection, once sent. */
@@ -178,13 +256,12 @@ interface Session {
   lastRecv: number;
   pingTimer?: ReturnType<typeof setInterval>;
   gapTimer?: ReturnType<typeof setTimeout>;
-  /** `since` of the outstanding sync page. */
-  syncing: bigint | null;
-  syncAgain: boolean;
-  /** Highest push_ack sent on this connection. */
-  acked: bigint;
-  /** A duplicate arrived: acknowledge again so the server stops resending. */
-  reack: boolean;
+  /** Sync timers after a retryable refusal. */
+  syncRetry: Set<ReturnType<typeof setTimeout>>;
+  /** Sync pages outstanding. */
+  syncs: number;
+  /** Lines waiting for a sync slot. */
+  syncQueue: string[];
   /** Why the server is closing: a kick or fatal error frame read before the close. */
   ending?: SwitchboardError;
   logout?: { resolve: () => void; reject: (e: SwitchboardError) => void };
@@ -202,6 +279,8 @@ interface Established {
 interface StoredCursor {
   user: string;
   seq: string;
+  /** Group id -> delivered sequence on the group's timeline. */
+  groups?: Record<string, string>;
 }
 
 export class Client {
@@ -225,12 +304,13 @@ export class Client {
   private readonly backoff: Backoff;
   private stateValue: ConnectionState = "idle";
   private session: Session | null = null;
-  private timeline = new Timeline(0n, 1024);
-  /** Highest sequence delivered to the application (or reached as our own). */
-  private delivered = 0n;
-  /** The user the delivered sequence belongs to (`app/uid`), once known. */
+  /** Every timeline followed, by key: `USER` (always there) and each group. */
+  private lines = new Map<string, Line>([[USER, newLine(0n)]]);
+  /** The user the delivered sequences belong to (`app/uid`), once known. */
   private cursorUser: string | null = null;
-  private persisted = 0n;
+  /** A position changed since the cursor record was last written. */
+  private dirty = false;
+  private syncRetries = new Backoff(250, RETRY_MAX_MS);
   private userValue: pb.User | null = null;
   private readonly requests = new Map<number, Request>();
   private nextRequest = 1;
@@ -282,7 +362,23 @@ export class Client {
 
   /** The highest sequence delivered to the application: the cursor. */
   get lastSeq(): bigint {
-    return this.delivered;
+    return this.userLine().delivered;
+  }
+
+  /**
+   * The highest sequence of `group` delivered to the application (or
+   * reached as this device's own post), in order with no gaps; `undefined`
+   * for a group the client does not follow (never seen, or left).
+   */
+  groupPosition(group: string): bigint | undefined {
+    return group === USER ? undefined : this.lines.get(group)?.delivered;
+  }
+
+  /** `groupPosition` of every group followed (they are persisted through `storage`). */
+  groupPositions(): Map<string, bigint> {
+    const out = new Map<string, bigint>();
+    for (const [key, line] of this.lines) if (key !== USER) out.set(key, line.delivered);
+    return out;
   }
 
   /**
@@ -326,34 +422,50 @@ export class Client {
       type: options.type ?? "text",
       body: toBytes(body),
     });
-    return this.request(p, clientMsgId, true).then((a) => {
-      const ack = a as pb.C2cAck;
-      return {
-        clientMsgId: ack.clientMsgId,
-        msgId: ack.msgId,
-        seq: ack.seq,
-        serverTimeMs: ack.serverTimeMs,
-        duplicate: ack.duplicate,
-      };
-    });
+    return this.request(p, clientMsgId, true, USER).then((a) => receipt(a as pb.C2cAck));
+  }
+
+  /**
+   * Posts a message to `group` (of this user's app). Resolves once it is
+   * stored on the group's timeline (`seq` is the group's); like `send`, a
+   * post interrupted by a disconnect is resent with the same client_msg_id,
+   * so it is stored once. Every member device gets it as `groupMessage`,
+   * this user's other devices too, but not this client. Rejects with
+   * `GroupError` for `GROUP_NOT_FOUND`, `NOT_GROUP_MEMBER` (then
+   * `groupLeft` follows) or `GROUP_ADMINS_ONLY`, not retried.
+   */
+  sendGroup(
+    group: string,
+    type: string,
+    body: string | Uint8Array,
+    options: { clientMsgId?: string } = {},
+  ): Promise<GroupSendReceipt> {
+    if (group === "") return Promise.reject(new ServerError(Code.INVALID_ARGUMENT, "empty group id"));
+    const clientMsgId = options.clientMsgId ?? randomId();
+    const p = packet("c2c", 0, { clientMsgId, group, type, body: toBytes(body) });
+    return this.request(p, clientMsgId, true, group).then((a) => ({ ...receipt(a as pb.C2cAck), group }));
   }
 
   /** Sends a c2s report to the business servers (a topic `type` and a body). */
   report(type: string, body: string | Uint8Array, options: { clientMsgId?: string } = {}): Promise<ReportReceipt> {
     const clientMsgId = options.clientMsgId ?? randomId();
     const p = packet("c2s", 0, { clientMsgId, type, body: toBytes(body) });
-    return this.request(p, clientMsgId, false).then((a) => {
+    return this.request(p, clientMsgId, false, USER).then((a) => {
       const ack = a as pb.C2sAck;
       return { clientMsgId: ack.clientMsgId, msgId: ack.msgId, duplicate: ack.duplicate };
     });
   }
 
-  /** Syncs now; resolves when everything up to the timeline's head was delivered. */
+  /**
+   * Syncs now (the user's timeline and every group followed); resolves when
+   * everything up to each timeline's head was delivered.
+   */
   sync(): Promise<void> {
     if (this.stateValue === "closed") return Promise.reject(new ClosedError());
     return new Promise((resolve, reject) => {
       this.syncWaiters.push({ resolve, reject });
-      if (this.session !== null) this.startSync(this.session);
+      const s = this.session;
+      if (s !== null) for (const key of [...this.lines.keys()]) this.wantSync(s, key);
     });
   }
 
@@ -394,10 +506,13 @@ export class Client {
       const stored = JSON.parse(raw) as StoredCursor;
       const seq = BigInt(stored.seq);
       if (typeof stored.user === "string" && seq >= 0n) {
+        const lines = new Map<string, Line>([[USER, newLine(seq)]]);
+        for (const [group, value] of Object.entries(stored.groups ?? {})) {
+          const at = BigInt(value);
+          if (group !== USER && at >= 0n) lines.set(group, newLine(at));
+        }
         this.cursorUser = stored.user;
-        this.delivered = seq;
-        this.persisted = seq;
-        this.timeline = new Timeline(seq, 1024);
+        this.lines = lines;
       }
     } catch {
       // A corrupt record: start from the server's cursor instead.
@@ -405,9 +520,11 @@ export class Client {
   }
 
   private persistCursor(): void {
-    if (this.delivered === this.persisted || this.cursorUser === null) return;
-    this.persisted = this.delivered;
-    const record: StoredCursor = { user: this.cursorUser, seq: this.delivered.toString() };
+    if (!this.dirty || this.cursorUser === null) return;
+    this.dirty = false;
+    const groups: Record<string, string> = {};
+    for (const [key, line] of this.lines) if (key !== USER) groups[key] = line.delivered.toString();
+    const record: StoredCursor = { user: this.cursorUser, seq: this.userLine().delivered.toString(), groups };
     try {
       const done = this.storage.set(this.cursorKey(), JSON.stringify(record));
       if (done instanceof Promise) done.catch((e) => this.listenerError(e));
@@ -519,10 +636,9 @@ export class Client {
       maxFrame: ack.maxFrameBytes || DEFAULT_MAX_FRAME,
       keepaliveMs,
       lastRecv: Date.now(),
-      syncing: null,
-      syncAgain: false,
-      acked: 0n,
-      reack: false,
+      syncRetry: new Set(),
+      syncs: 0,
+      syncQueue: [],
       closed: false,
     };
     this.session = s;
@@ -534,10 +650,9 @@ export class Client {
     const user = ack.user ?? ({ app: "", uid: "" } as pb.User);
     const userKey = `${user.app}/${user.uid}`;
     if (this.cursorUser !== null && this.cursorUser !== userKey) {
-      // The stored cursor belongs to someone else: this user's timeline starts over.
-      this.delivered = 0n;
-      this.persisted = 0n;
-      this.timeline = new Timeline(0n, 1024);
+      // The stored cursors belong to someone else: this user's timelines start over.
+      this.lines = new Map([[USER, newLine(0n)]]);
+      this.dirty = true;
     }
     this.cursorUser = userKey;
     this.userValue = user;
@@ -548,16 +663,42 @@ export class Client {
       cursor: ack.cursor,
       keepaliveSecs: ack.keepaliveSecs,
       node: ack.node,
+      groups: ack.groups,
     };
     this.setState("connected");
     this.emit("connected", info);
+    // A listener closed the client.
+    if (s.closed) return info;
 
-    // Catch the server's cursor up with what was delivered, then sync and resend.
-    if (this.delivered > ack.cursor) {
-      s.acked = this.delivered;
-      this.sendPacket(s, packet("push_ack", 0, { seq: this.delivered }));
+    // A group the login does not list has nothing past the server's cursor,
+    // so the server is at least where this device is.
+    for (const line of this.lines.values()) {
+      Object.assign(line, { acked: line.delivered, reack: false, syncing: null, syncAgain: false, queued: false, gapCheck: false });
     }
-    this.startSync(s);
+    const catchUp: [string, bigint][] = [[USER, ack.cursor]];
+    const toSync = [USER];
+    for (const g of ack.groups) {
+      if (g.group === USER) continue;
+      let line = this.lines.get(g.group);
+      if (line === undefined) {
+        // Unknown here (never stored): start at the server's cursor on it.
+        line = newLine(g.cursor);
+        this.lines.set(g.group, line);
+        this.dirty = true;
+      }
+      if (g.head > line.timeline.last) toSync.push(g.group);
+      catchUp.push([g.group, g.cursor]);
+    }
+    // Catch the server's cursors up with what was delivered, then sync and resend.
+    for (const [key, cursor] of catchUp) {
+      const line = this.line(key);
+      line.acked = cursor;
+      if (line.delivered > cursor) {
+        line.acked = line.delivered;
+        this.sendPacket(s, packet("push_ack", 0, { seq: line.delivered, group: key }));
+      }
+    }
+    for (const key of toSync) this.wantSync(s, key);
     for (const req of [...this.requests.values()]) {
       clearTimeout(req.retryTimer);
       req.retryTimer = undefined;
@@ -639,7 +780,7 @@ export class Client {
     return seq;
   }
 
-  private request(p: Packet, clientMsgId: string, isC2c: boolean): Promise<pb.C2cAck | pb.C2sAck> {
+  private request(p: Packet, clientMsgId: string, isC2c: boolean, group: string): Promise<pb.C2cAck | pb.C2sAck> {
     if (this.stateValue === "closed" || this.stateValue === "idle") {
       return Promise.reject(new ClosedError(this.stateValue === "idle" ? "not connected yet" : "client closed"));
     }
@@ -652,6 +793,7 @@ export class Client {
         packet: p,
         clientMsgId,
         isC2c,
+        group,
         resolve,
         reject,
         retries: new Backoff(this.opts.reconnectMinMs, RETRY_MAX_MS),
@@ -686,15 +828,52 @@ export class Client {
     if (seq !== null) req.wire = seq;
   }
 
-  private startSync(s: Session): void {
-    if (s.syncing !== null) {
-      s.syncAgain = true;
+  /**
+   * Asks for a sync of line `key`: now, after its current page (which may
+   * already hold what is wanted, but may not), or when a slot frees.
+   */
+  private wantSync(s: Session, key: string): void {
+    const line = this.lines.get(key);
+    if (line === undefined || s.closed) return;
+    if (line.syncing !== null) {
+      line.syncAgain = true;
       return;
     }
-    const since = this.timeline.last;
-    s.syncAgain = false;
-    if (this.sendPacket(s, packet("sync", 0, { since, limit: this.opts.syncPage }), { kind: "sync" }) !== null) {
-      s.syncing = since;
+    if (line.queued) return;
+    if (s.syncs >= MAX_SYNCS) {
+      line.queued = true;
+      s.syncQueue.push(key);
+      return;
+    }
+    this.sendSync(s, key);
+  }
+
+  /** Sends a sync page request for line `key`, from its last contiguous entry. */
+  private sendSync(s: Session, key: string): void {
+    const line = this.lines.get(key);
+    if (line === undefined) return;
+    const since = line.timeline.last;
+    line.syncAgain = false;
+    line.queued = false;
+    const p = packet("sync", 0, { since, limit: this.opts.syncPage, group: key });
+    if (this.sendPacket(s, p, { kind: "sync", key }) !== null) {
+      line.syncing = since;
+      s.syncs += 1;
+    }
+  }
+
+  /** A line's sync round ended: start the queued ones, and answer `sync()` once no sync is left. */
+  private syncDone(s: Session): void {
+    while (s.syncs < MAX_SYNCS && !s.closed) {
+      const key = s.syncQueue.shift();
+      if (key === undefined) break;
+      // Forgotten (groupLeft) while it waited: skip it.
+      if (this.lines.get(key)?.queued === true) this.sendSync(s, key);
+    }
+    if (s.syncs === 0 && s.syncRetry.size === 0) {
+      const waiters = this.syncWaiters;
+      this.syncWaiters = [];
+      for (const w of waiters) w.resolve();
     }
   }
 
@@ -725,7 +904,7 @@ export class Client {
         this.onPush(s, p.body);
         break;
       case "sync_reply":
-        this.onSyncReply(s, p.body);
+        if (wire?.kind === "sync") this.onSyncReply(s, wire.key, p.body);
         break;
       case "c2c_ack":
       case "c2s_ack":
@@ -766,30 +945,43 @@ export class Client {
       if (push.message !== undefined) this.emit("online", { message: push.message });
       return;
     }
-    const offer = this.accept(push.seq, this.entryFor(push.message));
+    const key = push.message?.group ?? USER;
+    const offer = this.accept(key, push.seq, this.entryFor(push.message));
     if (offer === Offer.Gap) {
-      this.startSync(s);
-    } else if (offer === Offer.Duplicate && push.seq <= this.delivered) {
+      this.wantSync(s, key);
+    } else if (offer === Offer.Duplicate) {
+      const line = this.lines.get(key);
       // A resend (our ack was lost or late): acknowledge again so the server's timer stops.
-      s.reack = true;
+      if (line !== undefined && push.seq <= line.delivered) line.reack = true;
     }
   }
 
-  private onSyncReply(s: Session, reply: pb.SyncReply): void {
-    const since = s.syncing ?? 0n;
-    s.syncing = null;
-    for (const push of reply.entries) {
-      if (push.seq === 0n) continue;
-      this.accept(push.seq, this.entryFor(push.message));
-    }
-    const progressed = this.timeline.last > since;
-    if ((reply.hasMore && progressed) || s.syncAgain || (progressed && this.timeline.hasGap())) {
-      this.startSync(s);
+  private onSyncReply(s: Session, key: string, reply: pb.SyncReply): void {
+    s.syncs = Math.max(0, s.syncs - 1);
+    const line = this.lines.get(key);
+    // Forgotten (groupLeft) while the page was on its way.
+    if (line === undefined) {
+      this.syncDone(s);
       return;
     }
-    const waiters = this.syncWaiters;
-    this.syncWaiters = [];
-    for (const w of waiters) w.resolve();
+    const since = line.syncing ?? 0n;
+    line.syncing = null;
+    this.syncRetries.reset();
+    // The page may start later than asked (a group member sees only what
+    // came after its joining): move up first, then take the entries.
+    this.advance(key, reply.since);
+    for (const push of reply.entries) {
+      if (push.seq === 0n) continue;
+      this.accept(key, push.seq, this.entryFor(push.message));
+    }
+    if (this.isClosed()) return;
+    const last = line.timeline.last;
+    const progressed = last > since;
+    if ((reply.hasMore && progressed) || line.syncAgain || (progressed && line.timeline.hasGap())) {
+      this.sendSync(s, key);
+      return;
+    }
+    this.syncDone(s);
   }
 
   private onAck(s: Session, wire: Wire | undefined, ack: pb.C2cAck | pb.C2sAck): void {
@@ -797,16 +989,26 @@ export class Client {
     const req = this.requests.get(wire.id);
     if (req === undefined) return;
     this.dropRequest(req);
-    if ("seq" in ack && ack.seq > 0n) {
-      if (this.accept(ack.seq, { own: true }) === Offer.Gap && s.gapTimer === undefined) {
+    if ("seq" in ack && ack.seq > 0n && req.isC2c) {
+      const key = req.group;
+      if (this.accept(key, ack.seq, { own: true }) === Offer.Gap) {
+        const line = this.lines.get(key);
+        if (line !== undefined) line.gapCheck = true;
         // The pushes before our own entry are usually on their way: give them a moment.
-        s.gapTimer = setTimeout(() => {
-          s.gapTimer = undefined;
-          if (!s.closed && this.timeline.hasGap()) this.startSync(s);
-        }, GAP_GRACE_MS);
+        s.gapTimer ??= setTimeout(() => this.gapCheck(s), GAP_GRACE_MS);
       }
     }
     req.resolve(ack);
+  }
+
+  /** The own entries' holes that the pushes did not fill in the grace time: sync them. */
+  private gapCheck(s: Session): void {
+    s.gapTimer = undefined;
+    if (s.closed) return;
+    for (const [key, line] of [...this.lines]) {
+      if (line.gapCheck && line.timeline.hasGap()) this.wantSync(s, key);
+      line.gapCheck = false;
+    }
   }
 
   private onError(s: Session, wire: Wire | undefined, err: pb.Error): void {
@@ -822,13 +1024,37 @@ export class Client {
           }, req.retries.next());
         } else {
           this.dropRequest(req);
-          req.reject(error);
+          const group = req.group;
+          req.reject(group !== USER && isGroupCode(err.code) ? new GroupError(err.code, err.message, group) : error);
+          // Posting told us we are out of the group.
+          if (group !== USER && isGroupGone(err.code)) this.forget(group, err.code);
         }
       }
     } else if (wire?.kind === "sync") {
-      // Without a sync the timeline can't be trusted: start over.
-      this.endSession(s, error);
-      return;
+      const key = wire.key;
+      if (key !== USER && isGroupGone(err.code)) {
+        // Not a connection problem: this user no longer reads the group.
+        s.syncs = Math.max(0, s.syncs - 1);
+        this.forget(key, err.code);
+        this.syncDone(s);
+      } else if (isRetryableCode(err.code) && !err.fatal) {
+        // Not processed (e.g. RATE_LIMITED): ask again after a while.
+        s.syncs = Math.max(0, s.syncs - 1);
+        const line = this.lines.get(key);
+        if (line !== undefined) line.syncing = null;
+        const timer = setTimeout(() => {
+          s.syncRetry.delete(timer);
+          if (s.closed) return;
+          this.wantSync(s, key);
+          this.syncDone(s);
+        }, this.syncRetries.next());
+        s.syncRetry.add(timer);
+        this.syncDone(s);
+      } else {
+        // Without a sync the timeline can't be trusted: start over.
+        this.endSession(s, error);
+        return;
+      }
     } else if (wire?.kind === "logout") {
       s.logout?.reject(error);
       s.logout = undefined;
@@ -888,6 +1114,8 @@ export class Client {
     s.closed = true;
     clearInterval(s.pingTimer);
     clearTimeout(s.gapTimer);
+    for (const timer of s.syncRetry) clearTimeout(timer);
+    s.syncRetry.clear();
     s.ws.onmessage = null;
     s.ws.onclose = null;
     s.ws.onerror = null;
@@ -902,17 +1130,73 @@ export class Client {
 
   // ---- delivery ----
 
-  /** Offers a timeline entry and delivers whatever became contiguous. */
-  private accept(seq: bigint, entry: Entry): Offer {
-    const offer = this.timeline.offer(seq, entry);
-    for (let next = this.timeline.pop(); next !== undefined; next = this.timeline.pop()) {
-      const [s, e] = next;
+  /** The user's own timeline's line (always there). */
+  private userLine(): Line {
+    return this.line(USER);
+  }
+
+  /**
+   * The line of `key`, created at 0 when unknown: a group joined while
+   * online (or never stored). Its first entry past 1 is then a gap, and the
+   * sync's `since` moves the start to where this member's view begins.
+   */
+  private line(key: string): Line {
+    let line = this.lines.get(key);
+    if (line === undefined) {
+      line = newLine(0n);
+      this.lines.set(key, line);
+      this.dirty = true;
+    }
+    return line;
+  }
+
+  /** Offers an entry of line `key` and delivers whatever became contiguous. */
+  private accept(key: string, seq: bigint, entry: Entry): Offer {
+    const offer = this.line(key).timeline.offer(seq, entry);
+    this.release(key);
+    return offer;
+  }
+
+  /** Moves line `key`'s start up to a sync reply's `since`. */
+  private advance(key: string, since: bigint): void {
+    const line = this.line(key);
+    if (line.timeline.advanceTo(since)) {
+      // Everything before was delivered already (entries are released as soon as they are contiguous).
+      if (since > line.delivered) {
+        line.delivered = since;
+        this.dirty = true;
+      }
+    }
+    this.release(key);
+  }
+
+  /** Delivers line `key`'s contiguous entries as events. */
+  private release(key: string): void {
+    const line = this.lines.get(key);
+    if (line === undefined) return;
+    for (let next = line.timeline.pop(); next !== undefined; next = line.timeline.pop()) {
+      const [seq, e] = next;
       // A listener closed the client: what is left is not delivered (nor acknowledged).
       if (this.isClosed()) break;
-      if (!e.own) this.emit("message", { seq: s, message: e.message });
-      this.delivered = s;
+      if (!e.own) {
+        if (key === USER) this.emit("message", { seq, message: e.message });
+        else this.emit("groupMessage", { group: key, seq, message: e.message });
+      }
+      // A listener may have made the client leave the group meanwhile.
+      if (this.lines.get(key) !== line) break;
+      line.delivered = seq;
+      this.dirty = true;
     }
-    return offer;
+  }
+
+  /**
+   * Stops following group `key`: the server said this user is no longer a
+   * member (or the group is gone). Entries already delivered came first.
+   */
+  private forget(key: string, code: number): void {
+    if (key === USER || !this.lines.delete(key)) return;
+    this.dirty = true;
+    this.emit("groupLeft", { group: key, code, name: codeName(code) });
   }
 
   /** Our own message (sent from this connection's client, still awaiting its ack) is not shown back to us. */
@@ -927,16 +1211,20 @@ export class Client {
     return { own: false, message };
   }
 
-  /** Acknowledges and persists what was delivered, once per turn of the event loop. */
+  /** Acknowledges (per line) and persists what was delivered, once per turn of the event loop. */
   private scheduleFlush(s: Session): void {
     if (this.flushQueued) return;
     this.flushQueued = true;
     queueMicrotask(() => {
       this.flushQueued = false;
-      if (!s.closed && this.delivered > 0n && (this.delivered > s.acked || s.reack)) {
-        s.reack = false;
-        s.acked = this.delivered;
-        this.sendPacket(s, packet("push_ack", 0, { seq: this.delivered }));
+      if (!s.closed) {
+        for (const [key, line] of this.lines) {
+          if (line.delivered > 0n && (line.delivered > line.acked || line.reack)) {
+            line.reack = false;
+            line.acked = line.delivered;
+            this.sendPacket(s, packet("push_ack", 0, { seq: line.delivered, group: key }));
+          }
+        }
       }
       this.persistCursor();
     });
@@ -1002,6 +1290,16 @@ function randomId(): string {
   const c = (globalThis as { crypto?: { randomUUID?: () => string } }).crypto;
   if (c?.randomUUID !== undefined) return c.randomUUID();
   return `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`;
+}
+
+function receipt(ack: pb.C2cAck): SendReceipt {
+  return {
+    clientMsgId: ack.clientMsgId,
+    msgId: ack.msgId,
+    seq: ack.seq,
+    serverTimeMs: ack.serverTimeMs,
+    duplicate: ack.duplicate,
+  };
 }
 
 /** Decodes a message body as UTF-8 text. */

@@ -20,6 +20,10 @@ export const Code = {
   RATE_LIMITED: 3002,
   FORBIDDEN: 3003,
   REJECTED: 3004,
+  GROUP_NOT_FOUND: 3005,
+  NOT_GROUP_MEMBER: 3006,
+  GROUP_ADMINS_ONLY: 3007,
+  GROUP_FULL: 3008,
   KICK_REPLACED: 4000,
   KICK_TOO_MANY_DEVICES: 4001,
   KICK_SLOW_CONSUMER: 4002,
@@ -27,6 +31,7 @@ export const Code = {
   KICK_IDLE_TIMEOUT: 4004,
   KICK_SHUTDOWN: 4005,
   KICK_ADMIN: 4006,
+  KICK_TOKEN_REVOKED: 4007,
   INTERNAL: 5000,
   UNAVAILABLE: 5001,
   SERVER_FULL: 5002,
@@ -77,7 +82,7 @@ export abstract class SwitchboardError extends Error {
 /** The server answered the request (or the login) with an `error` frame. */
 export class ServerError extends SwitchboardError {
   readonly kind = "server";
-  override readonly name = "ServerError";
+  override readonly name: string = "ServerError";
   override readonly code: number;
   constructor(code: number, message: string) {
     super(`server error ${code} (${codeName(code)}): ${message}`);
@@ -86,6 +91,32 @@ export class ServerError extends SwitchboardError {
   override get retryable(): boolean {
     return isRetryableCode(this.code);
   }
+}
+
+/** Codes that mean this user no longer reads the group (removed, or the group deleted). */
+export function isGroupGone(code: number): boolean {
+  return code === Code.NOT_GROUP_MEMBER || code === Code.GROUP_NOT_FOUND;
+}
+
+/**
+ * The server refused a group request with a group code: `GROUP_NOT_FOUND`
+ * (no such group, or deleted), `NOT_GROUP_MEMBER` (not, or no longer, a
+ * member), `GROUP_ADMINS_ONLY` (only admins post), `GROUP_FULL`. A
+ * `ServerError`, so matching on `ServerError` and `code` keeps working.
+ */
+export class GroupError extends ServerError {
+  override readonly name = "GroupError";
+  /** The group the request named. */
+  readonly group: string;
+  constructor(code: number, message: string, group: string) {
+    super(code, message);
+    this.group = group;
+  }
+}
+
+/** Whether `code` is one of the group codes (3005–3008). */
+export function isGroupCode(code: number): boolean {
+  return code >= Code.GROUP_NOT_FOUND && code <= Code.GROUP_FULL;
 }
 
 /** The server closed the connection with a `kick`. */

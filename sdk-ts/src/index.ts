@@ -8,6 +8,7 @@ export {
   type ClientEvents,
   type ClientOptions,
   type ConnectionState,
+  type GroupSendReceipt,
   type LoginInfo,
   type ReportReceipt,
   type SendOptions,
@@ -22,6 +23,7 @@ export {
   type CodeName,
   ConnectionError,
   type ErrorKind,
+  GroupError,
   KickedError,
   ProtocolError,
   ServerError,
@@ -31,9 +33,11 @@ export {
   TooLargeError,
   codeName,
   isAuthFailure,
+  isGroupCode,
+  isGroupGone,
   isRetryableCode,
   isTerminalKick,
 } from "./errors.js";
 export { type CursorStorage, LocalStorageCursor, MemoryStorage, type WebStorageLike } from "./storage.js";
-export type { Message, User } from "./gen/switchboard_pb.js";
+export type { GroupState, Message, User } from "./gen/switchboard_pb.js";
 export { decodeBinary, decodeJson, encodeBinary, encodeJson, packet, type Packet, type CommandName } from "./frame.js";

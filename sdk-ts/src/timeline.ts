@@ -1,5 +1,6 @@
-// In-order, exactly-once delivery of one user's timeline (the Rust SDK's
-// timeline.rs, ported). Entries come from pushes, sync pages and the
+// In-order, exactly-once delivery of one timeline: the user's own, or one
+// group's (the client keeps one per timeline; the Rust SDK's timeline.rs,
+// ported). Entries come from pushes, sync pages and the
 // c2c_ack of this device's own messages, in any order and overlapping; the
 // timeline drops what it already took, buffers what came early, and
 // releases entries strictly in sequence with no gaps. The client decides
@@ -69,6 +70,22 @@ export class Timeline {
       this.pending.delete(top);
     }
     return seq <= this.lastSeq ? Offer.Ready : Offer.Gap;
+  }
+
+  /**
+   * Moves the start up to `since` (> `last`): the server said the entries up
+   * to it are not for this reader (a group member added later sees only what
+   * came after its joining). Buffered entries up to `since` are dropped; the
+   * ones after it may now be contiguous. Returns whether it moved; the caller
+   * then counts `since` as reached, like an own entry.
+   */
+  advanceTo(since: bigint): boolean {
+    if (since <= this.lastSeq) return false;
+    for (const seq of [...this.pending.keys()]) if (seq <= since) this.pending.delete(seq);
+    this.lastSeq = since;
+    this.nextPop = since + 1n;
+    while (this.pending.has(this.lastSeq + 1n)) this.lastSeq += 1n;
+    return true;
   }
 
   /** Takes the next contiguous entry, in sequence order. */

@@ -169,3 +169,59 @@ export async function until(pred: () => boolean, ms = 10_000, what = "condition"
     await new Promise((r) => setTimeout(r, 10));
   }
 }
+
+/** The demo app's group API (HTTP, with the app's API key), as a business server uses it. */
+export interface Groups {
+  /** Creates (or updates) group `gid`: `post_policy` `members`/`admins`, `history_visible`. */
+  create(gid: string, settings?: { post_policy?: "members" | "admins"; history_visible?: boolean }): Promise<void>;
+  add(gid: string, uids: string[], role?: "member" | "admin"): Promise<void>;
+  remove(gid: string, uids: string[]): Promise<void>;
+  /** Posts as `from` (or as the system when absent); returns the entry's seq. */
+  post(gid: string, body: string, from?: string): Promise<bigint>;
+}
+
+export function groupsOf(node: Node, app = "demo"): Groups {
+  let key: Promise<string> | undefined;
+  const call = async (method: string, path: string, body: unknown): Promise<unknown> => {
+    key ??= node.apiKey();
+    const res = await fetch(`${node.httpUrl}/v1/apps/${app}/groups/${path}`, {
+      method,
+      headers: { Authorization: `Bearer ${await key}`, "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    const text = await res.text();
+    if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${text}`);
+    return text ? JSON.parse(text) : null;
+  };
+  return {
+    async create(gid, settings = {}) {
+      await call("PUT", encodeURIComponent(gid), settings);
+    },
+    async add(gid, uids, role = "member") {
+      await call("POST", `${encodeURIComponent(gid)}/members`, { members: uids.map((uid) => ({ uid, role })) });
+    },
+    async remove(gid, uids) {
+      await call("POST", `${encodeURIComponent(gid)}/members/remove`, { uids });
+    },
+    async post(gid, body, from) {
+      const r = (await call("POST", `${encodeURIComponent(gid)}/messages`, {
+        ...(from !== undefined ? { from } : {}),
+        client_msg_id: `http-${Math.random().toString(36).slice(2)}`,
+        type: "text",
+        body,
+      })) as { seq: number };
+      return BigInt(r.seq);
+    },
+  };
+}
+
+/** A WebSocket constructor (from `ws`) that records every frame the client sends. */
+export function spyingWebSocket(sent: (string | Uint8Array)[]): WebSocketConstructor {
+  class Spy extends WebSocket {
+    override send(data: unknown, ...rest: unknown[]): void {
+      sent.push(data as string | Uint8Array);
+      (super.send as (...a: unknown[]) => void)(data, ...rest);
+    }
+  }
+  return Spy as unknown as WebSocketConstructor;
+}

@@ -68,4 +68,25 @@ describe("Timeline", () => {
     out.push(...drain(t));
     expect(out).toEqual([...Array(200).keys()].map((i) => BigInt(i + 1)));
   });
+
+  it("moves its start up to where a reader's view begins (a group member added later)", () => {
+    const t = new Timeline(0n, 100);
+    expect(t.offer(42n, msg(42))).toBe(Offer.Gap);
+    expect(t.offer(39n, msg(39))).toBe(Offer.Gap);
+    expect(t.advanceTo(40n)).toBe(true);
+    expect(t.last).toBe(40n);
+    // 39 was before the view: dropped; 41 is still missing.
+    expect(drain(t)).toEqual([]);
+    expect(t.hasGap()).toBe(true);
+    expect(t.offer(41n, msg(41))).toBe(Offer.Ready);
+    expect(drain(t)).toEqual([41n, 42n]);
+    // Never backwards.
+    expect(t.advanceTo(10n)).toBe(false);
+    expect(t.offer(40n, msg(40))).toBe(Offer.Duplicate);
+    // Past buffered entries that become contiguous.
+    expect(t.offer(45n, msg(45))).toBe(Offer.Gap);
+    expect(t.advanceTo(44n)).toBe(true);
+    expect(t.last).toBe(45n);
+    expect(drain(t)).toEqual([45n]);
+  });
 });

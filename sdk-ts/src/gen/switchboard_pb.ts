@@ -16,7 +16,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file switchboard.proto.
  */
 export const file_switchboard: GenFile = /*@__PURE__*/
-  fileDesc("ChFzd2l0Y2hib2FyZC5wcm90bxIOc3dpdGNoYm9hcmQudjEiIAoEVXNlchILCgNhcHAYASABKAkSCwoDdWlkGAIgASgJIqoBCgdNZXNzYWdlEg4KBm1zZ19pZBgBIAEoBBIiCgRmcm9tGAIgASgLMhQuc3dpdGNoYm9hcmQudjEuVXNlchIgCgJ0bxgDIAEoCzIULnN3aXRjaGJvYXJkLnYxLlVzZXISDAoEdHlwZRgEIAEoCRIMCgRib2R5GAUgASgMEhUKDWNsaWVudF9tc2dfaWQYBiABKAkSFgoOc2VydmVyX3RpbWVfbXMYByABKAMiaAoFTG9naW4SDQoFdG9rZW4YASABKAkSEAoIcGxhdGZvcm0YAiABKAkSEQoJZGV2aWNlX2lkGAMgASgJEhMKC2NvbXByZXNzaW9uGAQgAygJEhYKDmNsaWVudF92ZXJzaW9uGAUgASgJIsEBCghMb2dpbkFjaxIiCgR1c2VyGAEgASgLMhQuc3dpdGNoYm9hcmQudjEuVXNlchIVCg10aW1lbGluZV9oZWFkGAIgASgEEg4KBmN1cnNvchgDIAEoBBITCgtjb21wcmVzc2lvbhgEIAEoCRIWCg5rZWVwYWxpdmVfc2VjcxgFIAEoDRIXCg9tYXhfZnJhbWVfYnl0ZXMYBiABKA0SFgoOc2VydmVyX3RpbWVfbXMYByABKAQSDAoEbm9kZRgIIAEoCSIICgZMb2dvdXQiCwoJTG9nb3V0QWNrIgYKBFBpbmciHgoEUG9uZxIWCg5zZXJ2ZXJfdGltZV9tcxgBIAEoBCJaCgNDMmMSFQoNY2xpZW50X21zZ19pZBgBIAEoCRIgCgJ0bxgCIAEoCzIULnN3aXRjaGJvYXJkLnYxLlVzZXISDAoEdHlwZRgDIAEoCRIMCgRib2R5GAQgASgMImcKBkMyY0FjaxIVCg1jbGllbnRfbXNnX2lkGAEgASgJEg4KBm1zZ19pZBgCIAEoBBILCgNzZXEYAyABKAQSFgoOc2VydmVyX3RpbWVfbXMYBCABKAMSEQoJZHVwbGljYXRlGAUgASgIIj0KBFB1c2gSCwoDc2VxGAEgASgEEigKB21lc3NhZ2UYAiABKAsyFy5zd2l0Y2hib2FyZC52MS5NZXNzYWdlIhYKB1B1c2hBY2sSCwoDc2VxGAEgASgEIiQKBFN5bmMSDQoFc2luY2UYASABKAQSDQoFbGltaXQYAiABKA0iWwoJU3luY1JlcGx5EiUKB2VudHJpZXMYASADKAsyFC5zd2l0Y2hib2FyZC52MS5QdXNoEhUKDXRpbWVsaW5lX2hlYWQYAiABKAQSEAoIaGFzX21vcmUYAyABKAgiOAoDQzJzEhUKDWNsaWVudF9tc2dfaWQYASABKAkSDAoEdHlwZRgCIAEoCRIMCgRib2R5GAMgASgMIkIKBkMyc0FjaxIVCg1jbGllbnRfbXNnX2lkGAEgASgJEg4KBm1zZ19pZBgCIAEoBBIRCglkdXBsaWNhdGUYAyABKAgiNQoFRXJyb3ISDAoEY29kZRgBIAEoDRIPCgdtZXNzYWdlGAIgASgJEg0KBWZhdGFsGAMgASgIIiQKBEtpY2sSDAoEY29kZRgBIAEoDRIOCgZyZWFzb24YAiABKAliBnByb3RvMw");
+  fileDesc("ChFzd2l0Y2hib2FyZC5wcm90bxIOc3dpdGNoYm9hcmQudjEiIAoEVXNlchILCgNhcHAYASABKAkSCwoDdWlkGAIgASgJIrkBCgdNZXNzYWdlEg4KBm1zZ19pZBgBIAEoBBIiCgRmcm9tGAIgASgLMhQuc3dpdGNoYm9hcmQudjEuVXNlchIgCgJ0bxgDIAEoCzIULnN3aXRjaGJvYXJkLnYxLlVzZXISDAoEdHlwZRgEIAEoCRIMCgRib2R5GAUgASgMEhUKDWNsaWVudF9tc2dfaWQYBiABKAkSFgoOc2VydmVyX3RpbWVfbXMYByABKAMSDQoFZ3JvdXAYCCABKAkiaAoFTG9naW4SDQoFdG9rZW4YASABKAkSEAoIcGxhdGZvcm0YAiABKAkSEQoJZGV2aWNlX2lkGAMgASgJEhMKC2NvbXByZXNzaW9uGAQgAygJEhYKDmNsaWVudF92ZXJzaW9uGAUgASgJIu0BCghMb2dpbkFjaxIiCgR1c2VyGAEgASgLMhQuc3dpdGNoYm9hcmQudjEuVXNlchIVCg10aW1lbGluZV9oZWFkGAIgASgEEg4KBmN1cnNvchgDIAEoBBITCgtjb21wcmVzc2lvbhgEIAEoCRIWCg5rZWVwYWxpdmVfc2VjcxgFIAEoDRIXCg9tYXhfZnJhbWVfYnl0ZXMYBiABKA0SFgoOc2VydmVyX3RpbWVfbXMYByABKAQSDAoEbm9kZRgIIAEoCRIqCgZncm91cHMYCSADKAsyGi5zd2l0Y2hib2FyZC52MS5Hcm91cFN0YXRlIjkKCkdyb3VwU3RhdGUSDQoFZ3JvdXAYASABKAkSDAoEaGVhZBgCIAEoBBIOCgZjdXJzb3IYAyABKAQiCAoGTG9nb3V0IgsKCUxvZ291dEFjayIGCgRQaW5nIh4KBFBvbmcSFgoOc2VydmVyX3RpbWVfbXMYASABKAQiaQoDQzJjEhUKDWNsaWVudF9tc2dfaWQYASABKAkSIAoCdG8YAiABKAsyFC5zd2l0Y2hib2FyZC52MS5Vc2VyEgwKBHR5cGUYAyABKAkSDAoEYm9keRgEIAEoDBINCgVncm91cBgFIAEoCSJnCgZDMmNBY2sSFQoNY2xpZW50X21zZ19pZBgBIAEoCRIOCgZtc2dfaWQYAiABKAQSCwoDc2VxGAMgASgEEhYKDnNlcnZlcl90aW1lX21zGAQgASgDEhEKCWR1cGxpY2F0ZRgFIAEoCCI9CgRQdXNoEgsKA3NlcRgBIAEoBBIoCgdtZXNzYWdlGAIgASgLMhcuc3dpdGNoYm9hcmQudjEuTWVzc2FnZSIlCgdQdXNoQWNrEgsKA3NlcRgBIAEoBBINCgVncm91cBgCIAEoCSIzCgRTeW5jEg0KBXNpbmNlGAEgASgEEg0KBWxpbWl0GAIgASgNEg0KBWdyb3VwGAMgASgJImoKCVN5bmNSZXBseRIlCgdlbnRyaWVzGAEgAygLMhQuc3dpdGNoYm9hcmQudjEuUHVzaBIVCg10aW1lbGluZV9oZWFkGAIgASgEEhAKCGhhc19tb3JlGAMgASgIEg0KBXNpbmNlGAQgASgEIjgKA0MycxIVCg1jbGllbnRfbXNnX2lkGAEgASgJEgwKBHR5cGUYAiABKAkSDAoEYm9keRgDIAEoDCJCCgZDMnNBY2sSFQoNY2xpZW50X21zZ19pZBgBIAEoCRIOCgZtc2dfaWQYAiABKAQSEQoJZHVwbGljYXRlGAMgASgIIjUKBUVycm9yEgwKBGNvZGUYASABKA0SDwoHbWVzc2FnZRgCIAEoCRINCgVmYXRhbBgDIAEoCCIkCgRLaWNrEgwKBGNvZGUYASABKA0SDgoGcmVhc29uGAIgASgJYgZwcm90bzM");
 
 /**
  * A user is identified by its app (account domain) and its uid in that app.
@@ -92,6 +92,14 @@ export type Message = Message$1<"switchboard.v1.Message"> & {
    * @generated from field: int64 server_time_ms = 7;
    */
   serverTimeMs: bigint;
+
+  /**
+   * For a message to a group: the group's id (in `to.app`; `to.uid` is
+   * empty), and the entry's sequence is on the group's timeline.
+   *
+   * @generated from field: string group = 8;
+   */
+  group: string;
 };
 
 /**
@@ -205,6 +213,14 @@ export type LoginAck = Message$1<"switchboard.v1.LoginAck"> & {
    * @generated from field: string node = 8;
    */
   node: string;
+
+  /**
+   * The user's groups that have entries past this device's cursor on them
+   * (sync each with Sync.group). Groups with nothing new are left out.
+   *
+   * @generated from field: repeated switchboard.v1.GroupState groups = 9;
+   */
+  groups: GroupState[];
 };
 
 /**
@@ -213,6 +229,40 @@ export type LoginAck = Message$1<"switchboard.v1.LoginAck"> & {
  */
 export const LoginAckSchema: GenMessage<LoginAck> = /*@__PURE__*/
   messageDesc(file_switchboard, 3);
+
+/**
+ * One of the user's groups, in LoginAck.
+ *
+ * @generated from message switchboard.v1.GroupState
+ */
+export type GroupState = Message$1<"switchboard.v1.GroupState"> & {
+  /**
+   * @generated from field: string group = 1;
+   */
+  group: string;
+
+  /**
+   * Highest sequence on the group's timeline.
+   *
+   * @generated from field: uint64 head = 2;
+   */
+  head: bigint;
+
+  /**
+   * Where this device reads from: its cursor on the group, or where the
+   * member's view starts when that is later (it joined after those entries).
+   *
+   * @generated from field: uint64 cursor = 3;
+   */
+  cursor: bigint;
+};
+
+/**
+ * Describes the message switchboard.v1.GroupState.
+ * Use `create(GroupStateSchema)` to create a new message.
+ */
+export const GroupStateSchema: GenMessage<GroupState> = /*@__PURE__*/
+  messageDesc(file_switchboard, 4);
 
 /**
  * cmd 3, client -> server. The server answers LogoutAck and closes.
@@ -227,7 +277,7 @@ export type Logout = Message$1<"switchboard.v1.Logout"> & {
  * Use `create(LogoutSchema)` to create a new message.
  */
 export const LogoutSchema: GenMessage<Logout> = /*@__PURE__*/
-  messageDesc(file_switchboard, 4);
+  messageDesc(file_switchboard, 5);
 
 /**
  * cmd 4, server -> client.
@@ -242,7 +292,7 @@ export type LogoutAck = Message$1<"switchboard.v1.LogoutAck"> & {
  * Use `create(LogoutAckSchema)` to create a new message.
  */
 export const LogoutAckSchema: GenMessage<LogoutAck> = /*@__PURE__*/
-  messageDesc(file_switchboard, 5);
+  messageDesc(file_switchboard, 6);
 
 /**
  * cmd 5, either direction; answered by Pong with the same header seq.
@@ -257,7 +307,7 @@ export type Ping = Message$1<"switchboard.v1.Ping"> & {
  * Use `create(PingSchema)` to create a new message.
  */
 export const PingSchema: GenMessage<Ping> = /*@__PURE__*/
-  messageDesc(file_switchboard, 6);
+  messageDesc(file_switchboard, 7);
 
 /**
  * cmd 6.
@@ -276,7 +326,7 @@ export type Pong = Message$1<"switchboard.v1.Pong"> & {
  * Use `create(PongSchema)` to create a new message.
  */
 export const PongSchema: GenMessage<Pong> = /*@__PURE__*/
-  messageDesc(file_switchboard, 7);
+  messageDesc(file_switchboard, 8);
 
 /**
  * cmd 7, client -> server: send a message to another user.
@@ -305,6 +355,15 @@ export type C2c = Message$1<"switchboard.v1.C2c"> & {
    * @generated from field: bytes body = 4;
    */
   body: Uint8Array;
+
+  /**
+   * Send to this group of the sender's app instead of to a user (`to` must
+   * then be empty): stored once on the group's timeline, pushed to every
+   * member device.
+   *
+   * @generated from field: string group = 5;
+   */
+  group: string;
 };
 
 /**
@@ -312,7 +371,7 @@ export type C2c = Message$1<"switchboard.v1.C2c"> & {
  * Use `create(C2cSchema)` to create a new message.
  */
 export const C2cSchema: GenMessage<C2c> = /*@__PURE__*/
-  messageDesc(file_switchboard, 8);
+  messageDesc(file_switchboard, 9);
 
 /**
  * cmd 8, server -> client: the message is stored durably.
@@ -331,7 +390,8 @@ export type C2cAck = Message$1<"switchboard.v1.C2cAck"> & {
   msgId: bigint;
 
   /**
-   * The entry's sequence on the sender's own timeline.
+   * The entry's sequence on the sender's own timeline (for a group
+   * message: on the group's timeline).
    *
    * @generated from field: uint64 seq = 3;
    */
@@ -355,7 +415,7 @@ export type C2cAck = Message$1<"switchboard.v1.C2cAck"> & {
  * Use `create(C2cAckSchema)` to create a new message.
  */
 export const C2cAckSchema: GenMessage<C2cAck> = /*@__PURE__*/
-  messageDesc(file_switchboard, 9);
+  messageDesc(file_switchboard, 10);
 
 /**
  * cmd 9, server -> client: one timeline entry (or an online-only message, seq 0).
@@ -379,7 +439,7 @@ export type Push = Message$1<"switchboard.v1.Push"> & {
  * Use `create(PushSchema)` to create a new message.
  */
 export const PushSchema: GenMessage<Push> = /*@__PURE__*/
-  messageDesc(file_switchboard, 10);
+  messageDesc(file_switchboard, 11);
 
 /**
  * cmd 10, client -> server: every entry up to and including seq was received.
@@ -391,6 +451,13 @@ export type PushAck = Message$1<"switchboard.v1.PushAck"> & {
    * @generated from field: uint64 seq = 1;
    */
   seq: bigint;
+
+  /**
+   * Set to acknowledge a group's entries: seq is then on that group's timeline.
+   *
+   * @generated from field: string group = 2;
+   */
+  group: string;
 };
 
 /**
@@ -398,7 +465,7 @@ export type PushAck = Message$1<"switchboard.v1.PushAck"> & {
  * Use `create(PushAckSchema)` to create a new message.
  */
 export const PushAckSchema: GenMessage<PushAck> = /*@__PURE__*/
-  messageDesc(file_switchboard, 11);
+  messageDesc(file_switchboard, 12);
 
 /**
  * cmd 11, client -> server: entries after `since`, at most `limit` (server caps it).
@@ -415,6 +482,14 @@ export type Sync = Message$1<"switchboard.v1.Sync"> & {
    * @generated from field: uint32 limit = 2;
    */
   limit: number;
+
+  /**
+   * Set to read a group's timeline (the user must be a member) instead of
+   * the user's own.
+   *
+   * @generated from field: string group = 3;
+   */
+  group: string;
 };
 
 /**
@@ -422,7 +497,7 @@ export type Sync = Message$1<"switchboard.v1.Sync"> & {
  * Use `create(SyncSchema)` to create a new message.
  */
 export const SyncSchema: GenMessage<Sync> = /*@__PURE__*/
-  messageDesc(file_switchboard, 12);
+  messageDesc(file_switchboard, 13);
 
 /**
  * cmd 12, server -> client.
@@ -446,6 +521,15 @@ export type SyncReply = Message$1<"switchboard.v1.SyncReply"> & {
    * @generated from field: bool has_more = 3;
    */
   hasMore: boolean;
+
+  /**
+   * The page starts after this sequence: the Sync's `since`, or later for a
+   * group whose earlier entries this member may not see (it joined after
+   * them). A client moves its position to at least this before the entries.
+   *
+   * @generated from field: uint64 since = 4;
+   */
+  since: bigint;
 };
 
 /**
@@ -453,7 +537,7 @@ export type SyncReply = Message$1<"switchboard.v1.SyncReply"> & {
  * Use `create(SyncReplySchema)` to create a new message.
  */
 export const SyncReplySchema: GenMessage<SyncReply> = /*@__PURE__*/
-  messageDesc(file_switchboard, 13);
+  messageDesc(file_switchboard, 14);
 
 /**
  * cmd 13, client -> server: a report to the business (e.g. a courier's position).
@@ -482,7 +566,7 @@ export type C2s = Message$1<"switchboard.v1.C2s"> & {
  * Use `create(C2sSchema)` to create a new message.
  */
 export const C2sSchema: GenMessage<C2s> = /*@__PURE__*/
-  messageDesc(file_switchboard, 14);
+  messageDesc(file_switchboard, 15);
 
 /**
  * cmd 14, server -> client: the report is durable on the bus.
@@ -511,7 +595,7 @@ export type C2sAck = Message$1<"switchboard.v1.C2sAck"> & {
  * Use `create(C2sAckSchema)` to create a new message.
  */
 export const C2sAckSchema: GenMessage<C2sAck> = /*@__PURE__*/
-  messageDesc(file_switchboard, 15);
+  messageDesc(file_switchboard, 16);
 
 /**
  * cmd 15, server -> client: the request with this header seq failed
@@ -545,7 +629,7 @@ export type Error = Message$1<"switchboard.v1.Error"> & {
  * Use `create(ErrorSchema)` to create a new message.
  */
 export const ErrorSchema: GenMessage<Error> = /*@__PURE__*/
-  messageDesc(file_switchboard, 16);
+  messageDesc(file_switchboard, 17);
 
 /**
  * cmd 16, server -> client: the connection is being closed by the server.
@@ -571,5 +655,5 @@ export type Kick = Message$1<"switchboard.v1.Kick"> & {
  * Use `create(KickSchema)` to create a new message.
  */
 export const KickSchema: GenMessage<Kick> = /*@__PURE__*/
-  messageDesc(file_switchboard, 17);
+  messageDesc(file_switchboard, 18);
 

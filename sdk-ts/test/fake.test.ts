@@ -1,0 +1,310 @@
+// The group side of the delivery contract against a scripted server (the
+// Rust SDK's tests/fake_server.rs, ported): the test plays the server over
+// a real WebSocket in JSON frames and checks every frame the client sends,
+// for the cases a real node can't be made to produce on demand (a push past
+// a hole, a page starting later than asked, a login listing some groups).
+
+import { afterEach, beforeEach, expect, it } from "vitest";
+import WebSocket, { WebSocketServer } from "ws";
+import type { AddressInfo } from "node:net";
+import {
+  Client,
+  type ClientEvents,
+  Code,
+  GroupError,
+  MemoryStorage,
+  type Packet,
+  type WebSocketConstructor,
+  decodeJson,
+  encodeJson,
+  packet,
+} from "../src/index.js";
+
+/** The server's end of one connection: frames in, in order. */
+class Peer {
+  private readonly inbox: Packet[] = [];
+  private waiting: ((p: Packet) => void) | null = null;
+  constructor(readonly ws: WebSocket) {
+    ws.on("message", (data) => {
+      const p = decodeJson(data.toString());
+      if (p === null) throw new Error(`undecodable frame ${data.toString()}`);
+      // The keepalive is not under test.
+      if (p.cmd === "ping") return;
+      const w = this.waiting;
+      if (w !== null) {
+        this.waiting = null;
+        w(p);
+      } else {
+        this.inbox.push(p);
+      }
+    });
+  }
+
+  recv(ms = 5_000): Promise<Packet> {
+    const p = this.inbox.shift();
+    if (p !== undefined) return Promise.resolve(p);
+    return new Promise((ok, fail) => {
+      const timer = setTimeout(() => fail(new Error("no frame from the client")), ms);
+      this.waiting = (q) => {
+        clearTimeout(timer);
+        ok(q);
+      };
+    });
+  }
+
+  send(p: Packet): void {
+    this.ws.send(encodeJson(p));
+  }
+
+  async expectAck(seq: bigint, group = ""): Promise<void> {
+    const p = await this.recv();
+    expect(p.cmd === "push_ack" ? [p.body.seq, p.body.group] : p).toEqual([seq, group]);
+  }
+
+  /** Expects a sync of `group` from `since`; returns its header seq. */
+  async expectSync(group: string, since: bigint): Promise<number> {
+    const p = await this.recv();
+    expect(p.cmd === "sync" ? [p.body.group, p.body.since] : p).toEqual([group, since]);
+    return p.seq;
+  }
+}
+
+let server: WebSocketServer;
+let url: string;
+let peers: Peer[];
+let arrived: (() => void) | null;
+
+beforeEach(async () => {
+  peers = [];
+  arrived = null;
+  server = new WebSocketServer({ port: 0, host: "127.0.0.1" });
+  server.on("connection", (ws) => {
+    peers.push(new Peer(ws));
+    arrived?.();
+  });
+  await new Promise<void>((ok) => server.once("listening", () => ok()));
+  url = `ws://127.0.0.1:${(server.address() as AddressInfo).port}/ws`;
+});
+
+afterEach(async () => {
+  for (const p of peers) p.ws.terminate();
+  await new Promise((ok) => server.close(ok));
+});
+
+async function nextPeer(): Promise<Peer> {
+  const have = peers.length;
+  while (peers.length === have) await new Promise<void>((ok) => (arrived = ok));
+  return peers[peers.length - 1]!;
+}
+
+const ALICE = { app: "demo", uid: "alice" };
+const CAROL = { app: "demo", uid: "carol" };
+
+/** Accepts a connection and answers its login. */
+async function login(ack: { groups?: { group: string; head: bigint; cursor: bigint }[] } = {}): Promise<Peer> {
+  const peer = await nextPeer();
+  const p = await peer.recv();
+  expect(p.cmd).toBe("login");
+  peer.send(packet("login_ack", p.seq, { user: ALICE, keepaliveSecs: 30, maxFrameBytes: 65_536, ...ack }));
+  return peer;
+}
+
+function client(storage = new MemoryStorage()): Client {
+  return new Client({
+    url,
+    token: "t",
+    deviceId: "d",
+    format: "json",
+    storage,
+    WebSocket: WebSocket as unknown as WebSocketConstructor,
+    reconnectMinMs: 10,
+    reconnectMaxMs: 50,
+  });
+}
+
+/** A storage holding the positions an earlier run left. */
+function stored(seq: bigint, groups: Record<string, bigint>): MemoryStorage {
+  const s = new MemoryStorage();
+  const g = Object.fromEntries(Object.entries(groups).map(([k, v]) => [k, v.toString()]));
+  s.set("cursor:d", JSON.stringify({ user: "demo/alice", seq: seq.toString(), groups: g }));
+  return s;
+}
+
+function groupEntry(group: string, seq: bigint, from = CAROL, clientMsgId = `c-${seq}`) {
+  return {
+    seq,
+    message: { msgId: 1000n + seq, from, to: { app: "demo" }, type: "text", body: new TextEncoder().encode(`${group} ${seq}`), clientMsgId, group },
+  };
+}
+const groupPush = (group: string, seq: bigint) => packet("push", 0, groupEntry(group, seq));
+const userPush = (seq: bigint) =>
+  packet("push", 0, { seq, message: { msgId: seq, from: CAROL, to: ALICE, type: "text", clientMsgId: `u-${seq}` } });
+const syncReply = (seq: number, since: bigint, entries: ReturnType<typeof groupEntry>[], hasMore = false) =>
+  packet("sync_reply", seq, { since, entries, hasMore, timelineHead: entries.at(-1)?.seq ?? since });
+
+/** Every event of `name`, as they come. */
+function record<K extends keyof ClientEvents>(c: Client, name: K): ClientEvents[K][] {
+  const got: ClientEvents[K][] = [];
+  c.on(name, (e) => got.push(e));
+  return got;
+}
+const groupSeqs = (got: ClientEvents["groupMessage"][]) => got.map((e) => `${e.group}#${e.seq}`);
+
+it("group pushes arrive in group order next to the user's timeline", async () => {
+  const c = client(stored(0n, { g1: 10n }));
+  const got = record(c, "groupMessage");
+  const mine = record(c, "message");
+  const connecting = c.connect();
+  const peer = await login();
+  await connecting;
+  await peer.expectSync("", 0n);
+  expect(c.groupPosition("g1")).toBe(10n);
+
+  peer.send(groupPush("g1", 11n));
+  await peer.expectAck(11n, "g1");
+  // The user's timeline and the group's are apart: user entry 1 is no gap of the group's.
+  peer.send(userPush(1n));
+  await peer.expectAck(1n);
+  // 13 before 12: held back, and the group (only) is synced from 11.
+  peer.send(groupPush("g1", 13n));
+  const seq = await peer.expectSync("g1", 11n);
+  peer.send(groupPush("g1", 12n));
+  peer.send(syncReply(seq, 11n, [groupEntry("g1", 12n), groupEntry("g1", 13n)]));
+  await peer.expectAck(13n, "g1");
+  // A resent push: acknowledged again, not shown again.
+  peer.send(groupPush("g1", 12n));
+  await peer.expectAck(13n, "g1");
+  expect(groupSeqs(got)).toEqual(["g1#11", "g1#12", "g1#13"]);
+  expect(got[0]?.message.group).toBe("g1");
+  expect(mine.map((e) => e.seq)).toEqual([1n]);
+  expect(c.groupPositions()).toEqual(new Map([["g1", 13n]]));
+  expect(c.lastSeq).toBe(1n);
+  c.close();
+});
+
+it("a group first seen by a push syncs from 0 and starts where the member's view does", async () => {
+  const storage = new MemoryStorage();
+  const c = client(storage);
+  const got = record(c, "groupMessage");
+  const connecting = c.connect();
+  const peer = await login();
+  await connecting;
+  const userSync = await peer.expectSync("", 0n);
+  peer.send(syncReply(userSync, 0n, []));
+  expect(c.groupPosition("g2")).toBeUndefined();
+
+  // Added while online: entry 42 of a group never seen.
+  peer.send(groupPush("g2", 42n));
+  const seq = await peer.expectSync("g2", 0n);
+  // This member's view starts after 40.
+  peer.send(syncReply(seq, 40n, [groupEntry("g2", 41n), groupEntry("g2", 42n)]));
+  await peer.expectAck(42n, "g2");
+  peer.send(groupPush("g2", 43n));
+  await peer.expectAck(43n, "g2");
+  expect(groupSeqs(got)).toEqual(["g2#41", "g2#42", "g2#43"]);
+  expect(c.groupPosition("g2")).toBe(43n);
+  // Persisted next to the user's cursor.
+  expect(JSON.parse((await storage.get("cursor:d"))!)).toEqual({ user: "demo/alice", seq: "0", groups: { g2: "43" } });
+  c.close();
+});
+
+it("login syncs exactly the groups it lists, after catching the server's cursors up", async () => {
+  const c = client(stored(0n, { "g-old": 8n, "g-quiet": 3n }));
+  const got = record(c, "groupMessage");
+  const connecting = c.connect();
+  const state = (group: string, head: bigint, cursor: bigint) => ({ group, head, cursor });
+  const peer = await login({ groups: [state("g-old", 9n, 7n), state("g-new", 2n, 0n)] });
+  const info = await connecting;
+  expect(info.groups.map((g) => g.group)).toEqual(["g-old", "g-new"]);
+  // The server's cursor of g-old is behind what this device has: moved up first.
+  await peer.expectAck(8n, "g-old");
+  // Then one pass: the user's timeline and the two listed groups, not g-quiet.
+  const userSync = await peer.expectSync("", 0n);
+  const oldSync = await peer.expectSync("g-old", 8n);
+  const newSync = await peer.expectSync("g-new", 0n);
+  peer.send(syncReply(newSync, 0n, [groupEntry("g-new", 1n), groupEntry("g-new", 2n)]));
+  peer.send(syncReply(oldSync, 8n, [groupEntry("g-old", 9n)]));
+  peer.send(syncReply(userSync, 0n, []));
+  // One ack per group, in whichever order.
+  const acks = [await peer.recv(), await peer.recv()].map((p) => (p.cmd === "push_ack" ? `${p.body.group}@${p.body.seq}` : p.cmd));
+  expect(acks.sort()).toEqual(["g-new@2", "g-old@9"]);
+  // Nothing else was asked: the next frame is the ack of this push.
+  peer.send(userPush(1n));
+  await peer.expectAck(1n);
+  expect(groupSeqs(got)).toEqual(["g-new#1", "g-new#2", "g-old#9"]);
+  expect(c.groupPosition("g-quiet")).toBe(3n);
+  expect(c.groupPosition("g-new")).toBe(2n);
+  c.close();
+});
+
+it("a refused group sync leaves the group; a refused post is a GroupError, not retried", async () => {
+  const c = client(stored(0n, { g3: 5n }));
+  const got = record(c, "groupMessage");
+  const left = record(c, "groupLeft");
+  const connecting = c.connect();
+  const peer = await login();
+  await connecting;
+  const userSync = await peer.expectSync("", 0n);
+  peer.send(syncReply(userSync, 0n, []));
+
+  peer.send(groupPush("g3", 6n));
+  await peer.expectAck(6n, "g3");
+  // Removed: a push past a hole, and the sync is refused.
+  peer.send(groupPush("g3", 9n));
+  const seq = await peer.expectSync("g3", 6n);
+  peer.send(packet("error", seq, { code: Code.NOT_GROUP_MEMBER, message: "not a member" }));
+  await expect.poll(() => left.length).toBe(1);
+  expect(left[0]).toEqual({ group: "g3", code: Code.NOT_GROUP_MEMBER, name: "NOT_GROUP_MEMBER" });
+  expect(c.groupPosition("g3")).toBeUndefined();
+  expect(groupSeqs(got)).toEqual(["g3#6"]);
+
+  // A broadcast group refuses the post: the error comes back, once.
+  const post = c.sendGroup("news", "text", "hi").catch((e: unknown) => e);
+  const p = await peer.recv();
+  expect(p.cmd === "c2c" ? [p.body.group, p.body.to] : p).toEqual(["news", undefined]);
+  peer.send(packet("error", p.seq, { code: Code.GROUP_ADMINS_ONLY, message: "admins only" }));
+  const err = await post;
+  expect(err).toBeInstanceOf(GroupError);
+  expect((err as GroupError).code).toBe(Code.GROUP_ADMINS_ONLY);
+  expect((err as GroupError).group).toBe("news");
+  // The connection stays (and no resend came first).
+  peer.send(userPush(1n));
+  await peer.expectAck(1n);
+  expect(c.state).toBe("connected");
+  c.close();
+});
+
+it("a group post is resent with its id after a reconnect and not shown back", async () => {
+  const c = client();
+  const got = record(c, "groupMessage");
+  const connecting = c.connect();
+  let peer = await login();
+  await connecting;
+  const firstSync = await peer.expectSync("", 0n);
+  peer.send(syncReply(firstSync, 0n, []));
+
+  const post = c.sendGroup("g1", "text", "hi all", { clientMsgId: "gm-1" });
+  const first = await peer.recv();
+  expect(first.cmd === "c2c" ? [first.body.clientMsgId, first.body.group] : first).toEqual(["gm-1", "g1"]);
+  // Stored, then the connection dropped before the ack.
+  peer.ws.terminate();
+
+  // The login lists g1 (entry 4 is the post); the resend follows the syncs.
+  peer = await login({ groups: [{ group: "g1", head: 4n, cursor: 3n }] });
+  const userSync = await peer.expectSync("", 0n);
+  const groupSync = await peer.expectSync("g1", 3n);
+  const resent = await peer.recv();
+  expect(resent.cmd === "c2c" ? [resent.body.clientMsgId, resent.body.group] : resent).toEqual(["gm-1", "g1"]);
+  peer.send(syncReply(userSync, 0n, []));
+  peer.send(syncReply(groupSync, 3n, [groupEntry("g1", 4n, ALICE, "gm-1")]));
+  peer.send(packet("c2c_ack", resent.seq, { clientMsgId: "gm-1", msgId: 1004n, seq: 4n, serverTimeMs: 1n, duplicate: true }));
+  const receipt = await post;
+  expect([receipt.seq, receipt.duplicate, receipt.group]).toEqual([4n, true, "g1"]);
+  await peer.expectAck(4n, "g1");
+  // The next group event is 5: the own post (4) was not shown.
+  peer.send(groupPush("g1", 5n));
+  await peer.expectAck(5n, "g1");
+  expect(groupSeqs(got)).toEqual(["g1#5"]);
+  expect(c.groupPosition("g1")).toBe(5n);
+  c.close();
+});
