@@ -308,3 +308,31 @@ it("a group post is resent with its id after a reconnect and not shown back", as
   expect(c.groupPosition("g1")).toBe(5n);
   c.close();
 });
+
+it("a group sync refused with a retryable code is asked again on the same connection", async () => {
+  const c = client(stored(0n, { g4: 1n }));
+  const got = record(c, "groupMessage");
+  const states = record(c, "state");
+  const connecting = c.connect();
+  const peer = await login({ groups: [{ group: "g4", head: 2n, cursor: 1n }] });
+  await connecting;
+  const userSync = await peer.expectSync("", 0n);
+  const first = await peer.expectSync("g4", 1n);
+  peer.send(syncReply(userSync, 0n, []));
+  const synced = c.sync();
+  peer.send(packet("error", first, { code: Code.RATE_LIMITED, message: "slow down" }));
+  // sync() also asked for the user's timeline again.
+  const frames = [await peer.recv(), await peer.recv()];
+  const bySync = new Map(frames.flatMap((p) => (p.cmd === "sync" ? [[p.body.group, p] as const] : [])));
+  expect([...bySync.keys()].sort()).toEqual(["", "g4"]);
+  expect(bySync.get("g4")?.body.since).toBe(1n);
+  peer.send(syncReply(bySync.get("")!.seq, 0n, []));
+  peer.send(syncReply(bySync.get("g4")!.seq, 1n, [groupEntry("g4", 2n)]));
+  await peer.expectAck(2n, "g4");
+  await synced;
+  expect(groupSeqs(got)).toEqual(["g4#2"]);
+  // One connection throughout.
+  expect(states.map((e) => e.state)).toEqual(["connecting", "connected"]);
+  expect(peers.length).toBe(1);
+  c.close();
+});

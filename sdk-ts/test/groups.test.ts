@@ -299,3 +299,29 @@ it("a removed member gets nothing afterwards, is told it left, and starts over w
   a.close();
   b.close();
 });
+
+it("a deleted group is left with GROUP_NOT_FOUND when the member next reads it", async () => {
+  const g = "gone";
+  await groups.create(g, { history_visible: true });
+  await groups.add(g, ["gone-a", "gone-b"]);
+  const a = await clientFor(node, "gone-a");
+  const b = await clientFor(node, "gone-b", { format: "json" });
+  const got = groupInbox(b);
+  const left: { group: string; code: number }[] = [];
+  b.on("groupLeft", (e) => left.push(e));
+  await Promise.all([a.connect(), b.connect()]);
+  await a.sendGroup(g, "text", "last words");
+  await until(() => got.length === 1, 10_000, "the post");
+
+  await groups.delete(g);
+  await b.sync();
+  expect(left).toEqual([{ group: g, code: Code.GROUP_NOT_FOUND, name: "GROUP_NOT_FOUND" }]);
+  expect(b.groupPositions().size).toBe(0);
+  const refused = await a.sendGroup(g, "text", "anyone?").catch((e: unknown) => e);
+  expect(refused).toBeInstanceOf(GroupError);
+  expect((refused as GroupError).code).toBe(Code.GROUP_NOT_FOUND);
+  expect(texts(got)).toEqual(["last words"]);
+  expect(b.state).toBe("connected");
+  a.close();
+  b.close();
+});

@@ -176,6 +176,7 @@ export interface Groups {
   create(gid: string, settings?: { post_policy?: "members" | "admins"; history_visible?: boolean }): Promise<void>;
   add(gid: string, uids: string[], role?: "member" | "admin"): Promise<void>;
   remove(gid: string, uids: string[]): Promise<void>;
+  delete(gid: string): Promise<void>;
   /** Posts as `from` (or as the system when absent); returns the entry's seq. */
   post(gid: string, body: string, from?: string): Promise<bigint>;
 }
@@ -187,7 +188,7 @@ export function groupsOf(node: Node, app = "demo"): Groups {
     const res = await fetch(`${node.httpUrl}/v1/apps/${app}/groups/${path}`, {
       method,
       headers: { Authorization: `Bearer ${await key}`, "content-type": "application/json" },
-      body: JSON.stringify(body),
+      body: body === undefined ? undefined : JSON.stringify(body),
     });
     const text = await res.text();
     if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${text}`);
@@ -202,6 +203,9 @@ export function groupsOf(node: Node, app = "demo"): Groups {
     },
     async remove(gid, uids) {
       await call("POST", `${encodeURIComponent(gid)}/members/remove`, { uids });
+    },
+    async delete(gid) {
+      await call("DELETE", encodeURIComponent(gid), undefined);
     },
     async post(gid, body, from) {
       const r = (await call("POST", `${encodeURIComponent(gid)}/messages`, {
