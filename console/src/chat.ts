@@ -2,7 +2,9 @@
 //
 // The protocol has no conversation list yet, so conversations are built
 // here from the timeline: one per peer seen, with its last message and an
-// unread count kept by this page. They are kept in localStorage per user,
+// unread count kept by this page, and one per group (`#<gid>`) whose
+// messages arrive (the business server creates groups and adds members;
+// typing `#<gid>` in "start a chat with…" opens one to post to). They are kept in localStorage per user,
 // next to the SDK's cursor, so a reload shows the history it had and the
 // SDK then delivers only what came after.
 
@@ -25,14 +27,24 @@ interface Line {
 }
 
 interface Conversation {
+  /** The peer's uid, or `#<gid>` for a group. */
   peer: string;
   lines: Line[];
   unread: number;
+  /** Why this user is no longer in the group (`NOT_GROUP_MEMBER`, `GROUP_NOT_FOUND`). */
+  left?: string;
 }
 
 /** Lines kept per conversation in localStorage. */
 const KEEP = 200;
 const SYSTEM = "(system)";
+/** Group conversations are keyed `#<gid>`. */
+const GROUP = "#";
+
+/** The group id of a conversation key, or null for a one-to-one conversation. */
+function groupOf(peer: string): string | null {
+  return peer.startsWith(GROUP) && peer.length > 1 ? peer.slice(1) : null;
+}
 
 let client: Client | null = null;
 let me = "";
@@ -110,6 +122,32 @@ function received(seq: bigint | undefined, m: Message): void {
   render();
 }
 
+function receivedGroup(group: string, seq: bigint, m: Message): void {
+  const from = m.from?.uid ?? "";
+  // My own posts from another device come back as group messages.
+  const mine = from === me;
+  const c = conv(GROUP + group);
+  c.left = undefined;
+  c.lines.push({
+    key: String(seq),
+    seq: String(seq),
+    from: from === "" ? SYSTEM : from,
+    text: textOf(m),
+    at: Number(m.serverTimeMs),
+    mine,
+    status: mine ? "stored" : undefined,
+  });
+  if (!mine && (c.peer !== active || document.hidden)) c.unread += 1;
+  save();
+  render();
+}
+
+function leftGroup(group: string, why: string): void {
+  conv(GROUP + group).left = why;
+  save();
+  render();
+}
+
 async function send(peer: string, text: string): Promise<void> {
   if (client === null) return;
   const c = conv(peer);
@@ -119,7 +157,12 @@ async function send(peer: string, text: string): Promise<void> {
   render();
   try {
     // Resent with the same client_msg_id across reconnects by the SDK.
-    const r = await client.send({ app: myApp, uid: peer }, JSON.stringify({ text }), { clientMsgId });
+    const body = JSON.stringify({ text });
+    const group = groupOf(peer);
+    const r =
+      group === null
+        ? await client.send({ app: myApp, uid: peer }, body, { clientMsgId })
+        : await client.sendGroup(group, "text", body, { clientMsgId });
     line.status = "stored";
     line.seq = String(r.seq);
     line.at = Number(r.serverTimeMs);
@@ -158,6 +201,8 @@ async function login(uid: string, pasted: string): Promise<void> {
   });
   client.on("message", ({ seq, message }) => received(seq, message));
   client.on("online", ({ message }) => received(undefined, message));
+  client.on("groupMessage", ({ group, seq, message }) => receivedGroup(group, seq, message));
+  client.on("groupLeft", ({ group, name }) => leftGroup(group, name));
   client.on("state", ({ state, error }) => setConn(state, error?.message ?? ""));
   client.on("kick", ({ name, terminal }) => setConn(terminal ? "kicked" : "reconnecting", name));
   const info = await client.connect();
@@ -206,7 +251,7 @@ function loginView(): HTMLElement {
 
 function listView(): HTMLElement {
   const sorted = [...convs.values()].sort((a, b) => (b.lines.at(-1)?.at ?? 0) - (a.lines.at(-1)?.at ?? 0));
-  const peer = h("input", { id: "new-peer", placeholder: "start a chat with…" });
+  const peer = h("input", { id: "new-peer", placeholder: "a user, or #group" });
   const form = h("form", { id: "new-chat" }, peer, h("button", { type: "submit" }, "+"));
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
@@ -229,11 +274,17 @@ function listView(): HTMLElement {
           { class: c.peer === active ? "conv active" : "conv", "data-peer": c.peer, onclick: () => open(c.peer) },
           h("span", { class: "peer" }, c.peer),
           c.unread > 0 ? h("span", { class: "badge", "data-unread": c.unread }, String(c.unread)) : null,
-          h("span", { class: "last" }, last === undefined ? "" : `${last.mine ? "you: " : ""}${last.text}`),
+          h("span", { class: "last" }, last === undefined ? "" : `${who(c, last)}${last.text}`),
         );
       }),
     ),
   );
+}
+
+/** Who wrote the last line, as the list shows it. */
+function who(c: Conversation, l: Line): string {
+  if (l.mine) return "you: ";
+  return groupOf(c.peer) === null ? "" : `${l.from}: `;
 }
 
 function mark(l: Line): string {
@@ -248,6 +299,7 @@ function paneView(): HTMLElement {
   const text = h("input", { id: "text", placeholder: `message ${active}`, autocomplete: "off" });
   const form = h("form", { id: "compose" }, text, h("button", { type: "submit" }, "Send"));
   const peer = active;
+  const inGroup = groupOf(peer) !== null;
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
     const t = text.value;
@@ -268,12 +320,22 @@ function paneView(): HTMLElement {
           "data-status": l.status,
           title: l.error ?? (l.seq === undefined ? "" : `seq ${l.seq}`),
         },
+        inGroup && !l.mine ? h("span", { class: "from" }, l.from) : null,
         h("span", { class: "text" }, l.text),
         h("span", { class: "meta" }, time(l.at), l.mine ? h("span", { class: "mark" }, ` ${mark(l)}`) : null),
       ),
     ),
   );
-  return h("section", { class: "pane" }, h("h2", {}, peer === SYSTEM ? "System messages" : peer), lines, peer === SYSTEM ? null : form);
+  const left =
+    c.left === undefined ? null : h("p", { class: "notice", id: "left" }, `You are no longer in this group (${c.left}).`);
+  return h(
+    "section",
+    { class: "pane" },
+    h("h2", {}, peer === SYSTEM ? "System messages" : peer),
+    lines,
+    left,
+    peer === SYSTEM ? null : form,
+  );
 }
 
 function open(peer: string): void {

@@ -3,7 +3,8 @@
 // scripts/test-ts installs it when missing). Two users in two browser
 // contexts log in with demo tokens, chat with delivery marks, one closes
 // its page while the other writes, and the reopened page shows what it
-// missed once, in order. Then the operator page. Screenshots go to a temp
+// missed once, in order. Then the operator page, and a group conversation
+// (made over the HTTP API) with a member removed. Screenshots go to a temp
 // dir, or to docs/ (the README's pictures) with SWITCHBOARD_SCREENSHOTS=docs,
 // so a test run leaves the tracked pictures alone.
 
@@ -121,6 +122,54 @@ it("two users chat in the console; the one that went offline sees what it missed
 
   await alice.close();
   await bob.close();
+});
+
+it("members chat in a group their business server made; a removed member is told", async () => {
+  const key = await node.apiKey();
+  const api = async (method: string, path: string, body: unknown) => {
+    const res = await fetch(`${node.httpUrl}/v1/apps/demo/groups/${path}`, {
+      method,
+      headers: { Authorization: `Bearer ${key}`, "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
+    expect(res.ok).toBe(true);
+  };
+  await api("PUT", "team", { name: "Team" });
+  await api("POST", "team/members", { members: [{ uid: "carol" }, { uid: "dave" }] });
+  const carol = await browser.newContext({ viewport: VIEW });
+  const dave = await browser.newContext({ viewport: VIEW });
+  const pc = await carol.newPage();
+  const pd = await dave.newPage();
+  await logIn(pc, "carol");
+  await logIn(pd, "dave");
+
+  await pc.fill("#new-peer", "#team");
+  await pc.press("#new-peer", "Enter");
+  await say(pc, "hello team");
+  await say(pc, "standup in 5");
+
+  // Dave's list shows the group with its unread count and who wrote last.
+  await expect.poll(() => badge(pd, "#team")).toBe("2");
+  expect(await pd.locator('li.conv[data-peer="#team"] .last').textContent()).toBe("carol: standup in 5");
+  await pd.click('li.conv[data-peer="#team"]');
+  expect(await texts(pd)).toEqual(["hello team", "standup in 5"]);
+  expect(await pd.locator("#messages li .from").allTextContents()).toEqual(["carol", "carol"]);
+  await say(pd, "on my way");
+  await expect.poll(() => texts(pc)).toEqual(["hello team", "standup in 5", "on my way"]);
+  const seqs = await pc.locator("#messages li:not(.mine)").evaluateAll((els) => els.map((e) => e.getAttribute("data-seq")));
+  expect(seqs).toEqual(["3"]);
+  await pc.screenshot({ path: `${DOCS}console-group.png` });
+
+  // Removed by the business server: Dave's next post is refused and the page says why.
+  await api("POST", "team/members/remove", { uids: ["dave"] });
+  await pd.fill("#text", "still there?");
+  await pd.press("#text", "Enter");
+  await expect.poll(() => pd.locator("#messages li.mine").last().getAttribute("data-status")).toBe("failed");
+  await expect.poll(() => pd.locator("#left").textContent()).toContain("NOT_GROUP_MEMBER");
+  expect(await texts(pc)).toEqual(["hello team", "standup in 5", "on my way"]);
+
+  await carol.close();
+  await dave.close();
 });
 
 it("a wrong operator key is refused with its code", async () => {
