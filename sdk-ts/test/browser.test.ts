@@ -44,7 +44,8 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await browser?.close();
-  await new Promise((ok) => site?.close(ok));
+  // A beforeAll that failed early (no Chromium) left no site: don't wait for it.
+  if (site !== undefined) await new Promise((ok) => site.close(ok));
   await node?.stop();
 });
 
