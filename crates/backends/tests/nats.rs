@@ -331,8 +331,8 @@ async fn route_broadcasts_group_entries_and_membership_once() {
     let mut alice_b = register(&hub_b, &alice, 2);
     let mut bob_b = register(&hub_b, &bob, 3);
     let mut carol_a = register(&hub_a, &carol, 4);
-    hub_a.subscribe_groups(1, &alice, &[group.gid.clone()]);
-    hub_b.subscribe_groups(2, &alice, &[group.gid.clone()]);
+    hub_a.subscribe_groups(1, &alice, std::slice::from_ref(&group.gid));
+    hub_b.subscribe_groups(2, &alice, std::slice::from_ref(&group.gid));
     // bob joins on every node through one broadcast; carol is no member.
     a.membership(&group, &["bob".to_string()], true)
         .await

@@ -514,7 +514,9 @@ impl Pipeline {
                 gate.logic
                     .sync(&user, req.since, req.limit)
                     .await
-                    .map(|page| (page, req.since))
+                    // The user's own timeline starts at 1 for every device:
+                    // `since` stays 0 (omitted), as before groups.
+                    .map(|page| (page, 0))
             } else {
                 gate.logic
                     .group_sync(&user, &req.group, req.since, req.limit)

@@ -985,15 +985,18 @@ pub async fn token_revocations_only_move_forward(store: Arc<dyn Store>) {
         Some(2_000)
     );
     assert_eq!(store.tokens_revoked_before(&bob).await.expect("read"), None);
-    // Racing revocations (one group for the embedded writers): the highest wins.
+    // Racing revocations: the highest wins. Each answer is the time in force
+    // when it landed: at least its own (which of them landed first is up to
+    // the store: one writer's group, or PostgreSQL's row lock).
     let mut tasks = JoinSet::new();
     for t in [3_500u64, 3_000, 4_000, 3_900, 100] {
         let (store, bob) = (store.clone(), bob.clone());
-        tasks.spawn(async move { store.revoke_tokens(&bob, t).await });
+        tasks.spawn(async move { (t, store.revoke_tokens(&bob, t).await) });
     }
     while let Some(r) = tasks.join_next().await {
-        let in_force = r.expect("task").expect("revoke");
-        assert!(in_force >= 3_000, "in force {in_force}");
+        let (t, in_force) = r.expect("task");
+        let in_force = in_force.expect("revoke");
+        assert!(in_force >= t, "revoking at {t}: in force {in_force}");
     }
     assert_eq!(
         store.tokens_revoked_before(&bob).await.expect("read"),
@@ -1222,7 +1225,11 @@ pub async fn group_members_add_remove_idempotent(store: Arc<dyn Store>) {
         GroupRefusal::NotFound
     );
     assert_eq!(
-        refusal(store.remove_members(&nobody, &[a.uid.clone()]).await),
+        refusal(
+            store
+                .remove_members(&nobody, std::slice::from_ref(&a.uid))
+                .await
+        ),
         GroupRefusal::NotFound
     );
     store.put_group(&spec).await.expect("create");
@@ -1289,7 +1296,7 @@ pub async fn group_members_add_remove_idempotent(store: Arc<dyn Store>) {
         .expect("remove");
     assert_eq!((r.changed, r.members), (vec![b.uid.clone()], 2));
     let r = store
-        .remove_members(&spec.key, &[b.uid.clone()])
+        .remove_members(&spec.key, std::slice::from_ref(&b.uid))
         .await
         .expect("remove again");
     assert_eq!((r.changed, r.members), (Vec::<String>::new(), 2));
@@ -1696,7 +1703,7 @@ pub async fn group_append_refusals(store: Arc<dyn Store>) {
         .expect("the system may post");
     assert_eq!(a3.seqs, vec![3]);
     store
-        .remove_members(&spec.key, &[admin.uid.clone()])
+        .remove_members(&spec.key, std::slice::from_ref(&admin.uid))
         .await
         .expect("remove");
     assert_eq!(
@@ -1782,7 +1789,7 @@ pub async fn group_dedupe_returns_first_result_even_after_removal(store: Arc<dyn
     assert!(!other_sender.duplicate);
     assert_eq!(other_sender.seqs, vec![2]);
     store
-        .remove_members(&g1.key, &[alice.uid.clone()])
+        .remove_members(&g1.key, std::slice::from_ref(&alice.uid))
         .await
         .expect("remove");
     let after = store

@@ -523,9 +523,10 @@ export type SyncReply = Message$1<"switchboard.v1.SyncReply"> & {
   hasMore: boolean;
 
   /**
-   * The page starts after this sequence: the Sync's `since`, or later for a
-   * group whose earlier entries this member may not see (it joined after
-   * them). A client moves its position to at least this before the entries.
+   * Group syncs only (0 for the user's own timeline): the page starts after
+   * this sequence, the Sync's `since` or later when this member may not see
+   * the group's earlier entries (it joined after them). A client moves its
+   * position in the group to at least this before taking the entries.
    *
    * @generated from field: uint64 since = 4;
    */

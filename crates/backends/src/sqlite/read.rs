@@ -520,7 +520,7 @@ mod reprepare_tests {
             schema::migrate(&mut w).unwrap();
             for i in 0..5i64 {
                 w.execute(
-                    "INSERT INTO message VALUES (?1, 'a', 'x', 'a', ?2, 'k', x'00', ?3, 0)",
+                    "INSERT INTO message VALUES (?1, 'a', 'x', 'a', ?2, 'k', x'00', ?3, 0, '')",
                     params![i, format!("u{i}"), format!("c{i}")],
                 )
                 .unwrap();
