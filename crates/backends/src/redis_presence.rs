@@ -11,6 +11,16 @@
 //!   only the keys of users nobody looks up again ever expire this way.
 //! - `<prefix>:node:<name>` — the node's heartbeat: its boot id, with a TTL
 //!   (default 15 s) refreshed every heartbeat (default 5 s).
+//! - `<prefix>:lives` — a hash of every node life (`<name>|<boot>`) that
+//!   registered and was not yet reaped, and `<prefix>:life:<name>|<boot>`
+//!   — a hash of that life's own devices (same values as the user keys), so
+//!   that when a life ends without logging its devices out (kill -9, power
+//!   loss, an outage longer than the TTL) another node, or the next life of
+//!   the same name, finds them: [`Presence::departed`] claims the dead life
+//!   (`<prefix>:reaping:<life>`, `SET NX` with an expiry), takes its devices
+//!   out of the user keys and hands them to the logic, which publishes
+//!   `user.offline` for each. Two more writes per login and logout; the
+//!   readers never look at these keys.
 //!
 //! # Why a per-node heartbeat key rather than a TTL on every user key
 //!
@@ -251,6 +261,30 @@ fn decode(v: &str) -> Option<Stored> {
     })
 }
 
+/// A device's field in its node life's hash: the user and the device id,
+/// length-prefixed so that no character of an id is special.
+fn life_field(user: &UserKey, device_id: &str) -> String {
+    format!(
+        "{}:{}{}:{}{device_id}",
+        user.app.len(),
+        user.app,
+        user.uid.len(),
+        user.uid
+    )
+}
+
+fn parse_life_field(field: &str) -> Option<(UserKey, String)> {
+    let take = |s: &str| -> Option<(String, String)> {
+        let (len, rest) = s.split_once(':')?;
+        let len: usize = len.parse().ok()?;
+        let (v, rest) = (rest.get(..len)?, rest.get(len..)?);
+        Some((v.to_string(), rest.to_string()))
+    };
+    let (app, rest) = take(field)?;
+    let (uid, device_id) = take(&rest)?;
+    Some((UserKey { app, uid }, device_id))
+}
+
 /// Deletes a device's entry only if it is still the given connection of this
 /// node's life (a newer login of the same device, anywhere, is kept).
 const OFFLINE_LUA: &str = r#"
@@ -387,6 +421,123 @@ impl Inner {
         format!("{}:node:{node}", self.prefix)
     }
 
+    fn lives_key(&self) -> String {
+        format!("{}:lives", self.prefix)
+    }
+
+    fn my_life(&self) -> String {
+        format!("{}|{}", self.node, self.boot)
+    }
+
+    fn life_key(&self, life: &str) -> String {
+        format!("{}:life:{life}", self.prefix)
+    }
+
+    /// Records one of this node's devices: in its user's key (what readers
+    /// see) and in this life's own hash (what a reaper finds if this life
+    /// ends without a logout).
+    async fn record_local(&self, s: &DeviceSession) -> Result<(), PresenceError> {
+        self.hset(s).await?;
+        self.query::<()>(
+            redis::cmd("HSET")
+                .arg(self.life_key(&self.my_life()))
+                .arg(life_field(&s.user, &s.device_id))
+                .arg(encode(s, &self.boot)),
+        )
+        .await
+    }
+
+    /// Deletes a user's device entry if it still holds `value`.
+    async fn reap_entry(
+        &self,
+        user: &UserKey,
+        device_id: &str,
+        value: &str,
+    ) -> Result<(), PresenceError> {
+        let mut c = self.conn.get().await.map_err(|e| self.unavailable(e))?;
+        self.reap_script
+            .key(self.user_key(user))
+            .arg(device_id)
+            .arg(value)
+            .invoke_async::<i64>(&mut c)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.unavailable(e))
+    }
+
+    /// Takes the devices of node lives that ended without logging them out
+    /// (see the module docs): each dead life is claimed by one node.
+    async fn reap_dead_lives(&self) -> Result<Vec<DeviceSession>, PresenceError> {
+        let lives: Vec<String> = self
+            .query(redis::cmd("HKEYS").arg(self.lives_key()))
+            .await?;
+        let mine = self.my_life();
+        let mut departed = Vec::new();
+        for life in lives {
+            if life == mine {
+                continue;
+            }
+            let Some((node, boot)) = life.split_once('|') else {
+                continue;
+            };
+            if self.live_boot(node, true).await?.as_deref() == Some(boot) {
+                continue;
+            }
+            let claim: Option<String> = self
+                .query(
+                    redis::cmd("SET")
+                        .arg(format!("{}:reaping:{life}", self.prefix))
+                        .arg(&mine)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg((self.ttl * 4).as_millis() as u64),
+                )
+                .await?;
+            if claim.is_none() {
+                // Another node is reaping it.
+                continue;
+            }
+            let life_key = self.life_key(&life);
+            let entries: Vec<(String, String)> =
+                self.query(redis::cmd("HGETALL").arg(&life_key)).await?;
+            let mut sessions = Vec::with_capacity(entries.len());
+            for (field, value) in entries {
+                let (Some((user, device_id)), Some(s)) = (parse_life_field(&field), decode(&value))
+                else {
+                    continue;
+                };
+                sessions.push((
+                    value,
+                    DeviceSession {
+                        user,
+                        device_id,
+                        platform: s.platform,
+                        node: s.node,
+                        conn_id: s.conn_id,
+                        since_ms: s.since_ms,
+                    },
+                ));
+            }
+            // Out of the user keys (unless a reader did it already, or the
+            // device logged in again since: compare-and-delete).
+            // Made up front (lazy futures), as in `devices_many`.
+            let reaps: Vec<_> = sessions
+                .iter()
+                .map(|(value, d)| self.reap_entry(&d.user, &d.device_id, value))
+                .collect();
+            futures::stream::iter(reaps)
+                .buffer_unordered(LOOKUPS_IN_FLIGHT)
+                .try_collect::<Vec<()>>()
+                .await?;
+            self.query::<()>(redis::cmd("DEL").arg(&life_key)).await?;
+            self.query::<()>(redis::cmd("HDEL").arg(self.lives_key()).arg(&life))
+                .await?;
+            tracing::info!(life = %life, devices = sessions.len(), "reaped the devices of a node that stopped without logging them out");
+            departed.extend(sessions.into_iter().map(|(_, d)| d));
+        }
+        Ok(departed)
+    }
+
     fn unavailable(&self, e: RedisError) -> PresenceError {
         PresenceError::Unavailable(format!("redis {}: {e}", self.target))
     }
@@ -440,6 +591,27 @@ impl Inner {
             .map_err(|e| self.unavailable(e))
     }
 
+    /// Takes a logged-out device out of this life's hash (only if it is
+    /// still that connection). A failure is only logged: the entry would
+    /// at worst make a reaper announce a device already announced offline.
+    async fn forget_local(&self, user: &UserKey, device_id: &str, conn_id: u64) {
+        let prefix = format!("{VERSION}|{}|{}|{conn_id}|", self.node, self.boot);
+        let forgot = match self.conn.get().await {
+            Ok(mut c) => {
+                self.offline_script
+                    .key(self.life_key(&self.my_life()))
+                    .arg(life_field(user, device_id))
+                    .arg(prefix)
+                    .invoke_async::<i64>(&mut c)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = forgot {
+            tracing::debug!(error = %e, "could not take a device out of this node life's hash");
+        }
+    }
+
     /// The boot id `node` currently runs under, None when its heartbeat expired.
     /// `fresh` skips the cache (before deleting anything on its word).
     async fn live_boot(&self, node: &str, fresh: bool) -> Result<Option<String>, PresenceError> {
@@ -491,6 +663,17 @@ impl Inner {
             }
             due
         };
+        if previous.as_deref() != Some(self.boot.as_str()) {
+            // This life, for a reaper to find should it end without a logout
+            // (again after an outage: a reaper may have taken it meanwhile).
+            self.query::<()>(
+                redis::cmd("HSET")
+                    .arg(self.lives_key())
+                    .arg(self.my_life())
+                    .arg(switchboard_core::now_ms()),
+            )
+            .await?;
+        }
         if previous.as_deref() != Some(self.boot.as_str()) || refresh_due {
             let sessions: Vec<DeviceSession> = self.lock_local().values().cloned().collect();
             if !sessions.is_empty() && !refresh_due {
@@ -502,7 +685,7 @@ impl Inner {
             // Keys of different users are in different slots: no pipeline,
             // but many commands in flight.
             let results: Vec<Result<(), PresenceError>> = futures::stream::iter(sessions)
-                .map(|s| async move { self.hset(&s).await })
+                .map(|s| async move { self.record_local(&s).await })
                 .buffer_unordered(64)
                 .collect()
                 .await;
@@ -515,7 +698,11 @@ impl Inner {
                 .unwrap_or_else(|e| e.into_inner()),
         );
         for (i, (user, device, conn)) in pending.iter().enumerate() {
-            if let Err(e) = self.del_if_conn(user, device, *conn).await {
+            let done = self.del_if_conn(user, device, *conn).await;
+            if done.is_ok() {
+                self.forget_local(user, device, *conn).await;
+            }
+            if let Err(e) = done {
                 let mut p = self
                     .pending_offline
                     .lock()
@@ -565,13 +752,14 @@ impl Presence for RedisPresence {
             // like a dead earlier life's to the other nodes.
             inner.beat().await?;
         }
-        inner.hset(session).await?;
-        if session.node == inner.node {
-            inner.lock_local().insert(
-                (session.user.clone(), session.device_id.clone()),
-                session.clone(),
-            );
+        if session.node != inner.node {
+            return inner.hset(session).await;
         }
+        inner.record_local(session).await?;
+        inner.lock_local().insert(
+            (session.user.clone(), session.device_id.clone()),
+            session.clone(),
+        );
         Ok(())
     }
 
@@ -590,7 +778,10 @@ impl Presence for RedisPresence {
             }
         }
         match inner.del_if_conn(user, device_id, conn_id).await {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                inner.forget_local(user, device_id, conn_id).await;
+                Ok(())
+            }
             Err(e) => {
                 // Retried by the heartbeat: a stale entry would count
                 // against the device limit and draw useless routes.
@@ -686,5 +877,9 @@ impl Presence for RedisPresence {
             .query::<String>(&redis::cmd("PING"))
             .await
             .map(|_| ())
+    }
+
+    async fn departed(&self) -> Result<Vec<DeviceSession>, PresenceError> {
+        self.inner.reap_dead_lives().await
     }
 }

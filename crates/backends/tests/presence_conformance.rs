@@ -126,5 +126,21 @@ async fn redis_cluster_presence_conforms_and_expires() {
     let dying = Box::new(RedisPresence::connect(cfg("n2")).expect("cluster presence"));
     let took = pc::dead_node_entries_expire(p.as_ref(), "n1", dying, "n2", TTL).await;
     eprintln!("cluster: dead node's device dropped out after {took:?} (ttl {TTL:?})");
+
+    let p3 = RedisPresence::connect(cfg("n3")).expect("cluster presence");
+    let dying = Box::new(RedisPresence::connect(cfg("n4")).expect("cluster presence"));
+    pc::dead_nodes_devices_depart_once([p.as_ref(), &p3], dying, "n4", TTL).await;
+    p3.shutdown().await;
     p.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_presence_hands_out_a_dead_nodes_devices_once() {
+    let prefix = unique_prefix();
+    let (n1, n3) = (shared(&prefix, "n1"), shared(&prefix, "n3"));
+    let dying = Box::new(shared(&prefix, "n2"));
+    let took = pc::dead_nodes_devices_depart_once([&n1, &n3], dying, "n2", TTL).await;
+    eprintln!("dead node's device handed out {took:?} after its death (ttl {TTL:?})");
+    n1.shutdown().await;
+    n3.shutdown().await;
 }

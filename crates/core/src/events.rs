@@ -66,7 +66,10 @@ pub struct PresenceData {
     /// Devices of the user online after this change: 0 in a `user.offline`
     /// means the user is now fully offline.
     pub online_devices: usize,
-    /// Why the device left (`user.offline` only): `disconnect` or `too_many_devices`.
+    /// Why the device left (`user.offline` only): `disconnect`,
+    /// `too_many_devices`, or `node_lost` (its node stopped without logging
+    /// it out: killed, powered off, or cut off from presence for longer than
+    /// its TTL; announced by another node, or by the restarted one).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reason: String,
 }

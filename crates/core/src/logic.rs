@@ -456,6 +456,29 @@ impl Logic {
             .await;
     }
 
+    /// Publishes `user.offline` for the devices of nodes that died without
+    /// a logout ([`Presence::departed`]; reason `node_lost`), so business
+    /// servers learn of a crashed node's users too. Called periodically on
+    /// every node of a cluster; returns how many devices it announced.
+    pub async fn announce_departed(&self) -> Result<usize, LogicError> {
+        let departed = self.presence.departed().await?;
+        for d in &departed {
+            if !self.wants(events::USER_OFFLINE, &d.user) {
+                continue;
+            }
+            // The count after the loss: devices that re-logged in on another
+            // node meanwhile are online there.
+            let remaining = match self.presence.devices(&d.user).await {
+                Ok(devices) => devices.len(),
+                Err(_) => 0,
+            };
+            let data = presence_data(d, remaining, "node_lost");
+            self.publish_event(events::USER_OFFLINE, &d.user, "", &data, "")
+                .await;
+        }
+        Ok(departed.len())
+    }
+
     /// Stores a message from `from` durably (de-duplicated on its
     /// client_msg_id), then pushes it to the receiver's devices and the
     /// sender's other devices (all but `origin_conn`, a connection on this

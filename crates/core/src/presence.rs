@@ -106,6 +106,16 @@ pub trait Presence: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), PresenceError> {
         Ok(())
     }
+    /// The devices of nodes that stopped without recording them offline
+    /// (killed, powered off, or cut off from presence for longer than its
+    /// TTL), found since the last call and taken out of presence. Across
+    /// all the nodes sharing the backend, each such device is returned by
+    /// one call of one node (a node that dies while handing them out may
+    /// leave them to be returned again: at least once). What a node that
+    /// holds every connection itself (one node) never has: none.
+    async fn departed(&self) -> Result<Vec<DeviceSession>, PresenceError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Presence on a single node: a view of this node's [`Hub`], which holds

@@ -30,6 +30,8 @@ pub struct Server {
     store: Arc<dyn Store>,
     shutdown: CancellationToken,
     listeners: Vec<JoinHandle<()>>,
+    /// Periodic work that stops at once on shutdown.
+    background: Vec<JoinHandle<()>>,
     grace: Duration,
     backends: crate::cluster::Backends,
     /// Delivers the outbox to webhooks (bus backend `outbox` only).
@@ -146,6 +148,13 @@ impl Server {
             None => logic,
         });
 
+        let mut background = Vec::new();
+        if config.presence.backend != "memory" {
+            // Shared presence: this node announces the devices of nodes that
+            // died without logging them out (user.offline, reason node_lost).
+            let every = Duration::from_secs(config.presence.heartbeat_secs.max(1));
+            background.push(tokio::spawn(announce_departed(logic.clone(), every)));
+        }
         let shutdown = CancellationToken::new();
         let gate = Gate::new(logic, hub, gate_config, shutdown.clone());
         let tls = match &config.tls {
@@ -194,6 +203,7 @@ impl Server {
             store,
             shutdown,
             listeners,
+            background,
             grace: Duration::from_secs(config.shutdown_grace_secs),
             backends,
             dispatcher,
@@ -208,6 +218,9 @@ impl Server {
     /// Stops accepting, kicks every connection (KICK_SHUTDOWN), waits for
     /// them within the grace period, then flushes and closes the store.
     pub async fn stop(self) {
+        for b in &self.background {
+            b.abort();
+        }
         self.gate.drain(self.grace).await;
         for l in self.listeners {
             let _ = tokio::time::timeout(self.grace, l).await;
@@ -358,6 +371,25 @@ fn write_new_secret(path: &Path, secret: &str) -> anyhow::Result<()> {
     let result = write();
     let _ = std::fs::remove_file(&tmp);
     result.with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Every `every`: `user.offline` for the devices of nodes that stopped
+/// without logging them out ([`Logic::announce_departed`]).
+async fn announce_departed(logic: Arc<Logic>, every: Duration) {
+    let mut healthy = true;
+    loop {
+        tokio::time::sleep(every).await;
+        match logic.announce_departed().await {
+            Ok(_) => healthy = true,
+            Err(e) => {
+                // Logged on the transition: presence's own outage is logged too.
+                if healthy {
+                    tracing::warn!(error = %e, "cannot look for the devices of dead nodes; retrying");
+                }
+                healthy = false;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -266,3 +266,56 @@ pub async fn restarted_node_does_not_revive_old_entries(
     wait_devices(observer, &u, &["new"], Duration::from_secs(5)).await;
     new.offline(&u, "new", 7).await.expect("offline");
 }
+
+/// A node that died without logging its devices out: once its TTL ran out,
+/// [`Presence::departed`] on the surviving nodes hands each of its devices
+/// out exactly once (across both survivors), and not a device it logged out
+/// before dying; the devices are out of presence then. Returns how long
+/// after the death the departure was found.
+pub async fn dead_nodes_devices_depart_once(
+    survivors: [&dyn Presence; 2],
+    dying: Box<dyn Presence>,
+    dying_node: &str,
+    ttl: Duration,
+) -> Duration {
+    let u = fresh_user("departs");
+    for (device, conn) in [("dies", 1), ("left", 2)] {
+        dying
+            .online(&session(&u, device, dying_node, conn))
+            .await
+            .expect("online");
+    }
+    dying.offline(&u, "left", 2).await.expect("offline");
+    wait_devices(survivors[0], &u, &["dies"], Duration::from_secs(5)).await;
+    drop(dying);
+    let died = tokio::time::Instant::now();
+    let deadline = died + ttl + Duration::from_secs(10);
+    let mut departed: Vec<DeviceSession> = Vec::new();
+    // Other tests' dead nodes may be handed out too: wait for this one's.
+    while !departed.iter().any(|d| d.user == u) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dead node's device was not handed out within its ttl + 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Both survivors look at once, as two nodes of a cluster would.
+        let (a, b) = tokio::join!(survivors[0].departed(), survivors[1].departed());
+        departed.extend(a.expect("departed"));
+        departed.extend(b.expect("departed"));
+    }
+    let took = died.elapsed();
+    // Later looks find nothing more.
+    for p in survivors {
+        departed.extend(p.departed().await.expect("departed"));
+    }
+    let ours: Vec<&DeviceSession> = departed.iter().filter(|d| d.user == u).collect();
+    assert_eq!(ours.len(), 1, "each departed device once: {departed:?}");
+    assert_eq!(ours[0].device_id, "dies");
+    assert_eq!(ours[0].node, dying_node);
+    assert_eq!(ours[0].conn_id, 1);
+    assert!(
+        device_ids(survivors[1], &u).await.is_empty(),
+        "the departed device is out of presence"
+    );
+    took
+}
