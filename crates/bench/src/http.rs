@@ -16,10 +16,21 @@ pub async fn post_json(
     api_key: &str,
     body: &[u8],
 ) -> Result<(u16, Vec<u8>), BenchError> {
+    request_json(addr, "POST", path, api_key, body).await
+}
+
+/// Sends `method path` with a JSON body and a bearer key; returns status and body.
+pub async fn request_json(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    api_key: &str,
+    body: &[u8],
+) -> Result<(u16, Vec<u8>), BenchError> {
     let mut s = TcpStream::connect(addr).await?;
     s.set_nodelay(true)?;
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {api_key}\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {api_key}\r\n\
          Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
@@ -37,7 +48,7 @@ pub async fn post_json(
         }
     }
     parse_response(&buf)
-        .ok_or_else(|| BenchError::Http(format!("incomplete response to POST {path}")))
+        .ok_or_else(|| BenchError::Http(format!("incomplete response to {method} {path}")))
 }
 
 /// Status and body once the whole response (by Content-Length, or to EOF) is in `buf`.

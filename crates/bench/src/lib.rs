@@ -8,7 +8,7 @@
 //! its results as JSON (`--out`). `report` turns result files into the table
 //! of docs/benchmarks.md and PNG charts.
 //!
-//! - [`scenario`]: `connections`, `c2c`, `fanout`, `reconnect`;
+//! - [`scenario`]: `connections`, `c2c`, `fanout`, `group`, `reconnect`;
 //! - [`target`]: the systems under test; [`raw`]: light raw-frame clients;
 //! - [`cpu`]: what a run cost (CPU of server and generator, RSS);
 //! - [`stats`]: histograms, timelines, the result record; [`report`]: table and charts.
@@ -71,6 +71,9 @@ pub enum Scenario {
     C2c(scenario::c2c::Args),
     /// s2c (stored or online_only) to N online users through the HTTP API.
     Fanout(scenario::fanout::Args),
+    /// One group of M members, O online: group posts over the HTTP API,
+    /// deliveries/s and the time until the last member device has each.
+    Group(scenario::group::Args),
     /// N clients with an offline backlog reconnect at once and sync.
     Reconnect(scenario::reconnect::Args),
     /// Latency of one durable append (write + fdatasync) on a directory's
@@ -166,6 +169,11 @@ pub async fn run(args: BenchArgs) -> Result<Vec<RunResult>, BenchError> {
             a.common.out.clone(),
             Some(a.common),
         ),
+        Scenario::Group(a) => (
+            scenario::group::run(&a).await?,
+            a.common.out.clone(),
+            Some(a.common),
+        ),
         Scenario::Reconnect(a) => (
             scenario::reconnect::run(&a).await?,
             a.common.out.clone(),
@@ -220,7 +228,7 @@ pub fn headline(r: &RunResult) -> Option<(&'static str, f64, bool)> {
         "c2c" => m
             .get("msgs_per_sec")
             .map(|v| ("delivered msgs/s", *v, true)),
-        "fanout" => m
+        "fanout" | "group" => m
             .get("deliveries_per_sec")
             .map(|v| ("deliveries/s", *v, true)),
         "connections" => m

@@ -39,6 +39,8 @@ pub struct RawClient {
 pub struct RawPush {
     pub seq: u64,
     pub body: bytes::Bytes,
+    /// The group whose timeline `seq` is on (empty: the user's own).
+    pub group: String,
 }
 
 impl RawClient {
@@ -105,8 +107,12 @@ impl RawClient {
         loop {
             match self.next_packet().await? {
                 Some(Packet::Push(p)) => {
-                    let body = p.message.map(|m| m.body).unwrap_or_default();
-                    return Ok(Some(RawPush { seq: p.seq, body }));
+                    let (body, group) = p.message.map(|m| (m.body, m.group)).unwrap_or_default();
+                    return Ok(Some(RawPush {
+                        seq: p.seq,
+                        body,
+                        group,
+                    }));
                 }
                 Some(Packet::Kick(k)) => {
                     return Err(BenchError::Refused(format!(
@@ -122,9 +128,15 @@ impl RawClient {
 
     /// Acknowledges every push up to `seq`.
     pub async fn ack(&mut self, seq: u64) -> Result<(), BenchError> {
+        self.ack_in(seq, "").await
+    }
+
+    /// Acknowledges every push up to `seq` of `group`'s timeline (empty:
+    /// the user's own).
+    pub async fn ack_in(&mut self, seq: u64, group: &str) -> Result<(), BenchError> {
         self.send(&Packet::PushAck(pb::PushAck {
             seq,
-            group: String::new(),
+            group: group.into(),
         }))
         .await
         .map(drop)

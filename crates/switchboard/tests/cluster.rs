@@ -17,7 +17,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use switchboard_testkit::sdk::{
-    assert_numbered, bodies, connect, demo, messages, no_more_messages, spawn_numbered_sender,
+    assert_numbered, bodies, connect, demo, group_messages, messages, no_more_entries,
+    no_more_messages, spawn_numbered_sender,
 };
 use switchboard_testkit::server::SECRET;
 use switchboard_testkit::services::{self, nats_url, redis_url, unique_prefix};
@@ -409,6 +410,61 @@ async fn three_nodes_chat_fan_out_and_push_across_nodes() {
     }
 }
 
+/// An event as a business server reads it from the stream.
+struct StreamEvent {
+    /// The subject's topic token (`user_offline`, …).
+    topic: String,
+    uid: String,
+    body: Value,
+}
+
+/// Reads the demo app's events from the namespace's stream with a durable
+/// consumer, as a business server would, until `enough` says so (bounded by
+/// `T`), then once more to see anything extra.
+async fn read_events(
+    ns: &Namespace,
+    durable: &str,
+    enough: impl Fn(&[StreamEvent]) -> bool,
+) -> Vec<StreamEvent> {
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.expect("nats"));
+    let stream = js.get_stream(&ns.stream).await.expect("stream exists");
+    let consumer: async_nats::jetstream::consumer::PullConsumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some(durable.into()),
+            filter_subject: format!("{}.events.demo.>", ns.prefix),
+            ..Default::default()
+        })
+        .await
+        .expect("durable consumer");
+    let deadline = tokio::time::Instant::now() + T;
+    let mut got: Vec<StreamEvent> = Vec::new();
+    let mut last_round = false;
+    while !last_round {
+        last_round = enough(&got) || tokio::time::Instant::now() >= deadline;
+        let mut batch = consumer
+            .fetch()
+            .max_messages(50)
+            .expires(Duration::from_millis(500))
+            .messages()
+            .await
+            .expect("fetch");
+        while let Some(m) = batch.next().await {
+            let m = m.expect("message");
+            let topic = m.subject.split('.').nth(3).unwrap_or_default().to_string();
+            let uid = m
+                .headers
+                .as_ref()
+                .and_then(|h| h.get("Sb-Uid"))
+                .map(|v| v.as_str().to_string())
+                .unwrap_or_default();
+            let body = serde_json::from_slice(&m.payload).unwrap_or(Value::Null);
+            got.push(StreamEvent { topic, uid, body });
+            m.ack().await.expect("ack");
+        }
+    }
+    got
+}
+
 /// Every platform event reaches JetStream, though the app has no webhook
 /// (issue 15: only c2s used to): logins, a stored message and a logout, from
 /// whichever node saw them, each once. Read back as a business server would,
@@ -435,41 +491,11 @@ async fn platform_events_reach_jetstream_without_a_webhook() {
         "user_online alice",
         "user_online bob",
     ];
-    let js = async_nats::jetstream::new(async_nats::connect(nats_url()).await.expect("nats"));
-    let stream = js.get_stream(&ns.stream).await.expect("stream exists");
-    let consumer: async_nats::jetstream::consumer::PullConsumer = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::Config {
-            durable_name: Some("crm".into()),
-            filter_subject: format!("{}.events.demo.>", ns.prefix),
-            ..Default::default()
-        })
+    let mut got: Vec<String> = read_events(&ns, "crm", |got| got.len() >= want.len())
         .await
-        .expect("durable consumer");
-    let deadline = tokio::time::Instant::now() + T;
-    let mut got: Vec<String> = Vec::new();
-    // The logout's event may still be on its way: read until every wanted
-    // event is there (bounded), then once more to see nothing extra.
-    while got.len() < want.len() && tokio::time::Instant::now() < deadline {
-        let mut batch = consumer
-            .fetch()
-            .max_messages(20)
-            .expires(Duration::from_millis(500))
-            .messages()
-            .await
-            .expect("fetch");
-        while let Some(m) = batch.next().await {
-            let m = m.expect("message");
-            let topic = m.subject.split('.').nth(3).unwrap_or_default().to_string();
-            let uid = m
-                .headers
-                .as_ref()
-                .and_then(|h| h.get("Sb-Uid"))
-                .map(|v| v.as_str().to_string())
-                .unwrap_or_default();
-            got.push(format!("{topic} {uid}"));
-            m.ack().await.expect("ack");
-        }
-    }
+        .into_iter()
+        .map(|e| format!("{} {}", e.topic, e.uid))
+        .collect();
     got.sort();
     assert_eq!(got, want);
     alice.close().await;
@@ -543,6 +569,104 @@ async fn kill_9_of_a_node_under_traffic_loses_and_duplicates_nothing() {
         "dead node's presence cleared {:?} after kill -9 (ttl {TTL_SECS} s)",
         killed_at.elapsed()
     );
+
+    // Business servers learn it too (issue 15): a surviving node announces
+    // the dead node's devices with user.offline, reason node_lost, once.
+    let is_daves_loss = |e: &StreamEvent| {
+        e.topic == "user_offline" && e.uid == "dave" && e.body["reason"] == "node_lost"
+    };
+    let events = read_events(&ns, "crm", |got| got.iter().any(is_daves_loss)).await;
+    let losses: Vec<&StreamEvent> = events.iter().filter(|e| is_daves_loss(e)).collect();
+    assert_eq!(losses.len(), 1, "one user.offline for dave after n3 died");
+    assert_eq!(losses[0].body["device_id"], "d1");
+    assert_eq!(losses[0].body["node"], "n3");
+    assert_eq!(losses[0].body["online_devices"], 0);
+    eprintln!(
+        "user.offline for the dead node's users {:?} after kill -9",
+        killed_at.elapsed()
+    );
+}
+
+/// Groups in the cluster: members spread over the three nodes, the sender's
+/// node killed with -9 mid-stream. Every acknowledged post reaches every
+/// member device once, in the group's order (the sender's other device too),
+/// and a device that logs in afterwards on another node syncs them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_a_node_under_group_traffic_loses_and_duplicates_nothing() {
+    let ns = Namespace::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster(&ns, dir.path()).await;
+    let tcp: Vec<SocketAddr> = nodes.iter().map(|n| n.tcp).collect();
+    let lb3 = balancer(vec![tcp[2], tcp[0], tcp[1]]).await;
+
+    let g = "/v1/apps/demo/groups/city-1";
+    let (status, text) = http(nodes[1].http, "PUT", g, Some(&json!({"name": "City 1"})))
+        .await
+        .expect("create group");
+    assert_eq!(status, 201, "{text}");
+    let members = json!({"members": [{"uid": "alice"}, {"uid": "bob"}, {"uid": "carol"}]});
+    api(&nodes[0], &format!("{g}/members"), members).await;
+
+    // Alice posts from n3 (through its balancer); her second device is on
+    // n1; bob is on n2 and n3 (balanced); carol on n1.
+    let (_alice1, mut alice1_ev) = connect(&nodes[0].url(), "alice", "a2").await;
+    let (_bob2, mut bob2_ev) = connect(&nodes[1].url(), "bob", "b2").await;
+    let (_bob3, mut bob3_ev) = connect(&lb3, "bob", "b3").await;
+    let (_carol, mut carol_ev) = connect(&nodes[0].url(), "carol", "c1").await;
+
+    const N: usize = 60;
+    let sender = {
+        let lb3 = lb3.clone();
+        tokio::spawn(async move {
+            let (alice, _events) = connect(&lb3, "alice", "a1").await;
+            let mut acked = Vec::with_capacity(N);
+            for i in 0..N {
+                let r = alice
+                    .send_group_with_id(format!("g{i}"), "city-1", "text", format!("{i}"))
+                    .await;
+                acked.push(r.expect("every post is eventually acknowledged"));
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+            alice.close().await;
+            acked
+        })
+    };
+    let first = group_messages(&mut bob2_ev, "city-1", 10, T).await;
+    nodes[2].kill9();
+
+    let acked = sender.await.expect("sender");
+    let seqs: Vec<u64> = (1..=N as u64).collect();
+    let want: Vec<String> = (0..N).map(|i| i.to_string()).collect();
+    assert_eq!(acked.iter().map(|r| r.seq).collect::<Vec<_>>(), seqs);
+    let mut got_b2 = first;
+    got_b2.extend(group_messages(&mut bob2_ev, "city-1", N - 10, T).await);
+    let got = [
+        ("bob b2", got_b2),
+        ("bob b3", group_messages(&mut bob3_ev, "city-1", N, T).await),
+        (
+            "carol c1",
+            group_messages(&mut carol_ev, "city-1", N, T).await,
+        ),
+        (
+            "alice a2",
+            group_messages(&mut alice1_ev, "city-1", N, T).await,
+        ),
+    ];
+    for (who, got) in got {
+        assert_eq!(bodies(&got), want, "{who}: every post once, in order");
+        assert_eq!(
+            got.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            seqs,
+            "{who}"
+        );
+    }
+    for ev in [&mut bob2_ev, &mut bob3_ev, &mut carol_ev, &mut alice1_ev] {
+        no_more_entries(ev, Duration::from_millis(300)).await;
+    }
+    // Carol's second device, offline throughout, logs in on n2 and syncs.
+    let (_carol2, mut carol2_ev) = connect(&nodes[1].url(), "carol", "c2").await;
+    let got = group_messages(&mut carol2_ev, "city-1", N, T).await;
+    assert_eq!(bodies(&got), want, "carol c2: every post once, in order");
 }
 
 /// A revocation through one node's API kicks the user's devices on every

@@ -17,9 +17,18 @@ pub struct Http {
 
 impl Http {
     pub fn new(s: &TestServer) -> Http {
+        Http::at(s.http)
+    }
+
+    /// A client for the node whose HTTP API listens on `addr` (a node run as
+    /// a child process, whose app `demo` has the API key [`DEMO_KEY`]).
+    pub fn at(addr: std::net::SocketAddr) -> Http {
+        // reqwest's rustls needs a process-wide provider; a test whose node
+        // is a child process has not installed one.
+        switchboard_hooks::install_crypto_provider();
         Http {
             client: reqwest::Client::new(),
-            base: format!("http://{}", s.http),
+            base: format!("http://{addr}"),
             key: DEMO_KEY,
         }
     }

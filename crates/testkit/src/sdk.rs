@@ -64,6 +64,59 @@ pub async fn no_more_messages(events: &mut Events, wait: Duration) {
     }
 }
 
+/// Receives `group`'s entries until `n` arrived (other events are skipped),
+/// panicking after `within` or on an entry of another group.
+pub async fn group_messages(
+    events: &mut Events,
+    group: &str,
+    n: usize,
+    within: Duration,
+) -> Vec<(u64, Message)> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while got.len() < n {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(Event::GroupMessage {
+                group: g,
+                seq,
+                message,
+            })) => {
+                assert_eq!(g, group, "an entry of another group");
+                got.push((seq, message));
+            }
+            Ok(Some(Event::Closed)) | Ok(None) => {
+                panic!("client closed after {} of {n} group entries", got.len())
+            }
+            Ok(Some(_)) => {}
+            Err(_) => panic!(
+                "only {} of {n} group entries within {within:?}: {:?}",
+                got.len(),
+                bodies(&got)
+            ),
+        }
+    }
+    got
+}
+
+/// Asserts that no timeline message and no group entry arrives within `wait`.
+pub async fn no_more_entries(events: &mut Events, wait: Duration) {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(Event::Message { seq, message })) => {
+                panic!("unexpected message {seq}: {message:?}")
+            }
+            Ok(Some(Event::GroupMessage {
+                group,
+                seq,
+                message,
+            })) => panic!("unexpected entry {seq} of {group}: {message:?}"),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => return,
+        }
+    }
+}
+
 /// The bodies of messages, as strings.
 pub fn bodies(msgs: &[(u64, Message)]) -> Vec<String> {
     msgs.iter()

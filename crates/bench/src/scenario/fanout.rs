@@ -70,52 +70,12 @@ pub async fn run(a: &Args) -> Result<Vec<RunResult>, BenchError> {
 async fn switchboard(a: &Args, target: &Target) -> Result<RunResult, BenchError> {
     let run = run_id();
     let uids: Vec<String> = (0..a.users).map(|i| format!("{run}-f{i}")).collect();
-    let setup = bar(a.common.quiet, a.users as u64, "logging in");
-    let mut clients = Vec::with_capacity(a.users);
-    // Receivers on the nodes after the first (one node: that one); the API
-    // requests go to the first node's --http, so a cluster routes every push.
-    let mut logins = futures::stream::iter(uids.iter().cloned().enumerate())
-        .map(|(i, uid)| async move {
-            let token = target.token(&uid)?;
-            RawClient::login(None, target.receiver_tcp(i), token, format!("{uid}-dev")).await
-        })
-        .buffer_unordered(a.concurrency.max(1));
-    while let Some(r) = logins.next().await {
-        clients.push(r?.0);
-        setup.inc(1);
-    }
-    drop(logins);
-    setup.finish_and_clear();
-
+    let clients = login_receivers(target, &uids, a.concurrency, a.common.quiet).await?;
     let meter = target.cpu_meter();
     let start_ns = stats::now_ns();
     let received = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let stored = a.mode == "stored";
-    let mut tasks = Vec::with_capacity(a.users);
-    for mut c in clients {
-        let received = received.clone();
-        let mut stop = stop_rx.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut rec = Received::default();
-            loop {
-                tokio::select! {
-                    p = c.next_push() => match p {
-                        Ok(Some(p)) => {
-                            rec.record(&p.body);
-                            received.fetch_add(1, Ordering::Relaxed);
-                            if stored && p.seq > 0 && c.ack(p.seq).await.is_err() {
-                                break;
-                            }
-                        }
-                        Ok(None) | Err(_) => break,
-                    },
-                    _ = stop.changed() => break,
-                }
-            }
-            rec
-        }));
-    }
+    let tasks = spawn_receivers(clients, a.mode == "stored", &received, &stop_rx);
 
     let path = format!("/v1/apps/{}/push", target.app);
     let progress = bar(a.common.quiet, a.messages * a.users as u64, "deliveries");
@@ -163,15 +123,7 @@ async fn switchboard(a: &Args, target: &Target) -> Result<RunResult, BenchError>
         progress.finish_and_clear();
         return Err(BenchError::Http(e.clone()));
     }
-    let drain_end = Instant::now() + Duration::from_secs_f64(a.drain);
-    while received.load(Ordering::Relaxed) < expected && Instant::now() < drain_end {
-        progress.set_position(received.load(Ordering::Relaxed));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    progress.finish_and_clear();
-    let _ = stop_tx.send(true);
-    let mut cost = RunResult::default();
-    meter.finish(&mut cost, received.load(Ordering::Relaxed), "delivery");
+    let cost = settle(&received, expected, a.drain, &progress, &stop_tx, meter).await;
     let mut r = collect(tasks, start_ns, a, expected).await;
     r.metrics.extend(cost.metrics);
     if target.nodes() > 1 {
@@ -186,6 +138,90 @@ async fn switchboard(a: &Args, target: &Target) -> Result<RunResult, BenchError>
     }
     r.notes.push("receivers are raw-frame clients (not the SDK); latency: API request sent → push read by the receiver".into());
     Ok(r)
+}
+
+/// Logs `uids` in as raw-frame receivers, `concurrency` at a time: on the
+/// nodes after the first (one node: that one), so that in a cluster every
+/// push the first node's API makes crosses the route.
+pub(crate) async fn login_receivers(
+    target: &Target,
+    uids: &[String],
+    concurrency: usize,
+    quiet: bool,
+) -> Result<Vec<RawClient>, BenchError> {
+    let setup = bar(quiet, uids.len() as u64, "logging in");
+    let mut clients = Vec::with_capacity(uids.len());
+    let mut logins = futures::stream::iter(uids.iter().cloned().enumerate())
+        .map(|(i, uid)| async move {
+            let token = target.token(&uid)?;
+            RawClient::login(None, target.receiver_tcp(i), token, format!("{uid}-dev")).await
+        })
+        .buffer_unordered(concurrency.max(1));
+    while let Some(r) = logins.next().await {
+        clients.push(r?.0);
+        setup.inc(1);
+    }
+    drop(logins);
+    setup.finish_and_clear();
+    Ok(clients)
+}
+
+/// One task per receiver: records every bench push (counting it in
+/// `received`) and, with `ack`, acknowledges each stored one on its timeline
+/// (the user's, or the group's) as the SDK does, until `stop` changes.
+pub(crate) fn spawn_receivers(
+    clients: Vec<RawClient>,
+    ack: bool,
+    received: &Arc<AtomicU64>,
+    stop: &watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<Received>> {
+    let mut tasks = Vec::with_capacity(clients.len());
+    for mut c in clients {
+        let received = received.clone();
+        let mut stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut rec = Received::default();
+            loop {
+                tokio::select! {
+                    p = c.next_push() => match p {
+                        Ok(Some(p)) => {
+                            rec.record(&p.body);
+                            received.fetch_add(1, Ordering::Relaxed);
+                            if ack && p.seq > 0 && c.ack_in(p.seq, &p.group).await.is_err() {
+                                break;
+                            }
+                        }
+                        Ok(None) | Err(_) => break,
+                    },
+                    _ = stop.changed() => break,
+                }
+            }
+            rec
+        }));
+    }
+    tasks
+}
+
+/// Waits (at most `drain_s`) until `expected` deliveries arrived, stops the
+/// receivers, and returns the cost meter's figures per delivery.
+pub(crate) async fn settle(
+    received: &AtomicU64,
+    expected: u64,
+    drain_s: f64,
+    progress: &indicatif::ProgressBar,
+    stop: &watch::Sender<bool>,
+    meter: crate::cpu::CpuMeter,
+) -> RunResult {
+    let drain_end = Instant::now() + Duration::from_secs_f64(drain_s);
+    while received.load(Ordering::Relaxed) < expected && Instant::now() < drain_end {
+        progress.set_position(received.load(Ordering::Relaxed));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    progress.finish_and_clear();
+    let _ = stop.send(true);
+    let mut cost = RunResult::default();
+    meter.finish(&mut cost, received.load(Ordering::Relaxed), "delivery");
+    cost
 }
 
 /// Joins the receivers and computes figures and the loss check.
@@ -235,7 +271,7 @@ pub(crate) async fn collect(
     r
 }
 
-async fn mqtt(a: &Args, m: &Mqtt, q: u8) -> Result<RunResult, BenchError> {
+pub(crate) async fn mqtt(a: &Args, m: &Mqtt, q: u8) -> Result<RunResult, BenchError> {
     let run = run_id();
     let topic = format!("sb-bench/{run}/fanout");
     let setup = bar(a.common.quiet, a.users as u64, "mqtt subscribing");

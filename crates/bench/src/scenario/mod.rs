@@ -6,6 +6,7 @@ pub mod c2c;
 pub mod connections;
 pub mod disk;
 pub mod fanout;
+pub mod group;
 pub mod mqtt;
 pub mod reconnect;
 
@@ -101,6 +102,14 @@ impl Received {
             self.sent.push(sent);
             self.at.push(stats::now_ns());
         }
+    }
+
+    /// Each arrival's message number and latency (arrival − send, ns).
+    pub fn latencies(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.ns
+            .iter()
+            .zip(self.sent.iter().zip(&self.at))
+            .map(|(&n, (&sent, &at))| (n, at.saturating_sub(sent)))
     }
 
     /// When the last bench body arrived (0: none did).
