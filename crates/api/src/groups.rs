@@ -286,9 +286,15 @@ fn check_batch(n: usize) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The `after` of a page query: empty is absent.
-fn after(q: &PageQuery) -> Option<&str> {
-    q.after.as_deref().filter(|a| !a.is_empty())
+/// The `after` of a page query: empty is absent; longer than an id is
+/// INVALID_ARGUMENT (no id can be there to page from).
+fn after(q: &PageQuery) -> Result<Option<&str>, ApiError> {
+    match q.after.as_deref().filter(|a| !a.is_empty()) {
+        Some(a) => switchboard_proto::limits::check_id("after", a)
+            .map(|()| Some(a))
+            .map_err(|e| ApiError::invalid(e.0)),
+        None => Ok(None),
+    }
 }
 
 // -------------------------------------------------------------- handlers ---
@@ -512,7 +518,7 @@ pub async fn list_members(
         .logic
         .group_members(
             &GroupKey::new(app, gid),
-            after(&q),
+            after(&q)?,
             q.limit.unwrap_or(0) as usize,
         )
         .await?;
@@ -553,7 +559,7 @@ pub async fn user_groups(
         .logic
         .user_groups(
             &UserKey::new(app, uid),
-            after(&q),
+            after(&q)?,
             q.limit.unwrap_or(0) as usize,
         )
         .await?;
