@@ -497,6 +497,14 @@ impl Hub {
         }
     }
 
+    /// Whether connection `conn_id` is subscribed to the group: its user was
+    /// a member when it logged in, or joined since, and has not left.
+    pub fn is_subscribed(&self, conn_id: u64, group: &GroupKey) -> bool {
+        self.lock_conn_groups()
+            .get(&conn_id)
+            .is_some_and(|gs| gs.contains(group))
+    }
+
     /// This node's connections subscribed to the group.
     pub fn group_connections(&self, group: &GroupKey) -> usize {
         self.group_shard(group).get(group).map_or(0, |s| s.len())
@@ -870,8 +878,14 @@ mod tests {
         hub.membership(&GroupKey::new("other", "g"), &["carol".into()], true);
         assert_eq!(deliver(&hub, &[group_entry("g", 2)], None), [2]);
         assert!(drained(&mut c).is_empty());
+        assert!(hub.is_subscribed(1, &g) && hub.is_subscribed(2, &g));
+        assert!(!hub.is_subscribed(3, &g), "carol is not in demo's g");
         hub.membership(&g, &["bob".into()], false);
         assert_eq!(hub.group_connections(&g), 0);
+        assert!(
+            !hub.is_subscribed(1, &g),
+            "left: its acks prove membership again"
+        );
         assert_eq!(deliver(&hub, &[group_entry("g", 3)], None), [0]);
         assert_eq!(drained(&mut b1), [(Some("g".into()), 2)]);
         // Leaving again is harmless.

@@ -189,9 +189,31 @@ impl Logic {
         gid: &str,
         seq: u64,
     ) -> Result<(), LogicError> {
+        self.ack_group_from(None, user, device_id, gid, seq).await
+    }
+
+    /// [`Logic::ack_group`] from connection `conn_id` of this node. A
+    /// connection the hub has subscribed to the group is a member's: its
+    /// ack skips the two reads that prove membership (every store clamps a
+    /// group cursor to the head and drops one for a group that is gone), so
+    /// a busy group's acks cost one cursor write each, not two reads on the
+    /// reader threads as well.
+    pub async fn ack_group_from(
+        &self,
+        conn_id: Option<u64>,
+        user: &UserKey,
+        device_id: &str,
+        gid: &str,
+        seq: u64,
+    ) -> Result<(), LogicError> {
         switchboard_proto::limits::check_id("group", gid)?;
         let key = GroupKey::new(user.app.clone(), gid);
         let store = self.store();
+        if conn_id.is_some_and(|c| self.route().hub().is_subscribed(c, &key)) {
+            return Ok(store
+                .advance_group_cursor(user, device_id, &key, seq)
+                .await?);
+        }
         let (group, member) = tokio::try_join!(store.group(&key), store.member(&key, &user.uid))?;
         let (Some(group), Some(_)) = (group, member) else {
             return Ok(());

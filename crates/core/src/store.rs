@@ -318,7 +318,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Page, StoreError>;
 
     /// Moves the device's cursor on the group's timeline forward to `seq`
-    /// (never back). May be lazy, like [`Store::advance_cursor`].
+    /// (never back), clamped to the group's head; nothing when there is no
+    /// such group (deleted). May be lazy, like [`Store::advance_cursor`].
+    /// Membership is the caller's to check.
     async fn advance_group_cursor(
         &self,
         user: &UserKey,

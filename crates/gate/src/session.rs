@@ -869,7 +869,9 @@ impl Session {
         let moved = if group.is_empty() {
             logic.ack(user, device, seq).await
         } else {
-            logic.ack_group(user, device, &group, seq).await
+            logic
+                .ack_group_from(Some(self.handle.conn_id), user, device, &group, seq)
+                .await
         };
         if let Err(e) = moved {
             tracing::warn!(error = %e, "could not move the cursor; the device may get entries again");

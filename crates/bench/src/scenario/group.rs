@@ -49,6 +49,12 @@ pub struct Args {
     /// Seconds to wait for the last deliveries.
     #[arg(long, default_value_t = 30.0)]
     pub drain: f64,
+    /// Also measure a login of a user who is in this many groups (0: not).
+    #[arg(long, default_value_t = 0)]
+    pub login_groups: usize,
+    /// How many of those groups hold an entry the user has not read.
+    #[arg(long, default_value_t = 100)]
+    pub login_unread: usize,
 }
 
 pub async fn run(a: &Args) -> Result<Vec<RunResult>, BenchError> {
@@ -241,6 +247,19 @@ async fn switchboard(a: &Args, online: usize, target: &Target) -> Result<RunResu
         loss.out_of_order += synced.out_of_order;
         r.metric("offline_login_to_current_ms", synced.took_ms);
     }
+    if a.login_groups > 0 {
+        let (took_ms, missing) =
+            login_in_many_groups(target, &run, a.login_groups, a.login_unread).await?;
+        r.param("login_groups", a.login_groups);
+        r.param("login_unread", a.login_unread.min(a.login_groups));
+        r.metric("login_groups_current_ms", took_ms);
+        if missing > 0 {
+            r.notes.push(format!(
+                "login in many groups: {missing} unread entries not synced"
+            ));
+            loss.lost += missing;
+        }
+    }
     loss.ok = loss.lost == 0 && loss.duplicates == 0 && loss.out_of_order == 0;
     r.loss = loss;
     r.notes.push(
@@ -326,4 +345,84 @@ async fn offline_member_syncs(
         out_of_order,
         took_ms,
     })
+}
+
+/// A user in `groups` groups, `unread` of them with one entry posted since
+/// its device last read: the time from connecting to holding every unread
+/// entry (login, `login_ack.groups`, one sync per listed group, all in
+/// flight at once as an SDK sends them), and how many entries it missed.
+async fn login_in_many_groups(
+    target: &Target,
+    run: &str,
+    groups: usize,
+    unread: usize,
+) -> Result<(f64, u64), BenchError> {
+    let uid = format!("{run}-many");
+    let gids: Vec<String> = (0..groups).map(|i| format!("{run}-lg{i}")).collect();
+    let base = format!("/v1/apps/{}/groups", target.app);
+    let setup = bar(false, groups as u64, "groups of the login user");
+    for gid in &gids {
+        api(
+            target,
+            "PUT",
+            &format!("{base}/{gid}"),
+            serde_json::json!({}),
+        )
+        .await?;
+        api(
+            target,
+            "POST",
+            &format!("{base}/{gid}/members"),
+            serde_json::json!({"members": [{"uid": uid}]}),
+        )
+        .await?;
+        setup.inc(1);
+    }
+    setup.finish_and_clear();
+    let unread = unread.min(groups);
+    for (i, gid) in gids.iter().take(unread).enumerate() {
+        api(
+            target,
+            "POST",
+            &format!("{base}/{gid}/messages"),
+            serde_json::json!({"client_msg_id": format!("{run}-u{i}"), "type": "bench", "body": "x"}),
+        )
+        .await?;
+    }
+    let t0 = Instant::now();
+    let (mut c, ack) = RawClient::login(
+        None,
+        target.receiver_tcp(0),
+        target.token(&uid)?,
+        format!("{uid}-dev"),
+    )
+    .await?;
+    for g in &ack.groups {
+        c.send(&Packet::Sync(pb::Sync {
+            since: g.cursor,
+            limit: 0,
+            group: g.group.clone(),
+        }))
+        .await?;
+    }
+    // Each listed group holds one unread entry: one page each.
+    let (mut replies, mut got) = (0, 0u64);
+    while replies < ack.groups.len() {
+        match c.next_packet().await? {
+            Some(Packet::SyncReply(reply)) => {
+                replies += 1;
+                got += reply.entries.len() as u64;
+            }
+            Some(Packet::Error(e)) => {
+                return Err(BenchError::Refused(format!(
+                    "sync: {} {}",
+                    e.code, e.message
+                )));
+            }
+            Some(_) => {}
+            None => return Err(BenchError::Refused("closed during sync".into())),
+        }
+    }
+    let took_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    Ok((took_ms, (unread as u64).saturating_sub(got)))
 }
