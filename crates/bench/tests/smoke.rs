@@ -129,6 +129,31 @@ async fn scenarios_run_against_a_real_node() {
     .await;
     assert_eq!(r[0].loss.received, 15);
 
+    let r = bench(
+        &[
+            "group",
+            "--members",
+            "8",
+            "--online",
+            "5",
+            "--messages",
+            "3",
+            "--rate",
+            "50",
+            "--drain",
+            "5",
+            "--login-groups",
+            "3",
+            "--login-unread",
+            "2",
+        ],
+        &common,
+    )
+    .await;
+    assert_eq!(r[0].loss.received, 15);
+    assert!(r[0].loss.ok, "{:?}", r[0].loss);
+    assert!(r[0].metrics.contains_key("login_groups_current_ms"));
+
     // The disk scenario needs no node.
     let d = dir.path().display().to_string();
     let disk_out = out.display().to_string();
