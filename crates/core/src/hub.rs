@@ -499,10 +499,12 @@ impl Hub {
 
     /// Whether connection `conn_id` is subscribed to the group: its user was
     /// a member when it logged in, or joined since, and has not left.
+    /// Asked on every group ack: reads the group's shard, not the one lock
+    /// of every connection's group list.
     pub fn is_subscribed(&self, conn_id: u64, group: &GroupKey) -> bool {
-        self.lock_conn_groups()
-            .get(&conn_id)
-            .is_some_and(|gs| gs.contains(group))
+        self.group_shard(group)
+            .get(group)
+            .is_some_and(|set| set.contains_key(&conn_id))
     }
 
     /// This node's connections subscribed to the group.
