@@ -26,6 +26,8 @@ export interface Node {
   /** host:port of HTTP and WebSocket. */
   httpAddr: string;
   dataDir: string;
+  /** The `switchboard serve` process (for reading its CPU time in /proc). */
+  pid: number;
   token(uid: string): Promise<string>;
   adminKey(): Promise<string>;
   /** The demo app's HTTP API key. */
@@ -68,6 +70,7 @@ export async function startNode(env: Record<string, string> = {}): Promise<Node>
     httpUrl: `http://${httpAddr}`,
     httpAddr,
     dataDir,
+    pid: child.pid ?? 0,
     async token(uid) {
       const { stdout } = await run(BIN, ["token", "--uid", uid, "--data-dir", dataDir]);
       return stdout.trim();
