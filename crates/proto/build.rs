@@ -16,6 +16,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.file_descriptor_set_path(&descriptor_path);
     // Bodies are shared, not copied, from the receive buffer to the fan-out.
     config.bytes([".switchboard.v1"]);
+    // Rare and large next to the rest of a message: boxed, so a `Message`
+    // (and a `Packet`) stays small.
+    config.boxed(".switchboard.v1.Message.read");
     config.skip_protoc_run();
     config.compile_fds(fds)?;
 

@@ -4,6 +4,7 @@
 //! [`error`], docs/http-api.md).
 
 pub mod console;
+pub mod conversations;
 pub mod error;
 mod extract;
 pub mod groups;
@@ -63,6 +64,10 @@ pub fn router_with(gate: Arc<Gate>, config: ApiConfig) -> Router {
             get(v1::history),
         )
         .route("/v1/apps/{app}/users/{uid}/timeline", get(v1::timeline))
+        .route(
+            "/v1/apps/{app}/users/{uid}/conversations",
+            get(conversations::list),
+        )
         .route("/v1/apps/{app}/users/{uid}/kick", post(v1::kick))
         .route("/v1/apps/{app}/users/{uid}/revoke", post(revoke::revoke))
         .route(

@@ -22,6 +22,7 @@ operators (stats, kick). Authenticate with `Authorization: Bearer <key>`: the ap
         v1::presence,
         v1::history,
         v1::timeline,
+        crate::conversations::list,
         v1::kick,
         crate::revoke::revoke,
         crate::groups::put_group,

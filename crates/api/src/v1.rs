@@ -244,6 +244,23 @@ pub struct MessageView {
     pub body_base64: String,
     pub client_msg_id: String,
     pub server_time_ms: i64,
+    /// Set when the entry is a read receipt (then `type` and the body are
+    /// empty): `from` read the conversation up to a point.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read: Option<ReadReceiptView>,
+}
+
+/// What a read receipt says.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ReadReceiptView {
+    /// The 1:1 conversation's other user (absent for a group).
+    pub peer: Option<UserView>,
+    /// The group's id (absent for a 1:1 conversation).
+    pub group: Option<String>,
+    /// The read position: on the reader's timeline (1:1) or the group's.
+    pub seq: u64,
+    /// The message at that position (decimal).
+    pub msg_id: String,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -381,19 +398,34 @@ fn user_view(u: &UserKey) -> UserView {
 }
 
 pub(crate) fn message_view(m: &Message) -> MessageView {
+    let read = m.read_receipt().map(|r| ReadReceiptView {
+        peer: r.peer.map(|p| UserView {
+            app: p.app,
+            uid: p.uid,
+        }),
+        group: (!r.group.is_empty()).then_some(r.group),
+        seq: r.seq,
+        msg_id: r.msg_id.to_string(),
+    });
+    let body: &[u8] = if read.is_some() { &[] } else { &m.body };
     MessageView {
         msg_id: m.id.to_string(),
         from: user_view(&m.from),
         to: user_view(&m.to),
-        kind: m.kind.clone(),
-        body: std::str::from_utf8(&m.body).ok().map(str::to_owned),
-        body_base64: BASE64.encode(&m.body),
+        kind: if read.is_some() {
+            String::new()
+        } else {
+            m.kind.clone()
+        },
+        body: std::str::from_utf8(body).ok().map(str::to_owned),
+        body_base64: BASE64.encode(body),
         client_msg_id: m.client_msg_id.clone(),
         server_time_ms: m.server_time_ms,
+        read,
     }
 }
 
-fn entry_view(e: &Entry) -> EntryView {
+pub(crate) fn entry_view(e: &Entry) -> EntryView {
     EntryView {
         seq: e.seq,
         message: message_view(&e.message),

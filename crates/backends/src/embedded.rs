@@ -49,6 +49,9 @@ pub trait Reads: ReadContext {
     /// The user's token revocation time, `None` when never revoked.
     fn tokens_revoked_before(&mut self, user: &UserKey) -> Result<Option<u64>, StoreError>;
 
+    /// The user's conversation view, `None` when none was stored.
+    fn conversation_view(&mut self, user: &UserKey) -> Result<Option<bytes::Bytes>, StoreError>;
+
     /// The engine can serve (for `/readyz`).
     fn ping(&mut self) -> Result<(), StoreError>;
 
@@ -279,6 +282,20 @@ impl<R: Reads> Store for Embedded<R> {
     async fn tokens_revoked_before(&self, user: &UserKey) -> Result<Option<u64>, StoreError> {
         let user = user.clone();
         self.read(move |r| r.tokens_revoked_before(&user)).await
+    }
+
+    async fn conversation_view(&self, user: &UserKey) -> Result<Option<bytes::Bytes>, StoreError> {
+        let user = user.clone();
+        self.read(move |r| r.conversation_view(&user)).await
+    }
+
+    async fn put_conversation_view(
+        &self,
+        user: &UserKey,
+        view: bytes::Bytes,
+    ) -> Result<(), StoreError> {
+        let user = user.clone();
+        self.queue.write(|r| Command::PutView(user, view, r)).await
     }
 
     async fn put_group(&self, spec: &GroupSpec) -> Result<(Group, bool), StoreError> {

@@ -327,6 +327,8 @@ pub enum Command {
     MarkDelivered(Vec<u64>, Reply<usize>),
     /// Raise a user's token revocation time (never lower it).
     Revoke(UserKey, u64, Reply<u64>),
+    /// Store (replace) a user's conversation view.
+    PutView(UserKey, bytes::Bytes, Reply<()>),
     /// A group operation (`Store::put_group` and the others that write).
     Group(GroupOp, Reply<GroupDone>),
     /// Purge expired de-dup and delivered outbox entries now.

@@ -293,6 +293,16 @@ impl Store for TwoNodes {
     async fn tokens_revoked_before(&self, u: &UserKey) -> Result<Option<u64>, StoreError> {
         self.pick().tokens_revoked_before(u).await
     }
+    async fn conversation_view(&self, u: &UserKey) -> Result<Option<bytes::Bytes>, StoreError> {
+        self.pick().conversation_view(u).await
+    }
+    async fn put_conversation_view(
+        &self,
+        u: &UserKey,
+        view: bytes::Bytes,
+    ) -> Result<(), StoreError> {
+        self.pick().put_conversation_view(u, view).await
+    }
     async fn put_group(&self, spec: &GroupSpec) -> Result<(Group, bool), StoreError> {
         self.pick().put_group(spec).await
     }

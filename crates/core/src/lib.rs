@@ -13,10 +13,13 @@
 //! - [`logic`]: c2c, c2s, s2c, sync and cursors, written once against the traits;
 //!   [`logic_api`]: what the HTTP API adds (s2c push, presence, history, kick);
 //!   [`logic_groups_api`]: groups for the HTTP API (membership, posting);
+//!   [`logic_conv`]: the conversation list, read receipts, transient messages
+//!   (over the [`conversation`] view);
 //! - [`stats`]: node counters and metric names.
 
 pub mod auth;
 pub mod bus;
+pub mod conversation;
 pub mod error;
 pub mod events;
 pub mod group;
@@ -25,6 +28,7 @@ pub mod hub;
 pub mod id;
 pub mod logic;
 pub mod logic_api;
+pub mod logic_conv;
 pub mod logic_group;
 pub mod logic_groups_api;
 pub mod model;
@@ -44,6 +48,9 @@ pub use hooks::{Screen, ScreenError, Verdict};
 pub use hub::{ConnHandle, Hub, Outbound};
 pub use logic::{C2cOrder, Logic, LogicConfig};
 pub use logic_api::{ConversationPage, S2cMode, S2cOutcome, SYSTEM_UID};
+pub use logic_conv::{
+    ConversationItem, ConversationList, MarkedRead, ReadTarget, TransientRequest, TransientSent,
+};
 pub use model::{Entry, Message, NewMessage, UserKey};
 pub use presence::{DeviceSession, HubPresence, Placement, Presence, PresenceError};
 pub use route::{Delivery, LocalRoute, Reach, Route, RouteError, Target};

@@ -544,24 +544,8 @@ impl Logic {
         origin_conn: Option<u64>,
         req: C2cRequest,
     ) -> Result<C2cSubmitted, LogicError> {
-        let mut to = req.to;
-        if to.app.is_empty() {
-            to.app = from.app.clone();
-        }
         self.check_content(&req.client_msg_id, &req.kind, &req.body)?;
-        check_id("to.uid", &to.uid)?;
-        if self.apps.get(&to.app).is_none() {
-            return Err(LogicError::InvalidArgument(format!(
-                "unknown app {}",
-                to.app
-            )));
-        }
-        if !self.apps.may_message(&from.app, &to.app) {
-            return Err(LogicError::CrossAppForbidden {
-                from: from.app.clone(),
-                to: to.app.clone(),
-            });
-        }
+        let to = self.checked_peer(from, req.to)?;
         let mut timelines = vec![to.clone()];
         if *from != to {
             timelines.push(from.clone());

@@ -326,11 +326,20 @@ impl Logic {
         }
         let max = self.config().max_sync_page.max(1);
         let limit = if limit == 0 { max } else { limit.min(max) };
-        // One more than asked tells whether an older page exists.
-        let mut messages = self
-            .store()
-            .conversation(a, b, before_msg_id, limit + 1)
-            .await?;
+        // One more than asked tells whether an older page exists. Read
+        // receipts share the pair's index but are not history: skipped,
+        // reading on until the page is full or the history ends.
+        let mut messages = Vec::with_capacity(limit + 1);
+        let mut before = before_msg_id;
+        loop {
+            let batch = self.store().conversation(a, b, before, limit + 1).await?;
+            let exhausted = batch.len() <= limit;
+            before = batch.last().map(|m| m.id);
+            messages.extend(batch.into_iter().filter(|m| m.is_app_message()));
+            if exhausted || messages.len() > limit {
+                break;
+            }
+        }
         let more = messages.len() > limit;
         messages.truncate(limit);
         let next_before = more.then(|| messages.last().map(|m| m.id)).flatten();
@@ -378,7 +387,7 @@ impl Logic {
         Ok(kicked)
     }
 
-    fn check_body(&self, body: &Bytes) -> Result<(), LogicError> {
+    pub(crate) fn check_body(&self, body: &Bytes) -> Result<(), LogicError> {
         let max = self.config().max_body_bytes;
         if body.len() > max {
             return Err(LogicError::InvalidArgument(format!(
@@ -464,6 +473,19 @@ mod tests {
             _: &UserKey,
         ) -> Result<Option<u64>, crate::store::StoreError> {
             Ok(None)
+        }
+        async fn conversation_view(
+            &self,
+            _: &UserKey,
+        ) -> Result<Option<Bytes>, crate::store::StoreError> {
+            Ok(None)
+        }
+        async fn put_conversation_view(
+            &self,
+            _: &UserKey,
+            _: Bytes,
+        ) -> Result<(), crate::store::StoreError> {
+            Ok(())
         }
         async fn cursor(&self, _: &UserKey, _: &str) -> Result<u64, crate::store::StoreError> {
             Ok(0)

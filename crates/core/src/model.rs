@@ -55,18 +55,45 @@ pub struct Message {
     pub group: String,
 }
 
+/// The `kind` under which a read-receipt entry is stored; its body is the
+/// protobuf-encoded [`pb::ReadReceipt`]. On the wire the entry carries
+/// `Message.read` instead of a type and body. App types may not start
+/// with [`switchboard_proto::limits::RESERVED_TYPE_PREFIX`], so no app
+/// message is ever taken for one.
+pub const READ_RECEIPT_KIND: &str = "switchboard.read";
+
 impl Message {
     pub fn to_pb(&self) -> pb::Message {
+        let read = self.read_receipt();
+        let (kind, body) = match read {
+            Some(_) => (String::new(), Bytes::new()),
+            None => (self.kind.clone(), self.body.clone()),
+        };
         pb::Message {
             msg_id: self.id,
             from: Some(self.from.to_pb()),
             to: Some(self.to.to_pb()),
-            r#type: self.kind.clone(),
-            body: self.body.clone(),
+            r#type: kind,
+            body,
             client_msg_id: self.client_msg_id.clone(),
             server_time_ms: self.server_time_ms,
             group: self.group.clone(),
+            read: read.map(Box::new),
         }
+    }
+
+    /// The read receipt this entry carries, when it is one.
+    pub fn read_receipt(&self) -> Option<pb::ReadReceipt> {
+        if self.kind != READ_RECEIPT_KIND {
+            return None;
+        }
+        use prost::Message as _;
+        pb::ReadReceipt::decode(self.body.clone()).ok()
+    }
+
+    /// True for an app's message (not a read receipt).
+    pub fn is_app_message(&self) -> bool {
+        self.kind != READ_RECEIPT_KIND
     }
 }
 

@@ -329,6 +329,20 @@ pub trait Store: Send + Sync + 'static {
         seq: u64,
     ) -> Result<(), StoreError>;
 
+    // ---- Conversation views (see `crate::conversation`).
+
+    /// The user's stored conversation view, `None` when there is none.
+    /// The view is derived state, rebuilt from the timelines when lost: a
+    /// store may keep it less durably than messages.
+    async fn conversation_view(&self, user: &UserKey) -> Result<Option<bytes::Bytes>, StoreError>;
+
+    /// Stores (replaces) the user's conversation view.
+    async fn put_conversation_view(
+        &self,
+        user: &UserKey,
+        view: bytes::Bytes,
+    ) -> Result<(), StoreError>;
+
     /// Checks that the backend is reachable (for `/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
 

@@ -35,10 +35,17 @@ pub struct GateConfig {
     /// Outbound queue of one connection (default 256 frames); full means a
     /// slow consumer, which is closed and syncs when it comes back.
     pub outbound_queue: usize,
-    /// Requests (c2c, c2s, sync) per second per connection, sustained (default 50).
+    /// Requests (c2c, c2s, sync, mark_read, list_conversations) per second
+    /// per connection, sustained (default 50).
     pub rate_per_sec: u32,
     /// Requests allowed in a burst above the rate (default 100).
     pub rate_burst: u32,
+    /// Transient messages per second per connection, sustained (default
+    /// 20): a budget of their own, so a chatty typing indicator never
+    /// takes the budget of real messages.
+    pub transient_rate_per_sec: u32,
+    /// Transient messages allowed in a burst above their rate (default 40).
+    pub transient_rate_burst: u32,
     /// Bodies at least this large are compressed when the client negotiated it (default 1,024 bytes).
     pub compression_threshold: usize,
     /// Time allowed to write one batch of frames to a socket (default 10 s).
@@ -67,6 +74,8 @@ impl Default for GateConfig {
             outbound_queue: 256,
             rate_per_sec: 50,
             rate_burst: 100,
+            transient_rate_per_sec: 20,
+            transient_rate_burst: 40,
             compression_threshold: 1024,
             write_timeout: Duration::from_secs(10),
             max_in_flight: 64,

@@ -21,7 +21,9 @@ use futures::stream::FuturesOrdered;
 use switchboard_core::hub::{Closed, OutboundRx, outbound_queue};
 use switchboard_core::logic::{C2cRequest, LoginState};
 use switchboard_core::logic_group::GroupPost;
-use switchboard_core::{C2cOrder, ConnHandle, LogicError, Outbound, UserKey};
+use switchboard_core::{
+    C2cOrder, ConnHandle, LogicError, Outbound, ReadTarget, TransientRequest, UserKey,
+};
 use switchboard_proto::limits::{MAX_ID_LEN, MAX_PLATFORM_LEN};
 use switchboard_proto::{Compression, Packet, code, pb};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
@@ -310,6 +312,10 @@ async fn accept_login<T: Transport>(
         },
         last_seen: Instant::now(),
         rate: TokenBucket::new(gate.config.rate_per_sec, gate.config.rate_burst),
+        transient_rate: TokenBucket::new(
+            gate.config.transient_rate_per_sec,
+            gate.config.transient_rate_burst,
+        ),
         pipeline: Pipeline::default(),
     });
     if let Err(end) = send(t, seq, Packet::LoginAck(ack)).await {
@@ -332,6 +338,8 @@ struct Session {
     unacked: Unacked,
     last_seen: Instant,
     rate: TokenBucket,
+    /// Transient messages' own budget.
+    transient_rate: TokenBucket,
     /// Requests read and not answered yet.
     pipeline: Pipeline,
 }
@@ -432,6 +440,7 @@ impl Pipeline {
                     seq: r.sender_seq,
                     server_time_ms: r.message.server_time_ms,
                     duplicate: r.duplicate,
+                    devices_reached: 0,
                 }),
                 Err(e) => error_packet(e),
             };
@@ -477,6 +486,7 @@ impl Pipeline {
                     seq: r.seq,
                     server_time_ms: r.message.server_time_ms,
                     duplicate: r.duplicate,
+                    devices_reached: 0,
                 }),
                 Err(e) => error_packet(e),
             };
@@ -499,6 +509,114 @@ impl Pipeline {
                     client_msg_id: req.client_msg_id,
                     msg_id: r.id,
                     duplicate: r.duplicate,
+                }),
+                Err(e) => error_packet(e),
+            };
+            (seq, reply)
+        }));
+    }
+
+    /// A transient message: pushed to the devices online now, answered
+    /// with how many it reached. It takes no place in the c2c order (it is
+    /// not stored, so there is no sequence to keep in order).
+    fn transient(&mut self, gate: Arc<Gate>, from: UserKey, conn_id: u64, seq: u32, req: pb::C2c) {
+        if !req.group.is_empty() && req.to.as_ref().is_some_and(|u| !u.uid.is_empty()) {
+            return self.ready(
+                seq,
+                Packet::error(
+                    code::INVALID_ARGUMENT,
+                    "a message has either a group or a receiver (to), not both",
+                    false,
+                ),
+            );
+        }
+        self.push(Box::pin(async move {
+            let request = TransientRequest {
+                client_msg_id: req.client_msg_id.clone(),
+                to: req
+                    .to
+                    .map(|u| UserKey::from_pb(&u))
+                    .unwrap_or_else(|| UserKey::new("", "")),
+                group: req.group,
+                kind: req.r#type,
+                body: req.body,
+            };
+            let reply = match gate.logic.transient(&from, Some(conn_id), request).await {
+                Ok(r) => Packet::C2cAck(pb::C2cAck {
+                    client_msg_id: req.client_msg_id,
+                    msg_id: r.msg_id,
+                    seq: 0,
+                    server_time_ms: r.server_time_ms,
+                    duplicate: false,
+                    devices_reached: u32::try_from(r.devices).unwrap_or(u32::MAX),
+                }),
+                Err(e) => error_packet(e),
+            };
+            (seq, reply)
+        }));
+    }
+
+    /// Marks a conversation read: stores the receipt, answers with it.
+    fn mark_read(
+        &mut self,
+        gate: Arc<Gate>,
+        user: UserKey,
+        conn_id: u64,
+        seq: u32,
+        req: pb::MarkRead,
+    ) {
+        let target = match (req.peer, req.group.is_empty()) {
+            // An empty uid is the app's system sender (its pushes).
+            (Some(peer), true) => ReadTarget::Peer(UserKey::from_pb(&peer)),
+            (None, false) => ReadTarget::Group(req.group),
+            (Some(peer), false) if peer.uid.is_empty() && peer.app.is_empty() => {
+                ReadTarget::Group(req.group)
+            }
+            _ => {
+                return self.ready(
+                    seq,
+                    Packet::error(
+                        code::INVALID_ARGUMENT,
+                        "mark_read names exactly one conversation: a peer or a group",
+                        false,
+                    ),
+                );
+            }
+        };
+        self.push(Box::pin(async move {
+            let reply = match gate
+                .logic
+                .mark_read(&user, Some(conn_id), target, req.seq)
+                .await
+            {
+                Ok(r) => Packet::MarkReadAck(pb::MarkReadAck {
+                    seq: r.seq,
+                    msg_id: r.msg_id,
+                }),
+                Err(e) => error_packet(e),
+            };
+            (seq, reply)
+        }));
+    }
+
+    /// A page of the user's conversation list.
+    fn conversations(
+        &mut self,
+        gate: Arc<Gate>,
+        user: UserKey,
+        seq: u32,
+        req: pb::ListConversations,
+    ) {
+        self.push(Box::pin(async move {
+            let reply = match gate
+                .logic
+                .conversations(&user, Some(&req.after), req.limit)
+                .await
+            {
+                Ok(list) => Packet::ConversationList(pb::ConversationList {
+                    conversations: list.conversations.iter().map(|c| c.to_pb()).collect(),
+                    next: list.next.unwrap_or_default(),
+                    total_unread: list.total_unread,
                 }),
                 Err(e) => error_packet(e),
             };
@@ -806,7 +924,34 @@ impl Session {
                     false,
                 ),
             ),
-            Packet::C2c(_) | Packet::C2s(_) | Packet::Sync(_) if !self.rate.try_take() => {
+            Packet::C2c(req) if req.transient => {
+                if self.transient_rate.try_take() {
+                    self.pipeline.transient(
+                        gate.clone(),
+                        self.handle.user.clone(),
+                        self.handle.conn_id,
+                        seq,
+                        req,
+                    )
+                } else {
+                    switchboard_core::stats::record_rate_limited();
+                    self.pipeline.ready(
+                        seq,
+                        Packet::error(
+                            code::RATE_LIMITED,
+                            "transient message rate over the connection's limit; slow down",
+                            false,
+                        ),
+                    )
+                }
+            }
+            Packet::C2c(_)
+            | Packet::C2s(_)
+            | Packet::Sync(_)
+            | Packet::MarkRead(_)
+            | Packet::ListConversations(_)
+                if !self.rate.try_take() =>
+            {
                 switchboard_core::stats::record_rate_limited();
                 self.pipeline.ready(
                     seq,
@@ -830,6 +975,17 @@ impl Session {
             Packet::Sync(req) => {
                 self.pipeline
                     .sync(gate.clone(), self.handle.user.clone(), seq, req)
+            }
+            Packet::MarkRead(req) => self.pipeline.mark_read(
+                gate.clone(),
+                self.handle.user.clone(),
+                self.handle.conn_id,
+                seq,
+                req,
+            ),
+            Packet::ListConversations(req) => {
+                self.pipeline
+                    .conversations(gate.clone(), self.handle.user.clone(), seq, req)
             }
             other => self.pipeline.ready(
                 seq,

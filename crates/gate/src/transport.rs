@@ -18,6 +18,9 @@ use switchboard_proto::{
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// What one received frame turned into.
+// Made for every frame read and matched at once: moving a packet on the
+// stack is cheaper than a heap allocation per frame to box it.
+#[allow(clippy::large_enum_variant)]
 pub enum Incoming {
     /// A packet with its request id.
     Packet(u32, Packet),

@@ -29,10 +29,20 @@ pub fn check_id(field: &str, value: &str) -> Result<(), LimitError> {
     Ok(())
 }
 
-/// A message type: at most [`MAX_TYPE_LEN`] bytes (empty is allowed).
+/// Message types starting with this are the platform's own (read
+/// receipts); an app may not send them.
+pub const RESERVED_TYPE_PREFIX: &str = "switchboard.";
+
+/// A message type: at most [`MAX_TYPE_LEN`] bytes (empty is allowed), not
+/// starting with [`RESERVED_TYPE_PREFIX`].
 pub fn check_type(value: &str) -> Result<(), LimitError> {
     if value.len() > MAX_TYPE_LEN {
         return Err(LimitError(format!("type is over {MAX_TYPE_LEN} bytes")));
+    }
+    if value.starts_with(RESERVED_TYPE_PREFIX) {
+        return Err(LimitError(format!(
+            "types starting with {RESERVED_TYPE_PREFIX:?} are reserved for the platform"
+        )));
     }
     Ok(())
 }
@@ -50,5 +60,7 @@ mod tests {
         assert!(check_type("").is_ok());
         assert!(check_type(&"t".repeat(MAX_TYPE_LEN)).is_ok());
         assert!(check_type(&"t".repeat(MAX_TYPE_LEN + 1)).is_err());
+        assert!(check_type("switchboard.read").is_err());
+        assert!(check_type("switchboard").is_ok());
     }
 }

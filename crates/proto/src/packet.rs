@@ -156,6 +156,14 @@ commands! {
     Error = 15, "error";
     /// Server → client: the connection is being closed.
     Kick = 16, "kick";
+    /// Client → server: a conversation was read up to an entry.
+    MarkRead = 17, "mark_read";
+    /// Server → client: the read receipt is stored.
+    MarkReadAck = 18, "mark_read_ack";
+    /// Client → server: the user's conversations, a page.
+    ListConversations = 19, "list_conversations";
+    /// Server → client: a page of conversations.
+    ConversationList = 20, "conversation_list";
 }
 
 impl Packet {

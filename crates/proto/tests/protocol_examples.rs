@@ -33,6 +33,7 @@ fn message() -> pb::Message {
         body: Bytes::from_static(br#"{"text":"hi"}"#),
         client_msg_id: "m-1".into(),
         server_time_ms: TIME_MS,
+        read: None,
     }
 }
 
@@ -55,6 +56,7 @@ fn group_entry() -> pb::Push {
             body: Bytes::from_static(br#"{"text":"on my way"}"#),
             client_msg_id: "m-2".into(),
             server_time_ms: TIME_MS,
+            read: None,
         }),
     }
 }
@@ -97,6 +99,7 @@ fn examples() -> Vec<(&'static str, u32, Packet)> {
                 to: user("bob"),
                 r#type: "text".into(),
                 body: Bytes::from_static(br#"{"text":"hi"}"#),
+                transient: false,
             }),
         ),
         (
@@ -108,6 +111,7 @@ fn examples() -> Vec<(&'static str, u32, Packet)> {
                 seq: 43,
                 server_time_ms: TIME_MS,
                 duplicate: false,
+                devices_reached: 0,
             }),
         ),
         (
@@ -176,6 +180,7 @@ fn examples() -> Vec<(&'static str, u32, Packet)> {
                 to: None,
                 r#type: "text".into(),
                 body: Bytes::from_static(br#"{"text":"on my way"}"#),
+                transient: false,
             }),
         ),
         (
@@ -187,6 +192,7 @@ fn examples() -> Vec<(&'static str, u32, Packet)> {
                 seq: 12,
                 server_time_ms: TIME_MS,
                 duplicate: false,
+                devices_reached: 0,
             }),
         ),
         ("group_push", 0, Packet::Push(group_entry())),

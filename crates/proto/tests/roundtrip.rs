@@ -50,6 +50,7 @@ fn message() -> impl Strategy<Value = pb::Message> {
                 body,
                 client_msg_id,
                 server_time_ms,
+                read: None,
             },
         )
 }
@@ -117,14 +118,21 @@ fn packet_for(cmd: Command) -> BoxedStrategy<Packet> {
         Command::Pong => any::<u64>()
             .prop_map(|server_time_ms| Packet::Pong(pb::Pong { server_time_ms }))
             .boxed(),
-        Command::C2c => (text(), proptest::option::of(user()), text(), blob())
-            .prop_map(|(client_msg_id, to, r#type, body)| {
+        Command::C2c => (
+            text(),
+            proptest::option::of(user()),
+            text(),
+            blob(),
+            any::<bool>(),
+        )
+            .prop_map(|(client_msg_id, to, r#type, body, transient)| {
                 Packet::C2c(pb::C2c {
                     group: Default::default(),
                     client_msg_id,
                     to,
                     r#type,
                     body,
+                    transient,
                 })
             })
             .boxed(),
@@ -134,16 +142,20 @@ fn packet_for(cmd: Command) -> BoxedStrategy<Packet> {
             any::<u64>(),
             any::<i64>(),
             any::<bool>(),
+            any::<u32>(),
         )
-            .prop_map(|(client_msg_id, msg_id, seq, server_time_ms, duplicate)| {
-                Packet::C2cAck(pb::C2cAck {
-                    client_msg_id,
-                    msg_id,
-                    seq,
-                    server_time_ms,
-                    duplicate,
-                })
-            })
+            .prop_map(
+                |(client_msg_id, msg_id, seq, server_time_ms, duplicate, devices_reached)| {
+                    Packet::C2cAck(pb::C2cAck {
+                        client_msg_id,
+                        msg_id,
+                        seq,
+                        server_time_ms,
+                        duplicate,
+                        devices_reached,
+                    })
+                },
+            )
             .boxed(),
         Command::Push => push().prop_map(Packet::Push).boxed(),
         Command::PushAck => any::<u64>()
@@ -196,6 +208,56 @@ fn packet_for(cmd: Command) -> BoxedStrategy<Packet> {
             .boxed(),
         Command::Kick => (any::<u32>(), text())
             .prop_map(|(code, reason)| Packet::Kick(pb::Kick { code, reason }))
+            .boxed(),
+        Command::MarkRead => (proptest::option::of(user()), text(), any::<u64>())
+            .prop_map(|(peer, group, seq)| Packet::MarkRead(pb::MarkRead { peer, group, seq }))
+            .boxed(),
+        Command::MarkReadAck => (any::<u64>(), any::<u64>())
+            .prop_map(|(seq, msg_id)| Packet::MarkReadAck(pb::MarkReadAck { seq, msg_id }))
+            .boxed(),
+        Command::ListConversations => (text(), any::<u32>())
+            .prop_map(|(after, limit)| {
+                Packet::ListConversations(pb::ListConversations { after, limit })
+            })
+            .boxed(),
+        Command::ConversationList => (
+            vec(
+                (
+                    proptest::option::of(user()),
+                    text(),
+                    proptest::option::of(push()),
+                    any::<i64>(),
+                    any::<u64>(),
+                    any::<u64>(),
+                    any::<u64>(),
+                ),
+                0..3,
+            ),
+            text(),
+            any::<u64>(),
+        )
+            .prop_map(|(convs, next, total_unread)| {
+                Packet::ConversationList(pb::ConversationList {
+                    conversations: convs
+                        .into_iter()
+                        .map(
+                            |(peer, group, last, last_time_ms, unread, read_seq, peer_read)| {
+                                pb::Conversation {
+                                    peer,
+                                    group,
+                                    last,
+                                    last_time_ms,
+                                    unread,
+                                    read_seq,
+                                    peer_read_msg_id: peer_read,
+                                }
+                            },
+                        )
+                        .collect(),
+                    next,
+                    total_unread,
+                })
+            })
             .boxed(),
     }
 }

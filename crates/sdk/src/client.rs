@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use switchboard_proto::pb;
+use switchboard_proto::{Packet, pb};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, timeout_at};
 use tracing::Instrument;
@@ -28,6 +28,23 @@ pub type User = pb::User;
 pub type Message = pb::Message;
 /// The server's answer to a `c2s` report.
 pub type C2sAck = pb::C2sAck;
+/// What a read-receipt entry says ([`Message::read`]).
+pub type ReadReceipt = pb::ReadReceipt;
+/// One conversation of the user's list.
+pub type Conversation = pb::Conversation;
+/// A page of the user's conversation list.
+pub type ConversationList = pb::ConversationList;
+/// The server's answer to [`Client::mark_read`]: the receipt is stored.
+pub type MarkReadAck = pb::MarkReadAck;
+
+/// What a transient message reached ([`Client::send_transient`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransientReceipt {
+    /// The server's id of the message (it is stored nowhere).
+    pub msg_id: u64,
+    /// Devices it was handed to, online at the moment it was sent.
+    pub devices_reached: u32,
+}
 
 /// The server's acknowledgement of a sent message: it is stored durably.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,6 +233,7 @@ impl Client {
             to: Some(to),
             r#type: kind.into(),
             body: body.into(),
+            transient: false,
         };
         self.request(|reply| Command::C2c { packet, reply })
             .await
@@ -263,10 +281,146 @@ impl Client {
             to: None,
             r#type: kind.into(),
             body: body.into(),
+            transient: false,
         };
         self.request(|reply| Command::C2c { packet, reply })
             .await
             .map(SendReceipt::from)
+    }
+
+    /// Sends a transient message to `to`: pushed to the receiver's devices
+    /// online now (they get [`Event::Online`]) and nothing else. Not
+    /// stored, never resent by the server, absent from sync: for typing
+    /// indicators, live positions. Transient messages have their own rate
+    /// budget on the server (`RATE_LIMITED` past it).
+    ///
+    /// ```no_run
+    /// # async fn typing(client: switchboard_sdk::Client) -> Result<(), switchboard_sdk::SdkError> {
+    /// use switchboard_sdk::User;
+    /// let peer = User { app: String::new(), uid: "merchant-7".into() };
+    /// let reached = client.send_transient(peer, "typing", "{}").await?;
+    /// println!("typing shown on {} devices", reached.devices_reached);
+    /// # Ok(()) }
+    /// ```
+    pub async fn send_transient(
+        &self,
+        to: User,
+        kind: impl Into<String>,
+        body: impl Into<Bytes>,
+    ) -> Result<TransientReceipt, SdkError> {
+        self.transient(Some(to), String::new(), kind.into(), body.into())
+            .await
+    }
+
+    /// [`Client::send_transient`] to every member device of `group` online
+    /// now (this connection excepted; this user's other devices get it too).
+    pub async fn send_group_transient(
+        &self,
+        group: impl Into<String>,
+        kind: impl Into<String>,
+        body: impl Into<Bytes>,
+    ) -> Result<TransientReceipt, SdkError> {
+        self.transient(None, group.into(), kind.into(), body.into())
+            .await
+    }
+
+    async fn transient(
+        &self,
+        to: Option<User>,
+        group: String,
+        kind: String,
+        body: Bytes,
+    ) -> Result<TransientReceipt, SdkError> {
+        let packet = pb::C2c {
+            client_msg_id: new_client_msg_id(),
+            to,
+            r#type: kind,
+            body,
+            group,
+            transient: true,
+        };
+        let ack = self.request(|reply| Command::C2c { packet, reply }).await?;
+        Ok(TransientReceipt {
+            msg_id: ack.msg_id,
+            devices_reached: ack.devices_reached,
+        })
+    }
+
+    /// Marks the 1:1 conversation with `peer` read up to entry `seq` of this
+    /// user's timeline (the `seq` of an [`Event::Message`] of that
+    /// conversation, or of a [`SendReceipt`]). The server stores a read
+    /// receipt: this user's other devices get it (their unread count for
+    /// the conversation drops) and so do the peer's (the "read" mark: an
+    /// [`Event::Message`] whose `message.read` is set, `from` this user).
+    ///
+    /// ```no_run
+    /// # async fn read(client: switchboard_sdk::Client, mut events: switchboard_sdk::Events) -> Result<(), switchboard_sdk::SdkError> {
+    /// use switchboard_sdk::Event;
+    /// while let Some(event) = events.recv().await {
+    ///     if let Event::Message { seq, message } = event {
+    ///         if message.read.is_none() {
+    ///             // Shown on screen: mark it read.
+    ///             client.mark_read(message.from.clone().unwrap_or_default(), seq).await?;
+    ///         }
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn mark_read(&self, peer: User, seq: u64) -> Result<MarkReadAck, SdkError> {
+        self.mark(Some(peer), String::new(), seq).await
+    }
+
+    /// Marks `group` read up to `seq` of the group's timeline. Only this
+    /// user's other devices are told (a group's read state is not pushed
+    /// to every member).
+    pub async fn mark_group_read(
+        &self,
+        group: impl Into<String>,
+        seq: u64,
+    ) -> Result<MarkReadAck, SdkError> {
+        self.mark(None, group.into(), seq).await
+    }
+
+    async fn mark(
+        &self,
+        peer: Option<User>,
+        group: String,
+        seq: u64,
+    ) -> Result<MarkReadAck, SdkError> {
+        let packet = Packet::MarkRead(pb::MarkRead { peer, group, seq });
+        match self.other(packet).await? {
+            Packet::MarkReadAck(ack) => Ok(ack),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// A page of this user's conversations (1:1 and groups), most recent
+    /// first, each with its last entry and unread count. `after` is the
+    /// previous page's `next` (empty for the first page); `limit` 0 means
+    /// the server's default (50).
+    ///
+    /// ```no_run
+    /// # async fn list(client: switchboard_sdk::Client) -> Result<(), switchboard_sdk::SdkError> {
+    /// let page = client.conversations("", 20).await?;
+    /// for c in &page.conversations {
+    ///     let who = c.peer.as_ref().map_or(c.group.clone(), |p| p.uid.clone());
+    ///     println!("{who}: {} unread", c.unread);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn conversations(
+        &self,
+        after: impl Into<String>,
+        limit: u32,
+    ) -> Result<ConversationList, SdkError> {
+        let packet = Packet::ListConversations(pb::ListConversations {
+            after: after.into(),
+            limit,
+        });
+        match self.other(packet).await? {
+            Packet::ConversationList(list) => Ok(list),
+            other => Err(unexpected(&other)),
+        }
     }
 
     /// Sends a report to the business servers (through the bus) with a fresh
@@ -365,6 +519,21 @@ impl Client {
             Ok(Ok(result)) => result,
         }
     }
+}
+
+impl Client {
+    /// A request answered by one packet (mark_read, list_conversations).
+    async fn other(&self, packet: Packet) -> Result<Packet, SdkError> {
+        self.request(|reply| Command::Other {
+            packet: Box::new(packet),
+            reply,
+        })
+        .await
+    }
+}
+
+fn unexpected(p: &Packet) -> SdkError {
+    SdkError::Protocol(format!("unexpected answer {}", p.command().json_name()))
 }
 
 /// A fresh, practically unique message id: 128 random bits in hex.

@@ -117,7 +117,10 @@ mod task;
 mod timeline;
 mod transport;
 
-pub use client::{C2sAck, Client, Event, Events, Message, SendReceipt, User, new_client_msg_id};
+pub use client::{
+    C2sAck, Client, Conversation, ConversationList, Event, Events, MarkReadAck, Message,
+    ReadReceipt, SendReceipt, TransientReceipt, User, new_client_msg_id,
+};
 pub use config::{ClientConfig, TokenFuture, TokenProvider};
 pub use error::SdkError;
 /// The wire protocol crate (generated types in `proto::pb`).

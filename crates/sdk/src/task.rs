@@ -110,6 +110,12 @@ pub(crate) enum Command {
         packet: pb::C2s,
         reply: Reply<pb::C2sAck>,
     },
+    /// Any other request (mark_read, list_conversations): answered by
+    /// the packet that answers it.
+    Other {
+        packet: Box<Packet>,
+        reply: Reply<Packet>,
+    },
     Sync {
         reply: Reply<()>,
     },
@@ -140,6 +146,10 @@ enum RequestKind {
         packet: pb::C2s,
         reply: Reply<pb::C2sAck>,
     },
+    Other {
+        packet: Box<Packet>,
+        reply: Reply<Packet>,
+    },
 }
 
 impl Request {
@@ -147,6 +157,7 @@ impl Request {
         match &self.kind {
             RequestKind::C2c { packet, .. } => Packet::C2c(packet.clone()),
             RequestKind::C2s { packet, .. } => Packet::C2s(packet.clone()),
+            RequestKind::Other { packet, .. } => (**packet).clone(),
         }
     }
 
@@ -155,14 +166,16 @@ impl Request {
         match &self.kind {
             RequestKind::C2c { reply, .. } => reply.is_closed(),
             RequestKind::C2s { reply, .. } => reply.is_closed(),
+            RequestKind::Other { reply, .. } => reply.is_closed(),
         }
     }
 
-    /// The group a c2c is posted to (`USER` for a message to a user, and for a c2s).
+    /// The group a c2c is posted to (`USER` for a message to a user, and
+    /// for every other request).
     fn group(&self) -> &str {
         match &self.kind {
-            RequestKind::C2c { packet, .. } => &packet.group,
-            RequestKind::C2s { .. } => USER,
+            RequestKind::C2c { packet, .. } if !packet.transient => &packet.group,
+            _ => USER,
         }
     }
 
@@ -177,6 +190,9 @@ impl Request {
                 let _ = reply.send(Err(err));
             }
             RequestKind::C2s { reply, .. } => {
+                let _ = reply.send(Err(err));
+            }
+            RequestKind::Other { reply, .. } => {
                 let _ = reply.send(Err(err));
             }
         }
@@ -488,6 +504,9 @@ impl Actor {
             }
             Command::C2s { packet, reply } => {
                 self.queue_request(RequestKind::C2s { packet, reply });
+            }
+            Command::Other { packet, reply } => {
+                self.queue_request(RequestKind::Other { packet, reply });
             }
             // Every line is synced at the next login anyway.
             Command::Sync { reply } => self.sync_waiters.push(reply),
@@ -901,6 +920,10 @@ impl Actor {
                 let id = self.queue_request(RequestKind::C2s { packet, reply });
                 self.send_request(s, id).await?;
             }
+            Command::Other { packet, reply } => {
+                let id = self.queue_request(RequestKind::Other { packet, reply });
+                self.send_request(s, id).await?;
+            }
             Command::Sync { reply } => {
                 self.sync_waiters.push(reply);
                 let keys: Vec<Key> = self.lines.keys().cloned().collect();
@@ -1095,10 +1118,8 @@ impl Actor {
                     RequestKind::C2c { reply, .. } => {
                         let _ = reply.send(Ok(ack));
                     }
-                    RequestKind::C2s { reply, .. } => {
-                        let _ =
-                            reply.send(Err(SdkError::Protocol("c2c ack for a c2s request".into())));
-                    }
+                    other => Request { kind: other, ..req }
+                        .fail(SdkError::Protocol("c2c ack for another request".into())),
                 }
             }
             Packet::C2sAck(ack) => {
@@ -1113,10 +1134,34 @@ impl Actor {
                     RequestKind::C2s { reply, .. } => {
                         let _ = reply.send(Ok(ack));
                     }
-                    RequestKind::C2c { reply, .. } => {
-                        let _ =
-                            reply.send(Err(SdkError::Protocol("c2s ack for a c2c request".into())));
+                    other => Request { kind: other, ..req }
+                        .fail(SdkError::Protocol("c2s ack for another request".into())),
+                }
+            }
+            answer @ (Packet::MarkReadAck(_) | Packet::ConversationList(_)) => {
+                let Some(Wire::Request(id)) = wire else {
+                    debug!(header_seq, "an answer for no request");
+                    return Ok(());
+                };
+                let Some(req) = self.requests.remove(&id) else {
+                    return Ok(());
+                };
+                // A read receipt is an entry on this user's timeline, like
+                // an own message: held as delivered, not shown back.
+                if let Packet::MarkReadAck(ack) = &answer
+                    && ack.seq > 0
+                    && self.accept(USER, ack.seq, Entry::Own) == Offer::Gap
+                {
+                    self.line(USER).conn.gap_check = true;
+                    s.gap_check_at
+                        .get_or_insert_with(|| Instant::now() + GAP_GRACE);
+                }
+                match req.kind {
+                    RequestKind::Other { reply, .. } => {
+                        let _ = reply.send(Ok(answer));
                     }
+                    other => Request { kind: other, ..req }
+                        .fail(SdkError::Protocol("an answer of another request".into())),
                 }
             }
             Packet::Error(err) => self.on_error(s, wire, err).await?,
@@ -1302,6 +1347,7 @@ impl Actor {
             match cmd {
                 Command::C2c { reply, .. } => drop(reply.send(Err(SdkError::Closed))),
                 Command::C2s { reply, .. } => drop(reply.send(Err(SdkError::Closed))),
+                Command::Other { reply, .. } => drop(reply.send(Err(SdkError::Closed))),
                 Command::Sync { reply } | Command::Logout { reply } => {
                     drop(reply.send(Err(SdkError::Closed)))
                 }

@@ -38,6 +38,7 @@ fn msg(from: User, id: u64, client_msg_id: &str) -> pb::Message {
         body: format!("m{id}").into(),
         client_msg_id: client_msg_id.into(),
         server_time_ms: 1,
+        read: None,
     }
 }
 
@@ -250,6 +251,7 @@ async fn gaps_are_filled_by_sync_duplicates_dropped_own_messages_skipped() {
                 seq: 4,
                 server_time_ms: 5,
                 duplicate: false,
+                devices_reached: 0,
             }),
         )
         .await;
@@ -332,6 +334,7 @@ async fn an_unacked_send_is_resent_with_the_same_id_after_a_reconnect() {
             seq: 1,
             server_time_ms: 1,
             duplicate: true,
+            devices_reached: 0,
         }),
     )
     .await;
@@ -872,6 +875,7 @@ async fn a_group_post_is_resent_with_its_id_and_not_shown_back() {
             seq: 4,
             server_time_ms: 1,
             duplicate: true,
+            devices_reached: 0,
         }),
     )
     .await;

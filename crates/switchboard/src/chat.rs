@@ -2,18 +2,26 @@
 //!
 //! Interactive: type a line to send it to the current peer (a user, or a
 //! group with `--group ID`), `/to UID` or `/group ID` to change it, `/quit`
-//! to leave. Group messages show as `[#GROUP bob] body`. With `--json`, it
-//! is line-oriented for scripts: each stdin line is either plain text (sent
-//! to `--to` or `--group`) or a JSON object `{"to": "bob", "body": "hi",
-//! "type": "text", "id": "..."}` (or `"group": "ID"` instead of `"to"`), and
-//! every event is printed as one JSON object per line on stdout.
+//! to leave. Group messages show as `[#GROUP bob] body`. `/list` shows the
+//! conversations with their unread counts, `/read` marks the current
+//! conversation read (the peer sees `* read by ...`), `/typing` tells the
+//! peer you are typing (a transient message: `* bob is typing...`). With
+//! `--json`, it is line-oriented for scripts: each stdin line is either
+//! plain text (sent to `--to` or `--group`), one of the commands above, or
+//! a JSON object `{"to": "bob", "body": "hi", "type": "text", "id": "..."}`
+//! (or `"group": "ID"` instead of `"to"`; `"transient": true` sends it
+//! transient), and every event is printed as one JSON object per line on
+//! stdout (`message`, `group_message`, `online`, `read`, `typing`,
+//! `conversations`, `marked_read`, `sent`, ...).
 //!
 //! Exit code: 0 when stdin ends (or `/quit`) and every line was sent;
 //! non-zero, with the reason on stderr, when the connection could not be
 //! made, the session was ended by a kick, or a line was not sent. A push of
 //! the app's business server shows as `[system APP] TYPE: body`.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use clap::Args;
@@ -111,9 +119,46 @@ impl Peer {
     }
 }
 
+/// The last entry received per conversation (the peer's `app/uid`, or
+/// `#group`), for `/read`. std Mutex: held for an insert or a lookup.
+type LastSeen = Arc<Mutex<HashMap<String, u64>>>;
+
+/// The conversation an entry belongs to, as `/read` names it.
+fn conversation_of(me: &User, m: &Message) -> String {
+    if !m.group.is_empty() {
+        return format!("#{}", m.group);
+    }
+    let from = m.from.clone().unwrap_or_default();
+    let other = if from == *me {
+        m.to.clone().unwrap_or_default()
+    } else {
+        from
+    };
+    format!("{}/{}", other.app, other.uid)
+}
+
 fn message_json(seq: Option<u64>, m: &Message) -> serde_json::Value {
     let from = m.from.clone().unwrap_or_default();
     let to = m.to.clone().unwrap_or_default();
+    if let Some(r) = &m.read {
+        let peer = r.peer.clone().unwrap_or_default();
+        return json!({
+            "event": "read",
+            "seq": seq,
+            "by": format!("{}/{}", from.app, from.uid),
+            "peer": (!peer.uid.is_empty()).then(|| format!("{}/{}", peer.app, peer.uid)),
+            "group": (!r.group.is_empty()).then_some(&r.group),
+            "read_seq": r.seq,
+            "read_msg_id": r.msg_id.to_string(),
+        });
+    }
+    if seq.is_none() && m.r#type == TYPING {
+        return json!({
+            "event": "typing",
+            "from": format!("{}/{}", from.app, from.uid),
+            "group": (!m.group.is_empty()).then_some(&m.group),
+        });
+    }
     let event = match seq {
         None => "online",
         Some(_) if !m.group.is_empty() => "group_message",
@@ -189,10 +234,25 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         }
     }
 
+    let me = User {
+        app: args.app.clone(),
+        uid: args.uid.clone(),
+    };
+    let last_seen: LastSeen = Arc::default();
+    let seen = last_seen.clone();
+    let me_printer = me.clone();
     // Ends with the reason the client stopped by itself (None: we closed it).
     let mut printer = tokio::spawn(async move {
         let mut kicked = None;
         while let Some(ev) = events.recv().await {
+            if let Event::Message { seq, message } | Event::GroupMessage { seq, message, .. } = &ev
+                && message.read.is_none()
+            {
+                let key = conversation_of(&me_printer, message);
+                seen.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key, *seq);
+            }
             print_event(&ev, json_out);
             match ev {
                 Event::Kicked { code, reason } => kicked = Some((code, reason)),
@@ -228,6 +288,39 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         if line == "/quit" {
             break;
         }
+        if line == "/list" {
+            if let Err(e) = list_conversations(&client, json_out).await {
+                report(json_out, format!("cannot list conversations: {e}"));
+                failed += 1;
+            }
+            continue;
+        }
+        if line == "/read" || line == "/typing" {
+            let Some(to) = peer.clone() else {
+                report(json_out, "no peer: use /to UID or /group ID".into());
+                failed += 1;
+                continue;
+            };
+            let done = if line == "/typing" {
+                match &to {
+                    Peer::User(u) => client.send_transient(u.clone(), TYPING, "").await,
+                    Peer::Group(g) => client.send_group_transient(g.clone(), TYPING, "").await,
+                }
+                .map(|r| json!({"event": "typing_sent", "devices_reached": r.devices_reached}))
+            } else {
+                mark_read(&client, &to, &last_seen).await
+            };
+            match done {
+                Ok(v) if json_out => println!("{v}"),
+                Ok(_) => {}
+                Err(e) => {
+                    report(json_out, format!("{} failed: {e}", &line[1..]));
+                    failed += 1;
+                }
+            }
+            continue;
+        }
+        let mut transient = false;
         let (to, kind, body, id) = if json_out && line.starts_with('{') {
             let v: serde_json::Value = match serde_json::from_str(line) {
                 Ok(v) => v,
@@ -242,6 +335,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
                 (None, Some(g)) => Some(Peer::Group(g.to_string())),
                 (None, None) => peer.clone(),
             };
+            transient = v["transient"].as_bool().unwrap_or(false);
             let kind = v["type"].as_str().unwrap_or("text").to_string();
             let body = v["body"]
                 .as_str()
@@ -260,6 +354,25 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
             failed += 1;
             continue;
         };
+        if transient {
+            let sent = match &to {
+                Peer::User(u) => client.send_transient(u.clone(), kind, body).await,
+                Peer::Group(g) => client.send_group_transient(g.clone(), kind, body).await,
+            };
+            match sent {
+                Ok(r) if json_out => println!(
+                    "{}",
+                    json!({"event": "sent_transient", "msg_id": r.msg_id.to_string(),
+                           "devices_reached": r.devices_reached})
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    report(json_out, format!("not sent: {e}"));
+                    failed += 1;
+                }
+            }
+            continue;
+        }
         let id = id.unwrap_or_else(new_client_msg_id);
         let body = body.into_bytes();
         let sent = match &to {
@@ -290,6 +403,94 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
     }
     if failed > 0 {
         anyhow::bail!("{failed} line(s) not sent");
+    }
+    Ok(())
+}
+
+/// The type of the transient message `/typing` sends, and that is shown
+/// as "typing...".
+const TYPING: &str = "typing";
+
+/// Marks the conversation with `to` read up to its last entry received.
+async fn mark_read(
+    client: &Client,
+    to: &Peer,
+    last_seen: &LastSeen,
+) -> Result<serde_json::Value, switchboard_sdk::SdkError> {
+    let key = match to {
+        Peer::User(u) => format!("{}/{}", u.app, u.uid),
+        Peer::Group(g) => format!("#{g}"),
+    };
+    let seq = last_seen
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&key)
+        .copied();
+    let Some(seq) = seq else {
+        return Ok(json!({"event": "marked_read", "conversation": key, "seq": null}));
+    };
+    match to {
+        Peer::User(u) => client.mark_read(u.clone(), seq).await?,
+        Peer::Group(g) => client.mark_group_read(g.clone(), seq).await?,
+    };
+    Ok(json!({"event": "marked_read", "conversation": key, "seq": seq}))
+}
+
+/// Prints the first page of the conversation list.
+async fn list_conversations(
+    client: &Client,
+    json_out: bool,
+) -> Result<(), switchboard_sdk::SdkError> {
+    let list = client.conversations("", 0).await?;
+    if json_out {
+        let conversations: Vec<serde_json::Value> = list
+            .conversations
+            .iter()
+            .map(|c| {
+                let last = c.last.as_ref().and_then(|p| p.message.as_ref());
+                json!({
+                    "peer": c.peer.as_ref().map(|p| format!("{}/{}", p.app, p.uid)),
+                    "group": (!c.group.is_empty()).then_some(&c.group),
+                    "unread": c.unread,
+                    "read_seq": c.read_seq,
+                    "last_seq": c.last.as_ref().map(|p| p.seq),
+                    "last_body": last.map(|m| String::from_utf8_lossy(&m.body).into_owned()),
+                    "last_time_ms": c.last_time_ms,
+                    "peer_read_msg_id": (c.peer_read_msg_id > 0).then(|| c.peer_read_msg_id.to_string()),
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({"event": "conversations", "total_unread": list.total_unread,
+                   "conversations": conversations})
+        );
+        return Ok(());
+    }
+    println!("* {} unread", list.total_unread);
+    for c in &list.conversations {
+        let who = match &c.peer {
+            Some(p) => p.uid.clone(),
+            None => format!("#{}", c.group),
+        };
+        let last = c
+            .last
+            .as_ref()
+            .and_then(|p| p.message.as_ref())
+            .map(|m| String::from_utf8_lossy(&m.body).into_owned())
+            .unwrap_or_default();
+        let read = if c.peer_read_msg_id > 0
+            && c.last
+                .as_ref()
+                .and_then(|p| p.message.as_ref())
+                .map(|m| m.msg_id)
+                == Some(c.peer_read_msg_id)
+        {
+            " (read)"
+        } else {
+            ""
+        };
+        println!("  {who:<20} {:>4} unread  {last}{read}", c.unread);
     }
     Ok(())
 }
@@ -349,7 +550,22 @@ fn print_event(ev: &Event, json_out: bool) {
         | Event::Online { message } => {
             let from = message.from.clone().unwrap_or_default();
             let body = String::from_utf8_lossy(&message.body);
-            if !message.group.is_empty() {
+            if let Some(r) = &message.read {
+                let with = match &r.peer {
+                    Some(p) if r.group.is_empty() => p.uid.clone(),
+                    _ => format!("#{}", r.group),
+                };
+                println!(
+                    "* {} read the conversation with {with} up to message {}",
+                    from.uid, r.msg_id
+                );
+            } else if matches!(ev, Event::Online { .. }) && message.r#type == TYPING {
+                if message.group.is_empty() {
+                    println!("* {} is typing...", from.uid);
+                } else {
+                    println!("* {} is typing in #{}...", from.uid, message.group);
+                }
+            } else if !message.group.is_empty() {
                 println!("[#{} {}] {body}", message.group, from.uid);
             } else if from.uid == SYSTEM_UID {
                 // A push of the app's business server (s2c): no user sent it.

@@ -149,6 +149,11 @@ impl Chat {
         }
     }
 
+    /// Types a line.
+    fn say(&mut self, line: &str) {
+        writeln!(self.stdin.as_mut().unwrap(), "{line}").unwrap();
+    }
+
     /// Waits for a stdout line containing `needle`.
     fn expect(&mut self, needle: &str) -> String {
         let deadline = Instant::now() + WAIT;
@@ -410,4 +415,36 @@ fn config_example_passes_config_check_and_a_typo_is_named_with_its_line() {
     assert!(!out.status.success());
     assert!(err.contains(&format!("{}:5:", bad.display())), "{err}");
     assert!(err.contains("bakend"), "{err}");
+}
+
+#[test]
+fn chat_lists_unread_marks_read_and_shows_typing() {
+    let root = tempfile::tempdir().unwrap();
+    let node = Node::start(&root.path().join("data"));
+    let mut bob = Chat::start(&node, &["--uid", "bob", "--to", "alice", "--json"]);
+    bob.expect("\"connected\"");
+    let mut alice = Chat::start(&node, &["--uid", "alice", "--to", "bob"]);
+    alice.expect("* online");
+    alice.say("hello bob");
+    alice.say("are you there?");
+    bob.expect("are you there?");
+    bob.say("/list");
+    let line = bob.expect("\"conversations\"");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["total_unread"], 2, "{line}");
+    assert_eq!(v["conversations"][0]["peer"], "demo/alice", "{line}");
+    assert_eq!(
+        v["conversations"][0]["last_body"], "are you there?",
+        "{line}"
+    );
+    bob.say("/read");
+    bob.expect("\"marked_read\"");
+    alice.expect("* bob read the conversation with alice");
+    bob.say("/list");
+    let line = bob.expect("\"conversations\"");
+    assert!(line.contains("\"total_unread\":0"), "{line}");
+    bob.say("/typing");
+    let line = bob.expect("\"typing_sent\"");
+    assert!(line.contains("\"devices_reached\":1"), "{line}");
+    alice.expect("* bob is typing...");
 }

@@ -723,3 +723,87 @@ async fn a_token_revocation_holds_on_every_node() {
     }
     let _ = (n1, n2);
 }
+
+/// Conversations across nodes (PostgreSQL store, Redis presence, NATS
+/// route): unread counts after offline sends, a read receipt reaching the
+/// sender's two devices on two other nodes, the reader's other device
+/// learning its read, and a transient message reaching only the online
+/// device on another node, never stored.
+#[tokio::test]
+async fn conversations_receipts_and_transient_messages_across_nodes() {
+    let ns = Namespace::new();
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(&ns, dir.path()).await;
+    let (n1, n2, n3) = (&nodes[0], &nodes[1], &nodes[2]);
+    let (alice, _a) = connect(&n1.url(), "alice", "a1").await;
+    let (_alice2, mut alice2) = connect(&n2.url(), "alice", "a2").await;
+    for body in ["one", "two"] {
+        alice.send(demo("bob"), "text", body).await.unwrap();
+    }
+    let (bob, mut bob_events) = connect(&n3.url(), "bob", "b1").await;
+    let got = switchboard_testkit::sdk::messages(&mut bob_events, 2, T).await;
+    let list = bob.conversations("", 0).await.unwrap();
+    assert_eq!(list.total_unread, 2, "{list:?}");
+    // Bob reads on another node; alice's device on n2 gets the receipt.
+    let (bob2, mut bob2_events) = connect(&n2.url(), "bob", "b2").await;
+    switchboard_testkit::sdk::messages(&mut bob2_events, 2, T).await;
+    bob2.mark_read(demo("alice"), got[1].0).await.unwrap();
+    let r = receipt(&mut alice2).await;
+    assert_eq!(r.read.unwrap().msg_id, got[1].1.msg_id);
+    receipt(&mut bob_events).await;
+    assert_eq!(bob.conversations("", 0).await.unwrap().total_unread, 0);
+    // A transient message: bob2 (n2) and bob (n3) are online; nothing stored.
+    bob2.close().await;
+    // Presence forgets the closed device a moment after the close returns.
+    let deadline = tokio::time::Instant::now() + T;
+    while devices_of(n1, "bob").await.len() != 1 {
+        assert!(tokio::time::Instant::now() < deadline, "bob2 still online");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sent = alice
+        .send_transient(demo("bob"), "typing", "")
+        .await
+        .unwrap();
+    assert_eq!(sent.devices_reached, 1);
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        match tokio::time::timeout_at(deadline, bob_events.recv()).await {
+            Ok(Some(switchboard_sdk::Event::Online { message })) => {
+                assert_eq!(message.r#type, "typing");
+                break;
+            }
+            Ok(Some(switchboard_sdk::Event::Message { seq, message })) => {
+                panic!("a stored entry {seq}: {message:?}")
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => panic!("no transient message"),
+        }
+    }
+    let (status, text) = http(
+        n1.http,
+        "GET",
+        "/v1/apps/demo/users/bob/conversations",
+        None,
+    )
+    .await
+    .expect("HTTP API request");
+    assert_eq!(status, 200, "{text}");
+    let body: Value = serde_json::from_str(&text).expect("JSON answer");
+    assert_eq!(body["total_unread"], 0, "{body}");
+    assert_eq!(body["conversations"][0]["last"]["message"]["body"], "two");
+}
+
+/// Waits for a read-receipt entry (skipping other events).
+async fn receipt(events: &mut switchboard_sdk::Events) -> switchboard_sdk::Message {
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(switchboard_sdk::Event::Message { message, .. })) if message.read.is_some() => {
+                return message;
+            }
+            Ok(Some(switchboard_sdk::Event::Closed)) | Ok(None) => panic!("closed"),
+            Ok(Some(_)) => {}
+            Err(_) => panic!("no receipt within {T:?}"),
+        }
+    }
+}

@@ -127,5 +127,6 @@ pub fn c2c(client_msg_id: &str, to_uid: &str, body: &str) -> Packet {
         }),
         r#type: "text".into(),
         body: Bytes::copy_from_slice(body.as_bytes()),
+        transient: false,
     })
 }

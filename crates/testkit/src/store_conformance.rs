@@ -124,6 +124,7 @@ where
     outbox_drains_in_id_order(store.clone()).await;
     a_bad_append_fails_alone(store.clone()).await;
     token_revocations_only_move_forward(store.clone()).await;
+    conversation_views_are_per_user_and_replaced(store.clone()).await;
     run_groups(store.clone()).await;
     store.close().await.expect("close");
     store.close().await.expect("close is idempotent");
@@ -956,6 +957,41 @@ pub async fn submitted_appends_keep_submit_order(store: Arc<dyn Store>) {
 /// A user's token revocation: none at first; a revocation is in force at
 /// once (read back by the next call); a later time raises it, an earlier
 /// one changes nothing (also when they race); other users are untouched.
+/// A conversation view is stored per user and replaced whole; a user with
+/// none reads `None`; bytes come back as they went in (any bytes).
+pub async fn conversation_views_are_per_user_and_replaced(store: Arc<dyn Store>) {
+    let alice = fresh_user("alice");
+    let bob = fresh_user("bob");
+    assert_eq!(store.conversation_view(&alice).await.expect("read"), None);
+    let first = Bytes::from_static(b"\x00view one\xff");
+    store
+        .put_conversation_view(&alice, first.clone())
+        .await
+        .expect("put");
+    assert_eq!(
+        store.conversation_view(&alice).await.expect("read"),
+        Some(first)
+    );
+    let big = Bytes::from(vec![7u8; 200_000]);
+    store
+        .put_conversation_view(&alice, big.clone())
+        .await
+        .expect("replace");
+    assert_eq!(
+        store.conversation_view(&alice).await.expect("read"),
+        Some(big)
+    );
+    assert_eq!(store.conversation_view(&bob).await.expect("read"), None);
+    store
+        .put_conversation_view(&bob, Bytes::new())
+        .await
+        .expect("put empty");
+    assert_eq!(
+        store.conversation_view(&bob).await.expect("read"),
+        Some(Bytes::new())
+    );
+}
+
 pub async fn token_revocations_only_move_forward(store: Arc<dyn Store>) {
     let alice = fresh_user("alice");
     let bob = fresh_user("bob");

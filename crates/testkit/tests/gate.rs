@@ -461,6 +461,7 @@ async fn cross_app_messages_need_configuration() {
             }),
             r#type: "text".into(),
             body: Bytes::from_static(b"hi"),
+            transient: false,
         })
     };
     assert!(

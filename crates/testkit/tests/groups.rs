@@ -53,6 +53,7 @@ fn post(client_msg_id: &str, gid: &str, body: &str) -> Packet {
         r#type: "text".into(),
         body: Bytes::copy_from_slice(body.as_bytes()),
         group: gid.into(),
+        transient: false,
     })
 }
 
@@ -330,6 +331,7 @@ async fn refusals_have_their_own_codes_and_store_nothing() {
         r#type: "text".into(),
         body: Bytes::from_static(b"?"),
         group: "team".into(),
+        transient: false,
     });
     assert_eq!(
         error_code(&alice.request(both).await),

@@ -189,6 +189,7 @@ async fn every_example_of_the_protocol_doc_is_what_a_running_node_sends() {
         }),
         r#type: "text".into(),
         body: bytes::Bytes::from_static(b"{}"),
+        transient: false,
     });
     alice.send_bytes(&to_shop.encode(seq)).await;
     check("error", next(&mut alice).await, &doc);

@@ -17,6 +17,7 @@
 //! | `outbox_dedupe` | user ++ dedupe_id | event id |
 //! | `outbox_delivered` | delivered_ms ++ event id | (empty) |
 //! | `revocations` | user | issued_before (seconds; tokens with an earlier `iat` are refused) |
+//! | `conversation_views` | user | the user's conversation view (`switchboard_core::conversation`), derived state |
 //! | `groups` | group | [`encode_group`]; the key `[]` holds the last generation handed out |
 //! | `group_members` | group ++ uid (raw, so members sort by uid) | [`encode_member`] |
 //! | `user_groups` | user ++ gid (raw) | (empty): a user's groups, by id |

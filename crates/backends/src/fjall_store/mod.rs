@@ -105,6 +105,7 @@ pub(crate) struct Keyspaces {
     outbox_dedupe: Keyspace,
     outbox_delivered: Keyspace,
     revocations: Keyspace,
+    conversation_views: Keyspace,
     groups: Keyspace,
     group_members: Keyspace,
     user_groups: Keyspace,
@@ -151,6 +152,7 @@ impl Keyspaces {
             outbox_dedupe: ks("outbox_dedupe")?,
             outbox_delivered: ks("outbox_delivered")?,
             revocations: ks("revocations")?,
+            conversation_views: ks("conversation_views")?,
             groups: ks("groups")?,
             group_members: ks("group_members")?,
             user_groups: ks("user_groups")?,
@@ -206,6 +208,10 @@ impl Reads for FjallReads {
 
     fn tokens_revoked_before(&mut self, user: &UserKey) -> Result<Option<u64>, StoreError> {
         read::tokens_revoked_before(&self.0, user)
+    }
+
+    fn conversation_view(&mut self, user: &UserKey) -> Result<Option<bytes::Bytes>, StoreError> {
+        read::conversation_view(&self.0, user)
     }
 
     fn ping(&mut self) -> Result<(), StoreError> {

@@ -115,6 +115,18 @@ pub fn tokens_revoked_before(ks: &Keyspaces, user: &UserKey) -> Result<Option<u6
     }
 }
 
+/// The user's conversation view, `None` when none was stored.
+pub fn conversation_view(
+    ks: &Keyspaces,
+    user: &UserKey,
+) -> Result<Option<bytes::Bytes>, StoreError> {
+    Ok(ks
+        .conversation_views
+        .get(keys::user(user)?)
+        .map_err(fjall_error)?
+        .map(|v| bytes::Bytes::copy_from_slice(&v)))
+}
+
 /// Up to `limit` undelivered outbox events with an id above `after`,
 /// lowest id first.
 pub fn outbox_pending(

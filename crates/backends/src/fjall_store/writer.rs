@@ -308,6 +308,20 @@ impl Writer {
                 pending.push(Pending::Revoked(reply, r));
                 failed.map_or(Ok(()), Err)
             }
+            Command::PutView(user, view, reply) => {
+                match keys::user(&user) {
+                    Ok(key) => {
+                        b.wb.insert(&self.ks.conversation_views, key, view.as_ref());
+                        pending.push(Pending::Unit(reply));
+                    }
+                    // A key that cannot be made is this request's fault,
+                    // not the group's.
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+                Ok(())
+            }
             Command::Purge(reply) => {
                 let r = purge_expired(&self.ks, b, self.dedupe_window);
                 if let Ok((_, true)) = r {
@@ -339,6 +353,7 @@ fn unanswered(cmd: Command) -> Pending {
         Command::Group(_, r) => Pending::Group(r, none()),
         Command::MarkDelivered(_, r) | Command::Purge(r) => Pending::Count(r, none()),
         Command::Revoke(_, _, r) => Pending::Revoked(r, none()),
+        Command::PutView(_, _, r) => Pending::Unit(r),
         Command::Flush(r) | Command::Close(r) => Pending::Unit(r),
     }
 }

@@ -435,6 +435,30 @@ impl Store for PgStore {
             .await
     }
 
+    async fn conversation_view(&self, user: &UserKey) -> Result<Option<bytes::Bytes>, StoreError> {
+        self.check_open()?;
+        self.inner
+            .bounded(async {
+                let conn = self.inner.conn().await?;
+                read::conversation_view(&conn, user).await
+            })
+            .await
+    }
+
+    async fn put_conversation_view(
+        &self,
+        user: &UserKey,
+        view: bytes::Bytes,
+    ) -> Result<(), StoreError> {
+        self.check_open()?;
+        self.inner
+            .bounded(async {
+                let conn = self.inner.conn().await?;
+                read::put_conversation_view(&conn, user, &view).await
+            })
+            .await
+    }
+
     async fn cursor(&self, user: &UserKey, device_id: &str) -> Result<u64, StoreError> {
         self.check_open()?;
         // Memory first, then the table: an entry leaves memory only after it

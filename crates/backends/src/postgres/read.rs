@@ -199,6 +199,43 @@ pub async fn revoke_tokens(
     )
 }
 
+/// The user's conversation view, `None` when none was stored.
+pub async fn conversation_view(
+    conn: &Object,
+    user: &UserKey,
+) -> Result<Option<bytes::Bytes>, StoreError> {
+    let stmt = conn
+        .prepare_cached("SELECT view FROM conversation_view WHERE app = $1 AND uid = $2")
+        .await
+        .map_err(unavailable)?;
+    let row = conn
+        .query_opt(&stmt, &[&user.app, &user.uid])
+        .await
+        .map_err(unavailable)?;
+    row.map(|r| r.try_get::<_, Vec<u8>>(0).map(bytes::Bytes::from))
+        .transpose()
+        .map_err(corrupt)
+}
+
+/// Stores (replaces) the user's conversation view.
+pub async fn put_conversation_view(
+    conn: &Object,
+    user: &UserKey,
+    view: &[u8],
+) -> Result<(), StoreError> {
+    let stmt = conn
+        .prepare_cached(
+            "INSERT INTO conversation_view (app, uid, view) VALUES ($1, $2, $3)
+             ON CONFLICT (app, uid) DO UPDATE SET view = EXCLUDED.view",
+        )
+        .await
+        .map_err(unavailable)?;
+    conn.execute(&stmt, &[&user.app, &user.uid, &view])
+        .await
+        .map_err(unavailable)?;
+    Ok(())
+}
+
 /// The user's revocation time, `None` when never revoked.
 pub async fn tokens_revoked_before(
     conn: &Object,

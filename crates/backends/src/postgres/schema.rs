@@ -103,10 +103,15 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_groups",
         sql: include_str!("migrations/0003_groups.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_conversation_view",
+        sql: include_str!("migrations/0004_conversation_view.sql"),
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// First key of the advisory lock; the second is the hash of the schema name,
 /// so stores in different schemas of one database migrate independently.

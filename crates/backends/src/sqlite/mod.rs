@@ -174,6 +174,10 @@ impl Reads for Connection {
         read::tokens_revoked_before(self, user)
     }
 
+    fn conversation_view(&mut self, user: &UserKey) -> Result<Option<bytes::Bytes>, StoreError> {
+        read::conversation_view(self, user)
+    }
+
     fn ping(&mut self) -> Result<(), StoreError> {
         self.query_row("SELECT 1", [], |_| Ok(()))
             .map_err(unavailable)

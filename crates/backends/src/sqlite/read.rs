@@ -137,6 +137,21 @@ pub fn cursor(conn: &Connection, user: &UserKey, device_id: &str) -> Result<u64,
     seq.map_or(Ok(0), |s| to_u64(s, "cursor.seq"))
 }
 
+/// The user's conversation view, `None` when none was stored.
+pub fn conversation_view(
+    conn: &Connection,
+    user: &UserKey,
+) -> Result<Option<bytes::Bytes>, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("SELECT view FROM conversation_view WHERE app = ?1 AND uid = ?2")
+        .map_err(unavailable)?;
+    let v: Option<Vec<u8>> = stmt
+        .query_row(params![user.app, user.uid], |r| r.get(0))
+        .optional()
+        .map_err(corrupt_or_unavailable)?;
+    Ok(v.map(bytes::Bytes::from))
+}
+
 /// The user's token revocation time, `None` when never revoked.
 pub fn tokens_revoked_before(conn: &Connection, user: &UserKey) -> Result<Option<u64>, StoreError> {
     let mut stmt = conn

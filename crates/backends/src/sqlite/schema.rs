@@ -167,7 +167,7 @@ use switchboard_core::StoreError;
 use super::unavailable;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 const V1: &str = "
 CREATE TABLE IF NOT EXISTS message (
@@ -233,6 +233,16 @@ CREATE TABLE IF NOT EXISTS token_revocation (
     app           TEXT    NOT NULL,
     uid           TEXT    NOT NULL,
     issued_before INTEGER NOT NULL,
+    PRIMARY KEY (app, uid)
+) WITHOUT ROWID;
+";
+
+/// Version 5: conversation views (`Store::put_conversation_view`).
+const V5: &str = "
+CREATE TABLE IF NOT EXISTS conversation_view (
+    app  TEXT NOT NULL,
+    uid  TEXT NOT NULL,
+    view BLOB NOT NULL,
     PRIMARY KEY (app, uid)
 ) WITHOUT ROWID;
 ";
@@ -395,7 +405,10 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         // this transaction, so it never meets its own column.
         tx.execute_batch(V4).map_err(unavailable)?;
     }
-    // Later versions: `if version < 5 { ... }`, each step idempotent.
+    if version < 5 {
+        tx.execute_batch(V5).map_err(unavailable)?;
+    }
+    // Later versions: `if version < 6 { ... }`, each step idempotent.
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)
         .map_err(unavailable)?;
     tx.commit().map_err(unavailable)

@@ -187,6 +187,15 @@ impl Writer {
                             return Err(e);
                         }
                     }
+                    Command::PutView(user, view, reply) => {
+                        tx.prepare_cached(
+                            "INSERT INTO conversation_view (app, uid, view) VALUES (?1, ?2, ?3)
+                             ON CONFLICT (app, uid) DO UPDATE SET view = excluded.view",
+                        )
+                        .and_then(|mut s| s.execute(params![user.app, user.uid, view.as_ref()]))
+                        .map_err(unavailable)?;
+                        pending.push(Pending::Unit(reply));
+                    }
                     Command::Purge(reply) => {
                         let r = purge_expired(&tx, self.opts.dedupe_window);
                         let failed = r
