@@ -74,6 +74,9 @@ pub enum Scenario {
     /// One group of M members, O online: group posts over the HTTP API,
     /// deliveries/s and the time until the last member device has each.
     Group(scenario::group::Args),
+    /// The conversation list of a user with C conversations: latency of
+    /// the first page and the node's CPU per request.
+    Conversations(scenario::conversations::Args),
     /// N clients with an offline backlog reconnect at once and sync.
     Reconnect(scenario::reconnect::Args),
     /// Latency of one durable append (write + fdatasync) on a directory's
@@ -171,6 +174,11 @@ pub async fn run(args: BenchArgs) -> Result<Vec<RunResult>, BenchError> {
         ),
         Scenario::Group(a) => (
             scenario::group::run(&a).await?,
+            a.common.out.clone(),
+            Some(a.common),
+        ),
+        Scenario::Conversations(a) => (
+            scenario::conversations::run(&a).await?,
             a.common.out.clone(),
             Some(a.common),
         ),

@@ -4,6 +4,7 @@
 pub mod amqp;
 pub mod c2c;
 pub mod connections;
+pub mod conversations;
 pub mod disk;
 pub mod fanout;
 pub mod group;
