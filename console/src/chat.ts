@@ -1,14 +1,26 @@
 // Log in as a user, the conversation list and the chat pane.
 //
-// The protocol has no conversation list yet, so conversations are built
-// here from the timeline: one per peer seen, with its last message and an
-// unread count kept by this page, and one per group (`#<gid>`) whose
-// messages arrive (the business server creates groups and adds members;
-// typing `#<gid>` in "start a chat with…" opens one to post to). They are kept in localStorage per user,
-// next to the SDK's cursor, so a reload shows the history it had and the
-// SDK then delivers only what came after.
+// Conversations are built here from the timeline: one per peer seen, with
+// its messages, and one per group (`#<gid>`) whose messages arrive (the
+// business server creates groups and adds members; typing `#<gid>` in
+// "start a chat with…" opens one to post to). They are kept in localStorage
+// per user, next to the SDK's cursor, so a reload shows the history it had
+// and the SDK then delivers only what came after. The unread counts come
+// from the server's conversation list at login (and again when another
+// device of the user reads), then move with the events; the open
+// conversation is marked read as its messages are shown, the peer's read
+// receipts put a "read" mark under this user's messages, and typing sends
+// a transient "typing" message (at most one per 3 s) that the other side
+// shows for 4 s.
 
-import { Client, LocalStorageCursor, type Message, bodyText } from "@switchboard/sdk";
+import {
+  Client,
+  type Conversation as Listed,
+  LocalStorageCursor,
+  type Message,
+  type ReceiptEvent,
+  bodyText,
+} from "@switchboard/sdk";
 import { fill, h, time } from "./dom.js";
 import { HttpError, demoToken } from "./http.js";
 
@@ -18,6 +30,8 @@ interface Line {
   /** The timeline sequence when known (received), else the client_msg_id. */
   key: string;
   seq?: string;
+  /** The server's message id, once known (read receipts name messages by it). */
+  msgId?: string;
   from: string;
   text: string;
   at: number;
@@ -31,6 +45,10 @@ interface Conversation {
   peer: string;
   lines: Line[];
   unread: number;
+  /** This user's read position (a seq on the user's timeline, or the group's). */
+  readSeq?: string;
+  /** 1:1: the peer read this user's messages up to this message id. */
+  peerRead?: string;
   /** Why this user is no longer in the group (`NOT_GROUP_MEMBER`, `GROUP_NOT_FOUND`). */
   left?: string;
 }
@@ -40,6 +58,13 @@ const KEEP = 200;
 const SYSTEM = "(system)";
 /** Group conversations are keyed `#<gid>`. */
 const GROUP = "#";
+/** The type of the transient message sent while typing, at most once per TYPING_SEND_MS. */
+const TYPING = "typing";
+const TYPING_SEND_MS = 3000;
+/** How long "typing…" shows after one arrives. */
+const TYPING_SHOW_MS = 4000;
+/** The inputs whose text a render keeps: the message being written, the peer of a new chat. */
+const DRAFTS = ["text", "new-peer"];
 
 /** The group id of a conversation key, or null for a one-to-one conversation. */
 function groupOf(peer: string): string | null {
@@ -52,6 +77,10 @@ let myApp = "demo";
 let convs = new Map<string, Conversation>();
 let active: string | null = null;
 let root: HTMLElement | null = null;
+/** Conversation key -> who is typing there and until when (not persisted). */
+const typing = new Map<string, { who: string; until: number }>();
+/** The last "typing" sent: to which conversation, when. */
+let typingSent = { peer: "", at: 0 };
 
 const storeKey = () => `sb-console:convs:${me}`;
 
@@ -101,45 +130,143 @@ function textOf(m: Message): string {
   return raw;
 }
 
-function received(seq: bigint | undefined, m: Message): void {
+/** The line of a message received (or listed), `seq` on its timeline (undefined: online-only). */
+function lineOf(seq: bigint | undefined, m: Message): Line {
   const from = m.from?.uid ?? "";
-  const to = m.to?.uid ?? "";
-  // My own sends from another device come back on my timeline.
   const mine = from === me;
-  const peer = mine ? to : from === "" ? SYSTEM : from;
-  const c = conv(peer);
-  c.lines.push({
+  return {
     key: seq === undefined ? `online-${m.msgId}` : String(seq),
     seq: seq === undefined ? undefined : String(seq),
+    msgId: String(m.msgId),
     from: from === "" ? SYSTEM : from,
     text: textOf(m),
     at: Number(m.serverTimeMs),
     mine,
     status: mine ? "stored" : undefined,
-  });
-  if (!mine && (peer !== active || document.hidden)) c.unread += 1;
+  };
+}
+
+/** Adds a received line to conversation `key` (once per seq), counts it unread or reads it. */
+function addLine(key: string, line: Line): void {
+  const c = conv(key);
+  if (line.seq !== undefined && c.lines.some((l) => l.seq === line.seq)) return;
+  c.lines.push(line);
+  if (typing.get(key)?.who === line.from) typing.delete(key);
+  if (line.mine) {
+    // Sending reads the conversation up to the message (the server counts it so too).
+    ownRead(c, line.seq);
+  } else if (key !== active || document.hidden) {
+    c.unread += 1;
+  } else {
+    markShown();
+  }
   save();
   render();
 }
 
-function receivedGroup(group: string, seq: bigint, m: Message): void {
+function received(seq: bigint | undefined, m: Message): void {
   const from = m.from?.uid ?? "";
+  const to = m.to?.uid ?? "";
+  // My own sends from another device come back on my timeline.
+  const peer = from === me ? to : from === "" ? SYSTEM : from;
+  addLine(peer, lineOf(seq, m));
+}
+
+function receivedGroup(group: string, seq: bigint, m: Message): void {
   // My own posts from another device come back as group messages.
-  const mine = from === me;
-  const c = conv(GROUP + group);
-  c.left = undefined;
-  c.lines.push({
-    key: String(seq),
-    seq: String(seq),
-    from: from === "" ? SYSTEM : from,
-    text: textOf(m),
-    at: Number(m.serverTimeMs),
-    mine,
-    status: mine ? "stored" : undefined,
-  });
-  if (!mine && (c.peer !== active || document.hidden)) c.unread += 1;
+  conv(GROUP + group).left = undefined;
+  addLine(GROUP + group, lineOf(seq, m));
+}
+
+/** This user read `c` up to `seq` (here or on another device): nothing in it is unread. */
+function ownRead(c: Conversation, seq: string | undefined): void {
+  c.unread = 0;
+  if (seq !== undefined && BigInt(seq) > BigInt(c.readSeq ?? "0")) c.readSeq = seq;
+}
+
+/** Marks the open conversation read up to the last message from others shown (when that moved). */
+function markShown(): void {
+  if (client === null || active === null || active === SYSTEM || document.hidden) return;
+  const c = conv(active);
+  c.unread = 0;
+  let last: string | undefined;
+  for (const l of c.lines) if (!l.mine && l.seq !== undefined) last = l.seq;
+  if (last === undefined || BigInt(last) <= BigInt(c.readSeq ?? "0")) return;
+  c.readSeq = last;
+  const group = groupOf(active);
+  const marked =
+    group === null ? client.markRead({ app: myApp, uid: active }, BigInt(last)) : client.markGroupRead(group, BigInt(last));
+  marked.catch((e: unknown) => console.warn("mark read:", e));
+}
+
+/** Takes the server's view of one conversation: its unread count and read positions. */
+function listed(s: Listed): void {
+  const key = s.group !== "" ? GROUP + s.group : (s.peer?.uid ?? "");
+  if (key === "") return;
+  const c = conv(key);
+  const last = s.last?.seq ?? 0n;
+  // Older than anything this device holds (another device's history): show the last message at least.
+  if (c.lines.length === 0 && s.last?.message !== undefined) c.lines.push(lineOf(last, s.last.message));
+  // What arrived after the server made the list is counted on top.
+  const later = c.lines.filter((l) => !l.mine && l.seq !== undefined && BigInt(l.seq) > last).length;
+  c.unread = Number(s.unread) + later;
+  if (s.readSeq > BigInt(c.readSeq ?? "0")) c.readSeq = String(s.readSeq);
+  if (s.peerReadMsgId > BigInt(c.peerRead ?? "0")) c.peerRead = String(s.peerReadMsgId);
+  if (key === active) markShown();
+}
+
+/** Reads the server's conversation list (every page) into the conversations. */
+async function refreshList(): Promise<void> {
+  const cl = client;
+  if (cl === null) return;
+  let after = "";
+  do {
+    const page = await cl.conversations({ after, limit: 200 });
+    if (client !== cl) return;
+    for (const s of page.conversations) listed(s);
+    after = page.next;
+  } while (after !== "");
   save();
   render();
+}
+
+function receipt(e: ReceiptEvent): void {
+  if (e.mine) {
+    // Read on another device of this user: the server's list has what is left unread.
+    refreshList().catch((err: unknown) => console.warn("conversations:", err));
+    return;
+  }
+  const c = e.peer === undefined ? undefined : convs.get(e.peer.uid);
+  if (c === undefined || e.read.msgId <= BigInt(c.peerRead ?? "0")) return;
+  c.peerRead = String(e.read.msgId);
+  save();
+  render();
+}
+
+/** An online-only message: "typing" shows for a while, anything else is a line. */
+function online(m: Message): void {
+  if (m.type !== TYPING) {
+    received(undefined, m);
+    return;
+  }
+  const who = m.from?.uid ?? "";
+  // My own typing on another device (a group's transient reaches it too).
+  if (who === "" || who === me) return;
+  typing.set(m.group !== "" ? GROUP + m.group : who, { who, until: Date.now() + TYPING_SHOW_MS });
+  setTimeout(render, TYPING_SHOW_MS + 50);
+  render();
+}
+
+/** Tells the peer (or the group) this user is typing, at most once per TYPING_SEND_MS. */
+function typed(peer: string): void {
+  const now = Date.now();
+  if (client === null || peer === SYSTEM || (typingSent.peer === peer && now - typingSent.at < TYPING_SEND_MS)) return;
+  typingSent = { peer, at: now };
+  const group = groupOf(peer);
+  const sent =
+    group === null ? client.sendTransient({ app: myApp, uid: peer }, TYPING, "") : client.sendGroupTransient(group, TYPING, "");
+  // Best effort: nobody online, or over the budget, is fine.
+  sent.catch(() => undefined);
 }
 
 function leftGroup(group: string, why: string): void {
@@ -165,7 +292,9 @@ async function send(peer: string, text: string): Promise<void> {
         : await client.sendGroup(group, "text", body, { clientMsgId });
     line.status = "stored";
     line.seq = String(r.seq);
+    line.msgId = String(r.msgId);
     line.at = Number(r.serverTimeMs);
+    ownRead(c, line.seq);
   } catch (e) {
     line.status = "failed";
     line.error = e instanceof Error ? e.message : String(e);
@@ -200,7 +329,8 @@ async function login(uid: string, pasted: string): Promise<void> {
     cursorKey: `cursor:${uid}:${id}`,
   });
   client.on("message", ({ seq, message }) => received(seq, message));
-  client.on("online", ({ message }) => received(undefined, message));
+  client.on("receipt", receipt);
+  client.on("online", ({ message }) => online(message));
   client.on("groupMessage", ({ group, seq, message }) => receivedGroup(group, seq, message));
   client.on("groupLeft", ({ group, name }) => leftGroup(group, name));
   client.on("state", ({ state, error }) => setConn(state, error?.message ?? ""));
@@ -210,6 +340,11 @@ async function login(uid: string, pasted: string): Promise<void> {
   myApp = info.user.app;
   const who = document.getElementById("who");
   if (who !== null) who.textContent = `${info.user.app}/${info.user.uid}`;
+  // The unread counts: the server's, once what was missed is delivered (so both agree on where they stand).
+  const cl = client;
+  cl.sync()
+    .then(refreshList)
+    .catch((e: unknown) => console.warn("conversations:", e));
 }
 
 function loginView(): HTMLElement {
@@ -257,6 +392,7 @@ function listView(): HTMLElement {
     ev.preventDefault();
     const p = peer.value.trim();
     if (p === "") return;
+    peer.value = "";
     conv(p);
     open(p);
   });
@@ -287,18 +423,35 @@ function who(c: Conversation, l: Line): string {
   return groupOf(c.peer) === null ? "" : `${l.from}: `;
 }
 
-function mark(l: Line): string {
+function mark(l: Line, read: boolean): string {
   if (l.status === "sending") return "…";
   if (l.status === "failed") return "!";
-  return "✓";
+  return read ? "✓ read" : "✓";
+}
+
+/**
+ * Which of this user's lines the peer read: every one at or before the
+ * message the peer's receipt names (by its place among the lines, or by
+ * id when that message is not among them).
+ */
+function readLines(c: Conversation): Set<Line> {
+  const out = new Set<Line>();
+  if (c.peerRead === undefined || groupOf(c.peer) !== null) return out;
+  const upTo = BigInt(c.peerRead);
+  const at = c.lines.findIndex((l) => l.msgId === c.peerRead);
+  c.lines.forEach((l, i) => {
+    const covered = at >= 0 ? i <= at : l.msgId !== undefined && BigInt(l.msgId) <= upTo;
+    if (l.mine && l.status === "stored" && covered) out.add(l);
+  });
+  return out;
 }
 
 function paneView(): HTMLElement {
   if (active === null) return h("section", { class: "pane empty" }, h("p", {}, "Pick a conversation, or start one."));
   const c = conv(active);
-  const text = h("input", { id: "text", placeholder: `message ${active}`, autocomplete: "off" });
-  const form = h("form", { id: "compose" }, text, h("button", { type: "submit" }, "Send"));
   const peer = active;
+  const text = h("input", { id: "text", placeholder: `message ${active}`, autocomplete: "off", oninput: () => typed(peer) });
+  const form = h("form", { id: "compose" }, text, h("button", { type: "submit" }, "Send"));
   const inGroup = groupOf(peer) !== null;
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
@@ -307,6 +460,7 @@ function paneView(): HTMLElement {
     text.value = "";
     void send(peer, t);
   });
+  const read = readLines(c);
   const lines = h(
     "ol",
     { id: "messages" },
@@ -318,21 +472,28 @@ function paneView(): HTMLElement {
           "data-seq": l.seq,
           "data-from": l.from,
           "data-status": l.status,
+          "data-read": read.has(l) ? "read" : undefined,
           title: l.error ?? (l.seq === undefined ? "" : `seq ${l.seq}`),
         },
         inGroup && !l.mine ? h("span", { class: "from" }, l.from) : null,
         h("span", { class: "text" }, l.text),
-        h("span", { class: "meta" }, time(l.at), l.mine ? h("span", { class: "mark" }, ` ${mark(l)}`) : null),
+        h("span", { class: "meta" }, time(l.at), l.mine ? h("span", { class: "mark" }, ` ${mark(l, read.has(l))}`) : null),
       ),
     ),
   );
   const left =
     c.left === undefined ? null : h("p", { class: "notice", id: "left" }, `You are no longer in this group (${c.left}).`);
+  const t = typing.get(peer);
+  const typingNow =
+    t !== undefined && t.until > Date.now()
+      ? h("p", { class: "typing", id: "typing" }, inGroup ? `${t.who} is typing…` : "typing…")
+      : null;
   return h(
     "section",
     { class: "pane" },
     h("h2", {}, peer === SYSTEM ? "System messages" : peer),
     lines,
+    typingNow,
     left,
     peer === SYSTEM ? null : form,
   );
@@ -341,6 +502,7 @@ function paneView(): HTMLElement {
 function open(peer: string): void {
   active = peer;
   conv(peer).unread = 0;
+  markShown();
   save();
   render();
   document.getElementById("text")?.focus();
@@ -349,10 +511,14 @@ function open(peer: string): void {
 function render(): void {
   if (root === null || client === null) return;
   const focused = document.activeElement?.id;
-  const draft = (document.getElementById("text") as HTMLInputElement | null)?.value ?? "";
+  // What is being typed survives a render (events re-render at any time).
+  const input = (id: string) => document.getElementById(id) as HTMLInputElement | null;
+  const drafts = DRAFTS.map((id) => input(id)?.value ?? "");
   fill(root, h("div", { class: "chat" }, listView(), paneView()));
-  const text = document.getElementById("text") as HTMLInputElement | null;
-  if (text !== null) text.value = draft;
+  DRAFTS.forEach((id, i) => {
+    const el = input(id);
+    if (el !== null) el.value = drafts[i] ?? "";
+  });
   if (focused !== undefined && focused !== "") document.getElementById(focused)?.focus();
   const msgs = document.getElementById("messages");
   if (msgs !== null) msgs.scrollTop = msgs.scrollHeight;

@@ -30,6 +30,8 @@ interface ApiMessage {
   body: string | null;
   body_base64: string;
   server_time_ms: number;
+  /** Set on a read receipt (`type` and the body are then empty). */
+  read?: { peer: { app: string; uid: string } | null; group: string | null; seq: number; msg_id: string };
 }
 
 interface Timeline {
@@ -131,8 +133,10 @@ function timelineForm(): HTMLElement {
               time(m.server_time_ms),
               m.from.uid === "" ? "(system)" : `${m.from.app}/${m.from.uid}`,
               `${m.to.app}/${m.to.uid}`,
-              m.type,
-              m.body ?? `base64 ${m.body_base64}`,
+              m.read === undefined ? m.type : "(read)",
+              m.read === undefined
+                ? (m.body ?? `base64 ${m.body_base64}`)
+                : `read ${m.read.group ? `#${m.read.group}` : (m.read.peer?.uid ?? "")} up to ${m.read.seq}`,
             ]),
             "timeline-table",
           ),

@@ -4,7 +4,9 @@
 // contexts log in with demo tokens, chat with delivery marks, one closes
 // its page while the other writes, and the reopened page shows what it
 // missed once, in order. Then the operator page, and a group conversation
-// (made over the HTTP API) with a member removed. Screenshots go to a temp
+// (made over the HTTP API) with a member removed. Then the server's unread
+// counts at login, the "read" mark from the peer's receipt, and "typing…".
+// Screenshots go to a temp
 // dir, or to docs/ (the README's pictures) with SWITCHBOARD_SCREENSHOTS=docs,
 // so a test run leaves the tracked pictures alone.
 
@@ -14,7 +16,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { type Browser, type Page, chromium } from "playwright-core";
 import { afterAll, beforeAll, expect, it } from "vitest";
-import { type Node, startNode } from "../../sdk-ts/test/node.js";
+import { type Node, clientFor, startNode, until } from "../../sdk-ts/test/node.js";
 
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const DOCS =
@@ -58,6 +60,7 @@ async function say(page: Page, text: string): Promise<void> {
 }
 
 const texts = (page: Page) => page.locator("#messages li .text").allTextContents();
+const marks = (page: Page) => page.locator("#messages li.mine .mark").evaluateAll((els) => els.map((e) => e.textContent?.trim()));
 const badge = (page: Page, peer: string) => page.locator(`li.conv[data-peer="${peer}"] .badge`).textContent();
 
 it("two users chat in the console; the one that went offline sees what it missed once, in order", async () => {
@@ -80,8 +83,11 @@ it("two users chat in the console; the one that went offline sees what it missed
   await pb.click('li.conv[data-peer="alice"]');
   expect(await pb.locator('li.conv[data-peer="alice"] .badge').count()).toBe(0);
   expect(await texts(pb)).toEqual(["hi bob", "are you there?"]);
+  // Shown, so read: Alice's page marks both.
+  await expect.poll(() => marks(pa)).toEqual(["✓ read", "✓ read"]);
   await say(pb, "yes!");
   await expect.poll(() => texts(pa)).toEqual(["hi bob", "are you there?", "yes!"]);
+  await expect.poll(() => marks(pb)).toEqual(["✓ read"]);
   await pa.screenshot({ path: `${DOCS}console-chat.png` });
 
   // Bob closes the page; Alice keeps writing.
@@ -98,7 +104,8 @@ it("two users chat in the console; the one that went offline sees what it missed
   await new Promise((r) => setTimeout(r, 500));
   expect(await texts(pb)).toEqual(["hi bob", "are you there?", "yes!", "you left", "here is the order", "bye"]);
   const seqs = await pb.locator("#messages li:not(.mine)").evaluateAll((els) => els.map((e) => e.getAttribute("data-seq")));
-  expect(seqs).toEqual(["1", "2", "4", "5", "6"]);
+  // Bob's timeline: 3 is his read receipt, 4 his "yes!", 5 Alice's receipt of it.
+  expect(seqs).toEqual(["1", "2", "6", "7", "8"]);
   await pb.screenshot({ path: `${DOCS}console-catchup.png` });
 
   // The operator page (Alice's tab, still logged in): both online, Bob's
@@ -115,9 +122,17 @@ it("two users chat in the console; the one that went offline sees what it missed
   await pa.fill("#timeline-uid", "bob");
   await pa.click("#timeline button");
   await pa.waitForSelector("#timeline-table");
-  expect(await pa.locator("#timeline-table tbody tr td:nth-child(6)").allTextContents()).toEqual(
+  const rows = await pa
+    .locator("#timeline-table tbody tr")
+    .evaluateAll((trs) => trs.map((tr) => [...tr.querySelectorAll("td")].map((td) => td.textContent ?? "")));
+  expect(rows.filter((r) => r[4] !== "(read)").map((r) => r[5])).toEqual(
     ["hi bob", "are you there?", "yes!", "you left", "here is the order", "bye"].map((text) => JSON.stringify({ text })),
   );
+  // The read receipts are entries too: Bob read Alice's two, Alice read his "yes!" (entry 4 of her timeline).
+  expect(rows.filter((r) => r[4] === "(read)").slice(0, 2).map((r) => [r[0], r[2], r[5]])).toEqual([
+    ["3", "demo/bob", "read alice up to 2"],
+    ["5", "demo/alice", "read bob up to 4"],
+  ]);
   await pa.screenshot({ path: `${DOCS}console-operator.png`, fullPage: true });
 
   await alice.close();
@@ -180,4 +195,57 @@ it("a wrong operator key is refused with its code", async () => {
   await page.click("#admin button");
   await expect.poll(() => page.locator("#stats-out .error").textContent()).toContain("INVALID_API_KEY");
   await ctx.close();
+});
+
+it("the unread badge comes from the server at login; the peer's read and typing show in the chat", async () => {
+  const erin = await browser.newContext({ viewport: VIEW });
+  const frank = await browser.newContext({ viewport: VIEW });
+  // Erin's browser has been here before: it holds her (empty) conversations and cursor.
+  let pe = await erin.newPage();
+  await logIn(pe, "erin");
+  await pe.close();
+
+  const pf = await frank.newPage();
+  await logIn(pf, "frank");
+  await pf.fill("#new-peer", "erin");
+  await pf.press("#new-peer", "Enter");
+  for (const t of ["one", "two", "three"]) await say(pf, t);
+  expect(await marks(pf)).toEqual(["✓", "✓", "✓"]);
+
+  // Erin reads two of them on her phone (the SDK in Node.js).
+  const phone = await clientFor(node, "erin", { deviceId: "erin-phone" });
+  const got: bigint[] = [];
+  phone.on("message", ({ seq }) => got.push(seq));
+  await phone.connect();
+  await until(() => got.length === 3, 10_000, "the phone's messages");
+  await phone.markRead({ app: "demo", uid: "frank" }, got[1]!);
+  // Frank's page: the read mark under the two she read.
+  await expect.poll(() => marks(pf)).toEqual(["✓ read", "✓ read", "✓"]);
+
+  // Her browser comes back: the server's list says one is left unread (the three arrive by sync first).
+  pe = await erin.newPage();
+  await logIn(pe, "erin");
+  await expect.poll(() => badge(pe, "frank")).toBe("1");
+  await new Promise((r) => setTimeout(r, 500));
+  expect(await badge(pe, "frank")).toBe("1");
+  await pe.click('li.conv[data-peer="frank"]');
+  expect(await texts(pe)).toEqual(["one", "two", "three"]);
+  expect(await pe.locator('li.conv[data-peer="frank"] .badge').count()).toBe(0);
+  await expect.poll(() => marks(pf)).toEqual(["✓ read", "✓ read", "✓ read"]);
+
+  // Frank types: Erin sees "typing…" for a few seconds. (Filling the box for his
+  // first messages said so already, to nobody: at most one per 3 s.)
+  await new Promise((r) => setTimeout(r, 3_000));
+  await pf.locator("#text").pressSequentially("hello?");
+  await expect.poll(() => pe.locator("#typing").textContent()).toBe("typing…");
+  await expect.poll(() => pe.locator("#typing").count(), { timeout: 10_000 }).toBe(0);
+  // A message from Frank while the conversation is open is read at once: no badge, the mark on his side.
+  await pf.press("#text", "Enter");
+  await expect.poll(() => texts(pe)).toEqual(["one", "two", "three", "hello?"]);
+  await expect.poll(() => marks(pf)).toEqual(["✓ read", "✓ read", "✓ read", "✓ read"]);
+  expect(await pe.locator('li.conv[data-peer="frank"] .badge').count()).toBe(0);
+
+  phone.close();
+  await erin.close();
+  await frank.close();
 });

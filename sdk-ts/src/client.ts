@@ -1,17 +1,18 @@
 // The client: one WebSocket at a time, and the delivery contract of the
 // Rust SDK (crates/sdk/src/task.rs) around it. It logs in, pings, numbers
 // requests and matches answers by header seq, turns pushes, sync pages and
-// its own acks into in-order `message` / `groupMessage` events through one
-// Timeline per timeline (a Line: the user's own, and one per group),
+// its own acks into in-order `message` / `receipt` / `groupMessage` events
+// through one Timeline per timeline (a Line: the user's own, and one per group),
 // acknowledges what was delivered, persists the cursors, and reconnects with
 // jittered backoff, syncing from the last delivered sequence and resending
 // unanswered sends with their original client_msg_id.
 //
 // Every timeline goes through the same code: a push, a sync page or an own
-// message's ack names its timeline by key (the wire's `group`, empty for the
-// user's own), and the key picks the Line. Only login differs: the user's
-// timeline is always synced, a group only when the LoginAck lists it as
-// having entries past this device's cursor.
+// entry's answer (a c2c_ack, or a mark_read_ack: the read receipt's entry on
+// the user's own timeline) names its timeline by key (the wire's `group`,
+// empty for the user's own), and the key picks the Line. Only login
+// differs: the user's timeline is always synced, a group only when the
+// LoginAck lists it as having entries past this device's cursor.
 //
 // JavaScript runs one callback at a time, so the state below needs no
 // locks: every WebSocket event and timer is handled to completion in turn.
@@ -150,6 +151,54 @@ export interface GroupSendReceipt extends SendReceipt {
   group: string;
 }
 
+/** The answer to a `sendTransient` / `sendGroupTransient`: the message was pushed, and stored nowhere. */
+export interface TransientReceipt {
+  /** The server's id of the message. */
+  msgId: bigint;
+  /** How many devices it was handed to (online at that moment; this connection not counted). */
+  devicesReached: number;
+}
+
+/** The answer to a `markRead` / `markGroupRead`: the read receipt is stored. */
+export interface MarkReadReceipt {
+  /** The receipt's entry on this user's own timeline (held as delivered: not shown back to this client). */
+  seq: bigint;
+  /** The receipt's message id. */
+  msgId: bigint;
+}
+
+/** A page of the user's conversations (`conversations()`). */
+export interface ConversationPage {
+  /** Most recent activity first. */
+  conversations: pb.Conversation[];
+  /** Pass as `after` for the next page; empty on the last page. */
+  next: string;
+  /** Unread messages over all the user's conversations (the app badge). */
+  totalUnread: bigint;
+}
+
+/**
+ * A read receipt: an entry of the user's timeline whose `message.read` is
+ * set. `message.from` is the reader.
+ */
+export interface ReceiptEvent {
+  /** The receipt's entry on this user's timeline. */
+  seq: bigint;
+  message: pb.Message;
+  read: pb.ReadReceipt;
+  /**
+   * True: this user read the conversation on another device (`read.seq` is
+   * the read position, on this user's timeline or the group's). False: the
+   * peer read this user's messages, every one of the conversation at or
+   * before `read.msgId` in timeline order.
+   */
+  mine: boolean;
+  /** The 1:1 conversation's other user, seen from this user (undefined for a group). */
+  peer: pb.User | undefined;
+  /** The group's id (empty for a 1:1 conversation). */
+  group: string;
+}
+
 /** The answer to a `report` (c2s): it is durable on the bus. */
 export interface ReportReceipt {
   clientMsgId: string;
@@ -177,7 +226,17 @@ export interface ClientEvents {
    * starts it over.
    */
   groupLeft: { group: string; code: number; name: string };
-  /** An online-only message (not stored, no sequence). */
+  /**
+   * A read receipt on the user's timeline, instead of a `message` event
+   * (same order, same once-only delivery; it moves `lastSeq` like any
+   * entry). From another of this user's devices (`mine`) or from the peer.
+   */
+  receipt: ReceiptEvent;
+  /**
+   * An online-only message (not stored, no sequence): a transient message
+   * (`sendTransient`; typing indicators: `message.type`, `message.from`,
+   * and `message.group` for a group) or an online-only s2c of the HTTP API.
+   */
   online: { message: pb.Message };
   /** The server kicked this connection; `terminal` ones end the client (no reconnect). */
   kick: { code: number; name: string; reason: string; terminal: boolean };
@@ -195,6 +254,18 @@ export interface SendOptions {
 }
 
 type Wire = { kind: "request"; id: number } | { kind: "sync"; key: string } | { kind: "logout" };
+
+/** What a queued request is: decides its answer and how its ack and errors are handled. */
+type RequestKind = "c2c" | "transient" | "c2s" | "mark_read" | "list";
+type Answer = pb.C2cAck | pb.C2sAck | pb.MarkReadAck | pb.ConversationList;
+/** The answer each kind of request expects. */
+const ANSWERS: Record<RequestKind, Answer["$typeName"]> = {
+  c2c: "switchboard.v1.C2cAck",
+  transient: "switchboard.v1.C2cAck",
+  c2s: "switchboard.v1.C2sAck",
+  mark_read: "switchboard.v1.MarkReadAck",
+  list: "switchboard.v1.ConversationList",
+};
 
 /** One timeline as the client follows it: the user's own or one group's. */
 interface Line {
@@ -229,15 +300,19 @@ function newLine(last: bigint): Line {
   };
 }
 
-/** A send or report waiting for its ack, kept across reconnects. */
+/**
+ * A request waiting for its answer, kept across reconnects (resent with the
+ * same client_msg_id), except a transient one: it fails with the connection.
+ */
 interface Request {
   id: number;
   packet: Packet;
+  kind: RequestKind;
+  /** The c2c or c2s's idempotency id (empty for the other requests). */
   clientMsgId: string;
-  isC2c: boolean;
-  /** The group a c2c is posted to (`USER` for a message to a user, and for a c2s). */
+  /** The group a c2c (or mark_read) names (`USER` for a user's conversation, and for a c2s or a list). */
   group: string;
-  resolve: (ack: pb.C2cAck | pb.C2sAck) => void;
+  resolve: (answer: Answer) => void;
   reject: (err: SwitchboardError) => void;
   /** Header seq on the current connection, once sent. */
   wire?: number;
@@ -422,7 +497,7 @@ export class Client {
       type: options.type ?? "text",
       body: toBytes(body),
     });
-    return this.request(p, clientMsgId, true, USER).then((a) => receipt(a as pb.C2cAck));
+    return this.request(p, "c2c", clientMsgId, USER).then((a) => receipt(a as pb.C2cAck));
   }
 
   /**
@@ -443,14 +518,91 @@ export class Client {
     if (group === "") return Promise.reject(new ServerError(Code.INVALID_ARGUMENT, "empty group id"));
     const clientMsgId = options.clientMsgId ?? randomId();
     const p = packet("c2c", 0, { clientMsgId, group, type, body: toBytes(body) });
-    return this.request(p, clientMsgId, true, group).then((a) => ({ ...receipt(a as pb.C2cAck), group }));
+    return this.request(p, "c2c", clientMsgId, group).then((a) => ({ ...receipt(a as pb.C2cAck), group }));
+  }
+
+  /**
+   * Sends a transient message to `to`: pushed to that user's devices online
+   * now, which get it as an `online` event, and nothing else. Not stored,
+   * no sequence, absent from sync: for typing indicators and live
+   * positions. Resolves with how many devices it reached (0: nobody online).
+   * Never resent: a transient message still unanswered when the connection
+   * drops rejects with `ConnectionError` (it may or may not have arrived),
+   * one sent while disconnected rejects at once, and a `RATE_LIMITED`
+   * refusal (transient messages have their own budget on the server)
+   * rejects with that `ServerError` instead of being retried.
+   */
+  sendTransient(to: { app?: string; uid: string }, type: string, body: string | Uint8Array): Promise<TransientReceipt> {
+    const p = packet("c2c", 0, {
+      clientMsgId: randomId(),
+      // An empty app is the sender's.
+      to: { app: to.app ?? "", uid: to.uid },
+      type,
+      body: toBytes(body),
+      transient: true,
+    });
+    return this.request(p, "transient", "", USER).then((a) => transientReceipt(a as pb.C2cAck));
+  }
+
+  /**
+   * `sendTransient` to every member device of `group` online now (this
+   * user's other devices too, not this client). A refusal is a
+   * `GroupError` (`GROUP_NOT_FOUND`, `NOT_GROUP_MEMBER`, `GROUP_ADMINS_ONLY`).
+   */
+  sendGroupTransient(group: string, type: string, body: string | Uint8Array): Promise<TransientReceipt> {
+    if (group === "") return Promise.reject(new ServerError(Code.INVALID_ARGUMENT, "empty group id"));
+    const p = packet("c2c", 0, { clientMsgId: randomId(), group, type, body: toBytes(body), transient: true });
+    return this.request(p, "transient", "", group).then((a) => transientReceipt(a as pb.C2cAck));
+  }
+
+  /**
+   * Marks the 1:1 conversation with `peer` read up to entry `seq` of this
+   * user's timeline: the `seq` of a `message` event of that conversation,
+   * or of a `send`'s receipt. The server stores a read receipt: this user's
+   * other devices get it as a `receipt` event (`mine`), and so do the
+   * peer's (their "read" mark). The position never moves back; mark only
+   * when it moved. Rejects with `ServerError` `INVALID_ARGUMENT` for a seq
+   * of 0, past the timeline's head, or not a message between the two.
+   * Resent after a reconnect like a send.
+   */
+  markRead(peer: { app?: string; uid: string }, seq: bigint): Promise<MarkReadReceipt> {
+    const p = packet("mark_read", 0, { peer: { app: peer.app ?? "", uid: peer.uid }, seq });
+    return this.request(p, "mark_read", "", USER).then((a) => markReadReceipt(a as pb.MarkReadAck));
+  }
+
+  /**
+   * Marks `group` read up to `seq` of the group's timeline (clamped to its
+   * head). Only this user's other devices are told (a `receipt` event). A
+   * refusal of the group is a `GroupError` (`GROUP_NOT_FOUND`,
+   * `NOT_GROUP_MEMBER`: then `groupLeft` follows for a group followed).
+   */
+  markGroupRead(group: string, seq: bigint): Promise<MarkReadReceipt> {
+    if (group === "") return Promise.reject(new ServerError(Code.INVALID_ARGUMENT, "empty group id"));
+    const p = packet("mark_read", 0, { group, seq });
+    return this.request(p, "mark_read", "", group).then((a) => markReadReceipt(a as pb.MarkReadAck));
+  }
+
+  /**
+   * A page of this user's conversations (1:1 and groups), most recent
+   * first, each with its last message, unread count and read position,
+   * plus the total unread count. `after` is the previous page's `next`
+   * (empty or absent: the first page); `limit` 0 or absent: the server's
+   * default (50, at most 200). An `after` the server did not make is
+   * `INVALID_ARGUMENT`.
+   */
+  conversations(options: { after?: string; limit?: number } = {}): Promise<ConversationPage> {
+    const p = packet("list_conversations", 0, { after: options.after ?? "", limit: options.limit ?? 0 });
+    return this.request(p, "list", "", USER).then((a) => {
+      const list = a as pb.ConversationList;
+      return { conversations: list.conversations, next: list.next, totalUnread: list.totalUnread };
+    });
   }
 
   /** Sends a c2s report to the business servers (a topic `type` and a body). */
   report(type: string, body: string | Uint8Array, options: { clientMsgId?: string } = {}): Promise<ReportReceipt> {
     const clientMsgId = options.clientMsgId ?? randomId();
     const p = packet("c2s", 0, { clientMsgId, type, body: toBytes(body) });
-    return this.request(p, clientMsgId, false, USER).then((a) => {
+    return this.request(p, "c2s", clientMsgId, USER).then((a) => {
       const ack = a as pb.C2sAck;
       return { clientMsgId: ack.clientMsgId, msgId: ack.msgId, duplicate: ack.duplicate };
     });
@@ -780,9 +932,13 @@ export class Client {
     return seq;
   }
 
-  private request(p: Packet, clientMsgId: string, isC2c: boolean, group: string): Promise<pb.C2cAck | pb.C2sAck> {
+  private request(p: Packet, kind: RequestKind, clientMsgId: string, group: string): Promise<Answer> {
     if (this.stateValue === "closed" || this.stateValue === "idle") {
       return Promise.reject(new ClosedError(this.stateValue === "idle" ? "not connected yet" : "client closed"));
+    }
+    // Online-only: nothing to resend it to later.
+    if (kind === "transient" && this.session === null) {
+      return Promise.reject(new ConnectionError("not connected: a transient message is not queued"));
     }
     if (this.requests.size >= this.opts.maxPendingRequests) {
       return Promise.reject(new BusyError(`${this.requests.size} requests are waiting for their ack`));
@@ -791,8 +947,8 @@ export class Client {
       const req: Request = {
         id: this.nextRequest++,
         packet: p,
+        kind,
         clientMsgId,
-        isC2c,
         group,
         resolve,
         reject,
@@ -801,7 +957,8 @@ export class Client {
       if (this.opts.requestTimeoutMs > 0) {
         req.timeout = setTimeout(() => {
           this.dropRequest(req);
-          reject(new TimeoutError(`no ack for ${clientMsgId} in ${this.opts.requestTimeoutMs} ms`));
+          const what = clientMsgId === "" ? p.cmd : clientMsgId;
+          reject(new TimeoutError(`no answer for ${what} in ${this.opts.requestTimeoutMs} ms`));
         }, this.opts.requestTimeoutMs);
       }
       this.requests.set(req.id, req);
@@ -908,6 +1065,8 @@ export class Client {
         break;
       case "c2c_ack":
       case "c2s_ack":
+      case "mark_read_ack":
+      case "conversation_list":
         this.onAck(s, wire, p.body);
         break;
       case "error":
@@ -984,13 +1143,19 @@ export class Client {
     this.syncDone(s);
   }
 
-  private onAck(s: Session, wire: Wire | undefined, ack: pb.C2cAck | pb.C2sAck): void {
+  private onAck(s: Session, wire: Wire | undefined, ack: Answer): void {
     if (wire?.kind !== "request") return;
     const req = this.requests.get(wire.id);
     if (req === undefined) return;
     this.dropRequest(req);
-    if ("seq" in ack && ack.seq > 0n && req.isC2c) {
-      const key = req.group;
+    if (ack.$typeName !== ANSWERS[req.kind]) {
+      req.reject(new ProtocolError(`${ack.$typeName} answered a ${req.packet.cmd}`));
+      return;
+    }
+    // The entry of our own c2c (on our timeline, or the group's) and of our
+    // read receipt (on our timeline) is held as delivered: never shown back.
+    const key = req.kind === "c2c" ? req.group : req.kind === "mark_read" ? USER : null;
+    if (key !== null && "seq" in ack && ack.seq > 0n) {
       if (this.accept(key, ack.seq, { own: true }) === Offer.Gap) {
         const line = this.lines.get(key);
         if (line !== undefined) line.gapCheck = true;
@@ -1016,7 +1181,8 @@ export class Client {
     if (wire?.kind === "request") {
       const req = this.requests.get(wire.id);
       if (req !== undefined) {
-        if (isRetryableCode(err.code) && !err.fatal) {
+        // A transient message is never resent: the caller decides (usually: drop it).
+        if (isRetryableCode(err.code) && !err.fatal && req.kind !== "transient") {
           req.wire = undefined;
           req.retryTimer = setTimeout(() => {
             req.retryTimer = undefined;
@@ -1105,6 +1271,12 @@ export class Client {
     if (s.closed) return;
     this.teardown(s);
     safeClose(s.ws);
+    // Transient messages are for the devices online now: not resent on the next connection.
+    for (const req of [...this.requests.values()]) {
+      if (req.kind !== "transient") continue;
+      this.dropRequest(req);
+      req.reject(new ConnectionError(`the connection ended before the transient message was answered: ${err.message}`));
+    }
     if (this.stateValue === "closed") return;
     this.setState("reconnecting", err);
     this.scheduleReconnect();
@@ -1179,7 +1351,9 @@ export class Client {
       // A listener closed the client: what is left is not delivered (nor acknowledged).
       if (this.isClosed()) break;
       if (!e.own) {
-        if (key === USER) this.emit("message", { seq, message: e.message });
+        const read = e.message.read;
+        if (key === USER && read !== undefined) this.emit("receipt", this.receiptEvent(seq, e.message, read));
+        else if (key === USER) this.emit("message", { seq, message: e.message });
         else this.emit("groupMessage", { group: key, seq, message: e.message });
       }
       // A listener may have made the client leave the group meanwhile.
@@ -1199,16 +1373,35 @@ export class Client {
     this.emit("groupLeft", { group: key, code, name: codeName(code) });
   }
 
-  /** Our own message (sent from this connection's client, still awaiting its ack) is not shown back to us. */
+  /**
+   * Our own message or read receipt (from this client, still awaiting its
+   * answer: a sync may bring the entry first) is not shown back to us.
+   */
   private entryFor(message: pb.Message | undefined): Entry {
     if (message === undefined) return { own: true };
     const me = this.userValue;
-    if (me !== null && message.from?.app === me.app && message.from?.uid === me.uid && message.clientMsgId !== "") {
+    if (me !== null && isUser(message.from, me)) {
+      const read = message.read;
       for (const r of this.requests.values()) {
-        if (r.isC2c && r.clientMsgId === message.clientMsgId) return { own: true };
+        if (r.kind === "c2c" && message.clientMsgId !== "" && r.clientMsgId === message.clientMsgId) return { own: true };
+        if (r.kind === "mark_read" && read !== undefined && r.packet.cmd === "mark_read") {
+          const asked = r.packet.body;
+          const peer = asked.peer === undefined ? undefined : { app: asked.peer.app || me.app, uid: asked.peer.uid };
+          const samePeer = peer === undefined ? read.peer === undefined : isUser(read.peer, peer);
+          if (samePeer && asked.group === read.group && asked.seq === read.seq) return { own: true };
+        }
       }
     }
     return { own: false, message };
+  }
+
+  /** A receipt entry as the `receipt` event tells it: whose, and which conversation from this user's side. */
+  private receiptEvent(seq: bigint, message: pb.Message, read: pb.ReadReceipt): ReceiptEvent {
+    const me = this.userValue;
+    const mine = me !== null && isUser(message.from, me);
+    // Our own receipt names the peer; the peer's names us, and the peer is its sender.
+    const peer = read.group !== "" ? undefined : mine ? read.peer : message.from;
+    return { seq, message, read, mine, peer, group: read.group };
   }
 
   /** Acknowledges (per line) and persists what was delivered, once per turn of the event loop. */
@@ -1290,6 +1483,19 @@ function randomId(): string {
   const c = (globalThis as { crypto?: { randomUUID?: () => string } }).crypto;
   if (c?.randomUUID !== undefined) return c.randomUUID();
   return `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}${Math.random().toString(36).slice(2)}`;
+}
+
+/** Whether `u` is the user `who`. */
+function isUser(u: { app: string; uid: string } | undefined, who: { app: string; uid: string }): boolean {
+  return u !== undefined && u.app === who.app && u.uid === who.uid;
+}
+
+function transientReceipt(ack: pb.C2cAck): TransientReceipt {
+  return { msgId: ack.msgId, devicesReached: ack.devicesReached };
+}
+
+function markReadReceipt(ack: pb.MarkReadAck): MarkReadReceipt {
+  return { seq: ack.seq, msgId: ack.msgId };
 }
 
 function receipt(ack: pb.C2cAck): SendReceipt {

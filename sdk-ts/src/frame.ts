@@ -40,6 +40,10 @@ export interface Bodies {
   c2s_ack: pb.C2sAck;
   error: pb.Error;
   kick: pb.Kick;
+  mark_read: pb.MarkRead;
+  mark_read_ack: pb.MarkReadAck;
+  list_conversations: pb.ListConversations;
+  conversation_list: pb.ConversationList;
 }
 
 export type CommandName = keyof Bodies;
@@ -64,6 +68,10 @@ const COMMANDS: { [K in CommandName]: [number, GenMessage<Bodies[K]>] } = {
   c2s_ack: [14, pb.C2sAckSchema],
   error: [15, pb.ErrorSchema],
   kick: [16, pb.KickSchema],
+  mark_read: [17, pb.MarkReadSchema],
+  mark_read_ack: [18, pb.MarkReadAckSchema],
+  list_conversations: [19, pb.ListConversationsSchema],
+  conversation_list: [20, pb.ConversationListSchema],
 };
 
 const BY_NUMBER = new Map<number, CommandName>(

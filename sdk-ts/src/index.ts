@@ -8,11 +8,15 @@ export {
   type ClientEvents,
   type ClientOptions,
   type ConnectionState,
+  type ConversationPage,
   type GroupSendReceipt,
   type LoginInfo,
+  type MarkReadReceipt,
+  type ReceiptEvent,
   type ReportReceipt,
   type SendOptions,
   type SendReceipt,
+  type TransientReceipt,
   type WebSocketConstructor,
   type WebSocketLike,
 } from "./client.js";
@@ -39,5 +43,5 @@ export {
   isTerminalKick,
 } from "./errors.js";
 export { type CursorStorage, LocalStorageCursor, MemoryStorage, type WebStorageLike } from "./storage.js";
-export type { GroupState, Message, User } from "./gen/switchboard_pb.js";
+export type { Conversation, GroupState, Message, Push, ReadReceipt, User } from "./gen/switchboard_pb.js";
 export { decodeBinary, decodeJson, encodeBinary, encodeJson, packet, type Packet, type CommandName } from "./frame.js";

@@ -2,7 +2,9 @@
 // Rust SDK's tests/fake_server.rs, ported): the test plays the server over
 // a real WebSocket in JSON frames and checks every frame the client sends,
 // for the cases a real node can't be made to produce on demand (a push past
-// a hole, a page starting later than asked, a login listing some groups).
+// a hole, a page starting later than asked, a login listing some groups, a
+// receipt racing its own mark_read_ack, a transient message in flight when
+// the connection drops).
 
 import { afterEach, beforeEach, expect, it } from "vitest";
 import WebSocket, { WebSocketServer } from "ws";
@@ -11,6 +13,7 @@ import {
   Client,
   type ClientEvents,
   Code,
+  ConnectionError,
   GroupError,
   MemoryStorage,
   type Packet,
@@ -19,6 +22,7 @@ import {
   encodeJson,
   packet,
 } from "../src/index.js";
+import { record } from "./node.js";
 
 /** The server's end of one connection: frames in, in order. */
 class Peer {
@@ -109,6 +113,16 @@ async function login(ack: { groups?: { group: string; head: bigint; cursor: bigi
   return peer;
 }
 
+/** Connects `c` with nothing stored and answers the first sync of its timeline as empty. */
+async function connectedEmpty(c: Client): Promise<Peer> {
+  const connecting = c.connect();
+  const peer = await login();
+  await connecting;
+  const sync = await peer.expectSync("", 0n);
+  peer.send(syncReply(sync, 0n, []));
+  return peer;
+}
+
 function client(storage = new MemoryStorage()): Client {
   return new Client({
     url,
@@ -142,12 +156,6 @@ const userPush = (seq: bigint) =>
 const syncReply = (seq: number, since: bigint, entries: ReturnType<typeof groupEntry>[], hasMore = false) =>
   packet("sync_reply", seq, { since, entries, hasMore, timelineHead: entries.at(-1)?.seq ?? since });
 
-/** Every event of `name`, as they come. */
-function record<K extends keyof ClientEvents>(c: Client, name: K): ClientEvents[K][] {
-  const got: ClientEvents[K][] = [];
-  c.on(name, (e) => got.push(e));
-  return got;
-}
 const groupSeqs = (got: ClientEvents["groupMessage"][]) => got.map((e) => `${e.group}#${e.seq}`);
 
 it("group pushes arrive in group order next to the user's timeline", async () => {
@@ -186,11 +194,7 @@ it("a group first seen by a push syncs from 0 and starts where the member's view
   const storage = new MemoryStorage();
   const c = client(storage);
   const got = record(c, "groupMessage");
-  const connecting = c.connect();
-  const peer = await login();
-  await connecting;
-  const userSync = await peer.expectSync("", 0n);
-  peer.send(syncReply(userSync, 0n, []));
+  const peer = await connectedEmpty(c);
   expect(c.groupPosition("g2")).toBeUndefined();
 
   // Added while online: entry 42 of a group never seen.
@@ -241,11 +245,7 @@ it("a refused group sync leaves the group; a refused post is a GroupError, not r
   const c = client(stored(0n, { g3: 5n }));
   const got = record(c, "groupMessage");
   const left = record(c, "groupLeft");
-  const connecting = c.connect();
-  const peer = await login();
-  await connecting;
-  const userSync = await peer.expectSync("", 0n);
-  peer.send(syncReply(userSync, 0n, []));
+  const peer = await connectedEmpty(c);
 
   peer.send(groupPush("g3", 6n));
   await peer.expectAck(6n, "g3");
@@ -277,11 +277,7 @@ it("a refused group sync leaves the group; a refused post is a GroupError, not r
 it("a group post is resent with its id after a reconnect and not shown back", async () => {
   const c = client();
   const got = record(c, "groupMessage");
-  const connecting = c.connect();
-  let peer = await login();
-  await connecting;
-  const firstSync = await peer.expectSync("", 0n);
-  peer.send(syncReply(firstSync, 0n, []));
+  let peer = await connectedEmpty(c);
 
   const post = c.sendGroup("g1", "text", "hi all", { clientMsgId: "gm-1" });
   const first = await peer.recv();
@@ -334,5 +330,102 @@ it("a group sync refused with a retryable code is asked again on the same connec
   // One connection throughout.
   expect(states.map((e) => e.state)).toEqual(["connecting", "connected"]);
   expect(peers.length).toBe(1);
+  c.close();
+});
+
+const BOB = { app: "demo", uid: "bob" };
+/** A read-receipt entry of Alice's timeline: `from` read the conversation with `peer` up to `seq`. */
+function receiptEntry(seq: bigint, from: { app: string; uid: string }, peer: { app: string; uid: string }, readSeq: bigint) {
+  return { seq, message: { msgId: 2000n + seq, from, to: from === ALICE ? peer : ALICE, read: { peer, seq: readSeq, msgId: 500n + readSeq } } };
+}
+
+it("a mark_read_ack's entry is held as received; receipts from the peer and from another device are receipt events", async () => {
+  const c = client(stored(2n, {}));
+  const receipts = record(c, "receipt");
+  const messages = record(c, "message");
+  const connecting = c.connect();
+  const peer = await login();
+  await connecting;
+  // The server's cursor (0) is caught up first, then the sync.
+  await peer.expectAck(2n);
+  const sync = await peer.expectSync("", 2n);
+  peer.send(syncReply(sync, 2n, []));
+
+  const marked = c.markRead({ uid: "bob" }, 2n);
+  const p = await peer.recv();
+  expect(p.cmd === "mark_read" ? [p.body.peer?.uid, p.body.peer?.app, p.body.group, p.body.seq] : p).toEqual(["bob", "", "", 2n]);
+  peer.send(packet("mark_read_ack", p.seq, { seq: 3n, msgId: 77n }));
+  expect(await marked).toEqual({ seq: 3n, msgId: 77n });
+  // Acknowledged as delivered: no sync for it, nothing shown.
+  await peer.expectAck(3n);
+  expect(c.lastSeq).toBe(3n);
+
+  // Bob read Alice's messages; then Alice read on another device.
+  peer.send(packet("push", 0, receiptEntry(4n, BOB, ALICE, 9n)));
+  await peer.expectAck(4n);
+  peer.send(packet("push", 0, receiptEntry(5n, ALICE, BOB, 2n)));
+  await peer.expectAck(5n);
+  expect(receipts.map((r) => [r.seq, r.mine, r.peer?.uid, r.group, r.read.seq])).toEqual([
+    [4n, false, "bob", "", 9n],
+    [5n, true, "bob", "", 2n],
+  ]);
+  expect(messages).toHaveLength(0);
+  expect(c.lastSeq).toBe(5n);
+  c.close();
+});
+
+it("this client's receipt brought by a sync before its ack is not shown back", async () => {
+  const c = client();
+  const receipts = record(c, "receipt");
+  const peer = await connectedEmpty(c);
+  peer.send(userPush(1n));
+  await peer.expectAck(1n);
+
+  const marked = c.markRead(CAROL, 1n);
+  const p = await peer.recv();
+  expect(p.cmd).toBe("mark_read");
+  const synced = c.sync();
+  const sync = await peer.expectSync("", 1n);
+  // The receipt (entry 2) comes in the page, before the mark_read's answer.
+  peer.send(packet("sync_reply", sync, { entries: [receiptEntry(2n, ALICE, CAROL, 1n)], timelineHead: 2n }));
+  peer.send(packet("mark_read_ack", p.seq, { seq: 2n, msgId: 2002n }));
+  await synced;
+  expect((await marked).seq).toBe(2n);
+  await peer.expectAck(2n);
+  expect(receipts).toHaveLength(0);
+  expect(c.lastSeq).toBe(2n);
+  c.close();
+});
+
+it("transient messages: the ack's devices_reached, never retried, never resent after a reconnect", async () => {
+  const c = client();
+  let peer = await connectedEmpty(c);
+
+  const typing = c.sendTransient({ uid: "bob" }, "typing", "");
+  let p = await peer.recv();
+  expect(p.cmd === "c2c" ? [p.body.transient, p.body.type, p.body.to?.uid] : p).toEqual([true, "typing", "bob"]);
+  peer.send(packet("c2c_ack", p.seq, { clientMsgId: p.cmd === "c2c" ? p.body.clientMsgId : "", msgId: 9n, seq: 0n, devicesReached: 2 }));
+  expect(await typing).toEqual({ msgId: 9n, devicesReached: 2 });
+  expect(c.lastSeq).toBe(0n);
+
+  // Over the transient budget: the caller hears it, nothing is resent.
+  const limited = c.sendGroupTransient("g1", "typing", "").catch((e: unknown) => e);
+  p = await peer.recv();
+  expect(p.cmd === "c2c" ? [p.body.transient, p.body.group] : p).toEqual([true, "g1"]);
+  peer.send(packet("error", p.seq, { code: Code.RATE_LIMITED, message: "slow down" }));
+  const err = await limited;
+  expect((err as GroupError).code).toBe(Code.RATE_LIMITED);
+  expect((err as GroupError).retryable).toBe(true);
+
+  // Unanswered when the connection drops: rejected, not resent on the next connection.
+  const lost = c.sendTransient({ uid: "bob" }, "typing", "").catch((e: unknown) => e);
+  expect((await peer.recv()).cmd).toBe("c2c");
+  peer.ws.terminate();
+  expect(await lost).toBeInstanceOf(ConnectionError);
+  peer = await login();
+  const again = await peer.expectSync("", 0n);
+  peer.send(syncReply(again, 0n, []));
+  peer.send(userPush(1n));
+  await peer.expectAck(1n);
   c.close();
 });

@@ -11,7 +11,7 @@ import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import WebSocket from "ws";
-import { Client, type ClientOptions, type WebSocketConstructor } from "../src/index.js";
+import { Client, type ClientEvents, type ClientOptions, type WebSocketConstructor } from "../src/index.js";
 
 const run = promisify(execFile);
 
@@ -162,6 +162,13 @@ export async function clientFor(
     reconnectMaxMs: 500,
     ...opts,
   });
+}
+
+/** Every event of `name` that `c` emits, as they come. */
+export function record<K extends keyof ClientEvents>(c: Client, name: K): ClientEvents[K][] {
+  const got: ClientEvents[K][] = [];
+  c.on(name, (e) => got.push(e));
+  return got;
 }
 
 /** Resolves once `pred` holds, polling; rejects after `ms`. */

@@ -16,7 +16,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file switchboard.proto.
  */
 export const file_switchboard: GenFile = /*@__PURE__*/
-  fileDesc("ChFzd2l0Y2hib2FyZC5wcm90bxIOc3dpdGNoYm9hcmQudjEiIAoEVXNlchILCgNhcHAYASABKAkSCwoDdWlkGAIgASgJIrkBCgdNZXNzYWdlEg4KBm1zZ19pZBgBIAEoBBIiCgRmcm9tGAIgASgLMhQuc3dpdGNoYm9hcmQudjEuVXNlchIgCgJ0bxgDIAEoCzIULnN3aXRjaGJvYXJkLnYxLlVzZXISDAoEdHlwZRgEIAEoCRIMCgRib2R5GAUgASgMEhUKDWNsaWVudF9tc2dfaWQYBiABKAkSFgoOc2VydmVyX3RpbWVfbXMYByABKAMSDQoFZ3JvdXAYCCABKAkiaAoFTG9naW4SDQoFdG9rZW4YASABKAkSEAoIcGxhdGZvcm0YAiABKAkSEQoJZGV2aWNlX2lkGAMgASgJEhMKC2NvbXByZXNzaW9uGAQgAygJEhYKDmNsaWVudF92ZXJzaW9uGAUgASgJIu0BCghMb2dpbkFjaxIiCgR1c2VyGAEgASgLMhQuc3dpdGNoYm9hcmQudjEuVXNlchIVCg10aW1lbGluZV9oZWFkGAIgASgEEg4KBmN1cnNvchgDIAEoBBITCgtjb21wcmVzc2lvbhgEIAEoCRIWCg5rZWVwYWxpdmVfc2VjcxgFIAEoDRIXCg9tYXhfZnJhbWVfYnl0ZXMYBiABKA0SFgoOc2VydmVyX3RpbWVfbXMYByABKAQSDAoEbm9kZRgIIAEoCRIqCgZncm91cHMYCSADKAsyGi5zd2l0Y2hib2FyZC52MS5Hcm91cFN0YXRlIjkKCkdyb3VwU3RhdGUSDQoFZ3JvdXAYASABKAkSDAoEaGVhZBgCIAEoBBIOCgZjdXJzb3IYAyABKAQiCAoGTG9nb3V0IgsKCUxvZ291dEFjayIGCgRQaW5nIh4KBFBvbmcSFgoOc2VydmVyX3RpbWVfbXMYASABKAQiaQoDQzJjEhUKDWNsaWVudF9tc2dfaWQYASABKAkSIAoCdG8YAiABKAsyFC5zd2l0Y2hib2FyZC52MS5Vc2VyEgwKBHR5cGUYAyABKAkSDAoEYm9keRgEIAEoDBINCgVncm91cBgFIAEoCSJnCgZDMmNBY2sSFQoNY2xpZW50X21zZ19pZBgBIAEoCRIOCgZtc2dfaWQYAiABKAQSCwoDc2VxGAMgASgEEhYKDnNlcnZlcl90aW1lX21zGAQgASgDEhEKCWR1cGxpY2F0ZRgFIAEoCCI9CgRQdXNoEgsKA3NlcRgBIAEoBBIoCgdtZXNzYWdlGAIgASgLMhcuc3dpdGNoYm9hcmQudjEuTWVzc2FnZSIlCgdQdXNoQWNrEgsKA3NlcRgBIAEoBBINCgVncm91cBgCIAEoCSIzCgRTeW5jEg0KBXNpbmNlGAEgASgEEg0KBWxpbWl0GAIgASgNEg0KBWdyb3VwGAMgASgJImoKCVN5bmNSZXBseRIlCgdlbnRyaWVzGAEgAygLMhQuc3dpdGNoYm9hcmQudjEuUHVzaBIVCg10aW1lbGluZV9oZWFkGAIgASgEEhAKCGhhc19tb3JlGAMgASgIEg0KBXNpbmNlGAQgASgEIjgKA0MycxIVCg1jbGllbnRfbXNnX2lkGAEgASgJEgwKBHR5cGUYAiABKAkSDAoEYm9keRgDIAEoDCJCCgZDMnNBY2sSFQoNY2xpZW50X21zZ19pZBgBIAEoCRIOCgZtc2dfaWQYAiABKAQSEQoJZHVwbGljYXRlGAMgASgIIjUKBUVycm9yEgwKBGNvZGUYASABKA0SDwoHbWVzc2FnZRgCIAEoCRINCgVmYXRhbBgDIAEoCCIkCgRLaWNrEgwKBGNvZGUYASABKA0SDgoGcmVhc29uGAIgASgJYgZwcm90bzM");
+  fileDesc("ChFzd2l0Y2hib2FyZC5wcm90bxIOc3dpdGNoYm9hcmQudjEiIAoEVXNlchILCgNhcHAYASABKAkSCwoDdWlkGAIgASgJIuQBCgdNZXNzYWdlEg4KBm1zZ19pZBgBIAEoBBIiCgRmcm9tGAIgASgLMhQuc3dpdGNoYm9hcmQudjEuVXNlchIgCgJ0bxgDIAEoCzIULnN3aXRjaGJvYXJkLnYxLlVzZXISDAoEdHlwZRgEIAEoCRIMCgRib2R5GAUgASgMEhUKDWNsaWVudF9tc2dfaWQYBiABKAkSFgoOc2VydmVyX3RpbWVfbXMYByABKAMSDQoFZ3JvdXAYCCABKAkSKQoEcmVhZBgJIAEoCzIbLnN3aXRjaGJvYXJkLnYxLlJlYWRSZWNlaXB0Il0KC1JlYWRSZWNlaXB0EiIKBHBlZXIYASABKAsyFC5zd2l0Y2hib2FyZC52MS5Vc2VyEg0KBWdyb3VwGAIgASgJEgsKA3NlcRgDIAEoBBIOCgZtc2dfaWQYBCABKAQiaAoFTG9naW4SDQoFdG9rZW4YASABKAkSEAoIcGxhdGZvcm0YAiABKAkSEQoJZGV2aWNlX2lkGAMgASgJEhMKC2NvbXByZXNzaW9uGAQgAygJEhYKDmNsaWVudF92ZXJzaW9uGAUgASgJIu0BCghMb2dpbkFjaxIiCgR1c2VyGAEgASgLMhQuc3dpdGNoYm9hcmQudjEuVXNlchIVCg10aW1lbGluZV9oZWFkGAIgASgEEg4KBmN1cnNvchgDIAEoBBITCgtjb21wcmVzc2lvbhgEIAEoCRIWCg5rZWVwYWxpdmVfc2VjcxgFIAEoDRIXCg9tYXhfZnJhbWVfYnl0ZXMYBiABKA0SFgoOc2VydmVyX3RpbWVfbXMYByABKAQSDAoEbm9kZRgIIAEoCRIqCgZncm91cHMYCSADKAsyGi5zd2l0Y2hib2FyZC52MS5Hcm91cFN0YXRlIjkKCkdyb3VwU3RhdGUSDQoFZ3JvdXAYASABKAkSDAoEaGVhZBgCIAEoBBIOCgZjdXJzb3IYAyABKAQiCAoGTG9nb3V0IgsKCUxvZ291dEFjayIGCgRQaW5nIh4KBFBvbmcSFgoOc2VydmVyX3RpbWVfbXMYASABKAQifAoDQzJjEhUKDWNsaWVudF9tc2dfaWQYASABKAkSIAoCdG8YAiABKAsyFC5zd2l0Y2hib2FyZC52MS5Vc2VyEgwKBHR5cGUYAyABKAkSDAoEYm9keRgEIAEoDBINCgVncm91cBgFIAEoCRIRCgl0cmFuc2llbnQYBiABKAgigAEKBkMyY0FjaxIVCg1jbGllbnRfbXNnX2lkGAEgASgJEg4KBm1zZ19pZBgCIAEoBBILCgNzZXEYAyABKAQSFgoOc2VydmVyX3RpbWVfbXMYBCABKAMSEQoJZHVwbGljYXRlGAUgASgIEhcKD2RldmljZXNfcmVhY2hlZBgGIAEoDSI9CgRQdXNoEgsKA3NlcRgBIAEoBBIoCgdtZXNzYWdlGAIgASgLMhcuc3dpdGNoYm9hcmQudjEuTWVzc2FnZSIlCgdQdXNoQWNrEgsKA3NlcRgBIAEoBBINCgVncm91cBgCIAEoCSIzCgRTeW5jEg0KBXNpbmNlGAEgASgEEg0KBWxpbWl0GAIgASgNEg0KBWdyb3VwGAMgASgJImoKCVN5bmNSZXBseRIlCgdlbnRyaWVzGAEgAygLMhQuc3dpdGNoYm9hcmQudjEuUHVzaBIVCg10aW1lbGluZV9oZWFkGAIgASgEEhAKCGhhc19tb3JlGAMgASgIEg0KBXNpbmNlGAQgASgEIjgKA0MycxIVCg1jbGllbnRfbXNnX2lkGAEgASgJEgwKBHR5cGUYAiABKAkSDAoEYm9keRgDIAEoDCJCCgZDMnNBY2sSFQoNY2xpZW50X21zZ19pZBgBIAEoCRIOCgZtc2dfaWQYAiABKAQSEQoJZHVwbGljYXRlGAMgASgIIjUKBUVycm9yEgwKBGNvZGUYASABKA0SDwoHbWVzc2FnZRgCIAEoCRINCgVmYXRhbBgDIAEoCCIkCgRLaWNrEgwKBGNvZGUYASABKA0SDgoGcmVhc29uGAIgASgJIkoKCE1hcmtSZWFkEiIKBHBlZXIYASABKAsyFC5zd2l0Y2hib2FyZC52MS5Vc2VyEg0KBWdyb3VwGAIgASgJEgsKA3NlcRgDIAEoBCIqCgtNYXJrUmVhZEFjaxILCgNzZXEYASABKAQSDgoGbXNnX2lkGAIgASgEIjEKEUxpc3RDb252ZXJzYXRpb25zEg0KBWFmdGVyGAEgASgJEg0KBWxpbWl0GAIgASgNImsKEENvbnZlcnNhdGlvbkxpc3QSMwoNY29udmVyc2F0aW9ucxgBIAMoCzIcLnN3aXRjaGJvYXJkLnYxLkNvbnZlcnNhdGlvbhIMCgRuZXh0GAIgASgJEhQKDHRvdGFsX3VucmVhZBgDIAEoBCK3AQoMQ29udmVyc2F0aW9uEiIKBHBlZXIYASABKAsyFC5zd2l0Y2hib2FyZC52MS5Vc2VyEg0KBWdyb3VwGAIgASgJEiIKBGxhc3QYAyABKAsyFC5zd2l0Y2hib2FyZC52MS5QdXNoEhQKDGxhc3RfdGltZV9tcxgEIAEoAxIOCgZ1bnJlYWQYBSABKAQSEAoIcmVhZF9zZXEYBiABKAQSGAoQcGVlcl9yZWFkX21zZ19pZBgHIAEoBGIGcHJvdG8z");
 
 /**
  * A user is identified by its app (account domain) and its uid in that app.
@@ -100,6 +100,14 @@ export type Message = Message$1<"switchboard.v1.Message"> & {
    * @generated from field: string group = 8;
    */
   group: string;
+
+  /**
+   * Set when this entry is a read receipt, not an app message (`type` and
+   * `body` are then empty): `from` read a conversation up to a point.
+   *
+   * @generated from field: switchboard.v1.ReadReceipt read = 9;
+   */
+  read?: ReadReceipt | undefined;
 };
 
 /**
@@ -108,6 +116,55 @@ export type Message = Message$1<"switchboard.v1.Message"> & {
  */
 export const MessageSchema: GenMessage<Message> = /*@__PURE__*/
   messageDesc(file_switchboard, 1);
+
+/**
+ * What a read-receipt entry says (Message.read). It is on the reader's own
+ * timeline (so the reader's other devices learn it and clear their unread
+ * badge) and, in a 1:1 conversation, on the peer's timeline too (the
+ * "read" mark under the peer's messages). `from` is the reader.
+ *
+ * @generated from message switchboard.v1.ReadReceipt
+ */
+export type ReadReceipt = Message$1<"switchboard.v1.ReadReceipt"> & {
+  /**
+   * The 1:1 conversation with this user (empty for a group).
+   *
+   * @generated from field: switchboard.v1.User peer = 1;
+   */
+  peer?: User | undefined;
+
+  /**
+   * The group's id, in the reader's app (empty for a 1:1 conversation).
+   *
+   * @generated from field: string group = 2;
+   */
+  group: string;
+
+  /**
+   * The read position: a sequence on the reader's own timeline (1:1) or
+   * on the group's timeline (group).
+   *
+   * @generated from field: uint64 seq = 3;
+   */
+  seq: bigint;
+
+  /**
+   * The message at that position. Every message of the conversation at or
+   * before it, in timeline order, is read. In a 1:1 conversation both
+   * parties hold this message on their timelines, so the peer finds it
+   * in its own timeline by this id.
+   *
+   * @generated from field: uint64 msg_id = 4;
+   */
+  msgId: bigint;
+};
+
+/**
+ * Describes the message switchboard.v1.ReadReceipt.
+ * Use `create(ReadReceiptSchema)` to create a new message.
+ */
+export const ReadReceiptSchema: GenMessage<ReadReceipt> = /*@__PURE__*/
+  messageDesc(file_switchboard, 2);
 
 /**
  * cmd 1, client -> server. Must be the first frame after ping.
@@ -156,7 +213,7 @@ export type Login = Message$1<"switchboard.v1.Login"> & {
  * Use `create(LoginSchema)` to create a new message.
  */
 export const LoginSchema: GenMessage<Login> = /*@__PURE__*/
-  messageDesc(file_switchboard, 2);
+  messageDesc(file_switchboard, 3);
 
 /**
  * cmd 2, server -> client.
@@ -228,7 +285,7 @@ export type LoginAck = Message$1<"switchboard.v1.LoginAck"> & {
  * Use `create(LoginAckSchema)` to create a new message.
  */
 export const LoginAckSchema: GenMessage<LoginAck> = /*@__PURE__*/
-  messageDesc(file_switchboard, 3);
+  messageDesc(file_switchboard, 4);
 
 /**
  * One of the user's groups, in LoginAck.
@@ -262,7 +319,7 @@ export type GroupState = Message$1<"switchboard.v1.GroupState"> & {
  * Use `create(GroupStateSchema)` to create a new message.
  */
 export const GroupStateSchema: GenMessage<GroupState> = /*@__PURE__*/
-  messageDesc(file_switchboard, 4);
+  messageDesc(file_switchboard, 5);
 
 /**
  * cmd 3, client -> server. The server answers LogoutAck and closes.
@@ -277,7 +334,7 @@ export type Logout = Message$1<"switchboard.v1.Logout"> & {
  * Use `create(LogoutSchema)` to create a new message.
  */
 export const LogoutSchema: GenMessage<Logout> = /*@__PURE__*/
-  messageDesc(file_switchboard, 5);
+  messageDesc(file_switchboard, 6);
 
 /**
  * cmd 4, server -> client.
@@ -292,7 +349,7 @@ export type LogoutAck = Message$1<"switchboard.v1.LogoutAck"> & {
  * Use `create(LogoutAckSchema)` to create a new message.
  */
 export const LogoutAckSchema: GenMessage<LogoutAck> = /*@__PURE__*/
-  messageDesc(file_switchboard, 6);
+  messageDesc(file_switchboard, 7);
 
 /**
  * cmd 5, either direction; answered by Pong with the same header seq.
@@ -307,7 +364,7 @@ export type Ping = Message$1<"switchboard.v1.Ping"> & {
  * Use `create(PingSchema)` to create a new message.
  */
 export const PingSchema: GenMessage<Ping> = /*@__PURE__*/
-  messageDesc(file_switchboard, 7);
+  messageDesc(file_switchboard, 8);
 
 /**
  * cmd 6.
@@ -326,7 +383,7 @@ export type Pong = Message$1<"switchboard.v1.Pong"> & {
  * Use `create(PongSchema)` to create a new message.
  */
 export const PongSchema: GenMessage<Pong> = /*@__PURE__*/
-  messageDesc(file_switchboard, 8);
+  messageDesc(file_switchboard, 9);
 
 /**
  * cmd 7, client -> server: send a message to another user.
@@ -364,6 +421,16 @@ export type C2c = Message$1<"switchboard.v1.C2c"> & {
    * @generated from field: string group = 5;
    */
   group: string;
+
+  /**
+   * Transient: pushed to the receiver's devices online now (or the group's
+   * member devices online now) and nothing else: not stored, never resent,
+   * no timeline entry, no sequence (pushed with seq 0, not acknowledged).
+   * For typing indicators, live positions. Rate-limited on its own budget.
+   *
+   * @generated from field: bool transient = 6;
+   */
+  transient: boolean;
 };
 
 /**
@@ -371,7 +438,7 @@ export type C2c = Message$1<"switchboard.v1.C2c"> & {
  * Use `create(C2cSchema)` to create a new message.
  */
 export const C2cSchema: GenMessage<C2c> = /*@__PURE__*/
-  messageDesc(file_switchboard, 9);
+  messageDesc(file_switchboard, 10);
 
 /**
  * cmd 8, server -> client: the message is stored durably.
@@ -408,6 +475,14 @@ export type C2cAck = Message$1<"switchboard.v1.C2cAck"> & {
    * @generated from field: bool duplicate = 5;
    */
   duplicate: boolean;
+
+  /**
+   * Transient c2c only: how many devices the message was handed to
+   * (seq is then 0 and nothing was stored).
+   *
+   * @generated from field: uint32 devices_reached = 6;
+   */
+  devicesReached: number;
 };
 
 /**
@@ -415,7 +490,7 @@ export type C2cAck = Message$1<"switchboard.v1.C2cAck"> & {
  * Use `create(C2cAckSchema)` to create a new message.
  */
 export const C2cAckSchema: GenMessage<C2cAck> = /*@__PURE__*/
-  messageDesc(file_switchboard, 10);
+  messageDesc(file_switchboard, 11);
 
 /**
  * cmd 9, server -> client: one timeline entry (or an online-only message, seq 0).
@@ -439,7 +514,7 @@ export type Push = Message$1<"switchboard.v1.Push"> & {
  * Use `create(PushSchema)` to create a new message.
  */
 export const PushSchema: GenMessage<Push> = /*@__PURE__*/
-  messageDesc(file_switchboard, 11);
+  messageDesc(file_switchboard, 12);
 
 /**
  * cmd 10, client -> server: every entry up to and including seq was received.
@@ -465,7 +540,7 @@ export type PushAck = Message$1<"switchboard.v1.PushAck"> & {
  * Use `create(PushAckSchema)` to create a new message.
  */
 export const PushAckSchema: GenMessage<PushAck> = /*@__PURE__*/
-  messageDesc(file_switchboard, 12);
+  messageDesc(file_switchboard, 13);
 
 /**
  * cmd 11, client -> server: entries after `since`, at most `limit` (server caps it).
@@ -497,7 +572,7 @@ export type Sync = Message$1<"switchboard.v1.Sync"> & {
  * Use `create(SyncSchema)` to create a new message.
  */
 export const SyncSchema: GenMessage<Sync> = /*@__PURE__*/
-  messageDesc(file_switchboard, 13);
+  messageDesc(file_switchboard, 14);
 
 /**
  * cmd 12, server -> client.
@@ -538,7 +613,7 @@ export type SyncReply = Message$1<"switchboard.v1.SyncReply"> & {
  * Use `create(SyncReplySchema)` to create a new message.
  */
 export const SyncReplySchema: GenMessage<SyncReply> = /*@__PURE__*/
-  messageDesc(file_switchboard, 14);
+  messageDesc(file_switchboard, 15);
 
 /**
  * cmd 13, client -> server: a report to the business (e.g. a courier's position).
@@ -567,7 +642,7 @@ export type C2s = Message$1<"switchboard.v1.C2s"> & {
  * Use `create(C2sSchema)` to create a new message.
  */
 export const C2sSchema: GenMessage<C2s> = /*@__PURE__*/
-  messageDesc(file_switchboard, 15);
+  messageDesc(file_switchboard, 16);
 
 /**
  * cmd 14, server -> client: the report is durable on the bus.
@@ -596,7 +671,7 @@ export type C2sAck = Message$1<"switchboard.v1.C2sAck"> & {
  * Use `create(C2sAckSchema)` to create a new message.
  */
 export const C2sAckSchema: GenMessage<C2sAck> = /*@__PURE__*/
-  messageDesc(file_switchboard, 16);
+  messageDesc(file_switchboard, 17);
 
 /**
  * cmd 15, server -> client: the request with this header seq failed
@@ -630,7 +705,7 @@ export type Error = Message$1<"switchboard.v1.Error"> & {
  * Use `create(ErrorSchema)` to create a new message.
  */
 export const ErrorSchema: GenMessage<Error> = /*@__PURE__*/
-  messageDesc(file_switchboard, 17);
+  messageDesc(file_switchboard, 18);
 
 /**
  * cmd 16, server -> client: the connection is being closed by the server.
@@ -656,5 +731,197 @@ export type Kick = Message$1<"switchboard.v1.Kick"> & {
  * Use `create(KickSchema)` to create a new message.
  */
 export const KickSchema: GenMessage<Kick> = /*@__PURE__*/
-  messageDesc(file_switchboard, 18);
+  messageDesc(file_switchboard, 19);
+
+/**
+ * cmd 17, client -> server: this user read a conversation up to an entry.
+ * Stored as a read-receipt entry (Message.read) and pushed like a c2c: to
+ * the user's other devices and, in a 1:1 conversation, to the peer. The
+ * read position never moves back.
+ *
+ * @generated from message switchboard.v1.MarkRead
+ */
+export type MarkRead = Message$1<"switchboard.v1.MarkRead"> & {
+  /**
+   * The 1:1 conversation with this user (an empty app: the reader's app)...
+   *
+   * @generated from field: switchboard.v1.User peer = 1;
+   */
+  peer?: User | undefined;
+
+  /**
+   * ...or the group, in the reader's app (exactly one of the two).
+   *
+   * @generated from field: string group = 2;
+   */
+  group: string;
+
+  /**
+   * The last entry read: a sequence on the reader's own timeline for a
+   * 1:1 conversation (the entry must be one of that conversation), on the
+   * group's timeline for a group.
+   *
+   * @generated from field: uint64 seq = 3;
+   */
+  seq: bigint;
+};
+
+/**
+ * Describes the message switchboard.v1.MarkRead.
+ * Use `create(MarkReadSchema)` to create a new message.
+ */
+export const MarkReadSchema: GenMessage<MarkRead> = /*@__PURE__*/
+  messageDesc(file_switchboard, 20);
+
+/**
+ * cmd 18, server -> client: the read receipt is stored.
+ *
+ * @generated from message switchboard.v1.MarkReadAck
+ */
+export type MarkReadAck = Message$1<"switchboard.v1.MarkReadAck"> & {
+  /**
+   * The receipt entry's sequence on the reader's own timeline.
+   *
+   * @generated from field: uint64 seq = 1;
+   */
+  seq: bigint;
+
+  /**
+   * @generated from field: uint64 msg_id = 2;
+   */
+  msgId: bigint;
+};
+
+/**
+ * Describes the message switchboard.v1.MarkReadAck.
+ * Use `create(MarkReadAckSchema)` to create a new message.
+ */
+export const MarkReadAckSchema: GenMessage<MarkReadAck> = /*@__PURE__*/
+  messageDesc(file_switchboard, 21);
+
+/**
+ * cmd 19, client -> server: the user's conversations, most recent first.
+ *
+ * @generated from message switchboard.v1.ListConversations
+ */
+export type ListConversations = Message$1<"switchboard.v1.ListConversations"> & {
+  /**
+   * Where the previous page ended (its `next`); empty for the first page.
+   *
+   * @generated from field: string after = 1;
+   */
+  after: string;
+
+  /**
+   * At most this many (0: the server's default, 50; capped at 200).
+   *
+   * @generated from field: uint32 limit = 2;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message switchboard.v1.ListConversations.
+ * Use `create(ListConversationsSchema)` to create a new message.
+ */
+export const ListConversationsSchema: GenMessage<ListConversations> = /*@__PURE__*/
+  messageDesc(file_switchboard, 22);
+
+/**
+ * cmd 20, server -> client.
+ *
+ * @generated from message switchboard.v1.ConversationList
+ */
+export type ConversationList = Message$1<"switchboard.v1.ConversationList"> & {
+  /**
+   * @generated from field: repeated switchboard.v1.Conversation conversations = 1;
+   */
+  conversations: Conversation[];
+
+  /**
+   * Pass as `after` for the next page; empty on the last page.
+   *
+   * @generated from field: string next = 2;
+   */
+  next: string;
+
+  /**
+   * Unread entries over all of the user's conversations (the app badge).
+   *
+   * @generated from field: uint64 total_unread = 3;
+   */
+  totalUnread: bigint;
+};
+
+/**
+ * Describes the message switchboard.v1.ConversationList.
+ * Use `create(ConversationListSchema)` to create a new message.
+ */
+export const ConversationListSchema: GenMessage<ConversationList> = /*@__PURE__*/
+  messageDesc(file_switchboard, 23);
+
+/**
+ * One conversation of a user: a 1:1 pair or a group.
+ *
+ * @generated from message switchboard.v1.Conversation
+ */
+export type Conversation = Message$1<"switchboard.v1.Conversation"> & {
+  /**
+   * The other user of a 1:1 conversation (unset for a group).
+   *
+   * @generated from field: switchboard.v1.User peer = 1;
+   */
+  peer?: User | undefined;
+
+  /**
+   * The group's id (empty for a 1:1 conversation).
+   *
+   * @generated from field: string group = 2;
+   */
+  group: string;
+
+  /**
+   * The conversation's last entry (its seq on the user's own timeline, or
+   * on the group's timeline for a group). A read receipt is not a last
+   * entry.
+   *
+   * @generated from field: switchboard.v1.Push last = 3;
+   */
+  last?: Push | undefined;
+
+  /**
+   * When the last entry was stored, milliseconds since the Unix epoch.
+   *
+   * @generated from field: int64 last_time_ms = 4;
+   */
+  lastTimeMs: bigint;
+
+  /**
+   * Entries from others after the user's read position.
+   *
+   * @generated from field: uint64 unread = 5;
+   */
+  unread: bigint;
+
+  /**
+   * The user's read position (same scale as `last.seq`).
+   *
+   * @generated from field: uint64 read_seq = 6;
+   */
+  readSeq: bigint;
+
+  /**
+   * 1:1 only: the peer read up to this message (0: nothing known).
+   *
+   * @generated from field: uint64 peer_read_msg_id = 7;
+   */
+  peerReadMsgId: bigint;
+};
+
+/**
+ * Describes the message switchboard.v1.Conversation.
+ * Use `create(ConversationSchema)` to create a new message.
+ */
+export const ConversationSchema: GenMessage<Conversation> = /*@__PURE__*/
+  messageDesc(file_switchboard, 24);
 
