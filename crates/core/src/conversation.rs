@@ -21,7 +21,6 @@
 use std::cmp::Reverse;
 use std::collections::HashMap;
 
-use base64::Engine as _;
 use prost::Message as _;
 
 use crate::model::{Entry, Message, UserKey};
@@ -323,7 +322,10 @@ impl View {
 
 type SortKey = (Reverse<i64>, ConvKey);
 
-/// Where a page of the list ended: opaque to clients (base64url text).
+/// Where a page of the list ended: opaque to clients. Its text is
+/// `{time_ms}.{u|g}.{hex app}.{hex id}`; every text of that shape is a
+/// position in the list's order (the page after it), so a cursor a client
+/// mangled within that shape answers a page, not an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageCursor {
     pub time_ms: i64,
@@ -340,24 +342,48 @@ impl PageCursor {
             ConvKey::Peer(u) => ("u", u.app.as_str(), u.uid.as_str()),
             ConvKey::Group(g) => ("g", "", g.as_str()),
         };
-        let json = serde_json::json!([self.time_ms, kind, a, b]).to_string();
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+        format!("{}.{kind}.{}.{}", self.time_ms.max(0), hex(a), hex(b))
     }
 
-    /// `None` for text that is not a cursor this server made.
+    /// `None` for text not of the cursor's shape.
     pub fn decode(text: &str) -> Option<PageCursor> {
-        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(text)
-            .ok()?;
-        let (time_ms, kind, a, b): (i64, String, String, String) =
-            serde_json::from_slice(&bytes).ok()?;
-        let key = match kind.as_str() {
+        let mut parts = text.split('.');
+        let (t, kind, a, b) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() || t.is_empty() || t.len() > 18 {
+            return None;
+        }
+        let time_ms: i64 = t.parse().ok()?;
+        let (a, b) = (unhex(a)?, unhex(b)?);
+        let key = match kind {
             "u" => ConvKey::Peer(UserKey::new(a, b)),
             "g" => ConvKey::Group(b),
             _ => return None,
         };
         Some(PageCursor { time_ms, key })
     }
+}
+
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Lowercase hex to text (bytes that are not UTF-8 become U+FFFD: still a
+/// position in the order).
+fn unhex(s: &str) -> Option<String> {
+    if !s.len().is_multiple_of(2) || s.len() > 2 * 256 {
+        return None;
+    }
+    let bytes = (0..s.len())
+        .step_by(2)
+        .map(|i| {
+            let pair = s.get(i..i + 2)?;
+            pair.bytes()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+                .then(|| u8::from_str_radix(pair, 16).ok())
+                .flatten()
+        })
+        .collect::<Option<Vec<u8>>>()?;
+    Some(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 #[cfg(test)]
@@ -485,5 +511,8 @@ mod tests {
         assert_eq!(bob.unread(), MAX_TRACKED_UNREAD as u64 + 5);
         assert_eq!(bob.unread_seqs.len(), MAX_TRACKED_UNREAD);
         assert!(PageCursor::decode("not a cursor").is_none());
+        assert!(PageCursor::decode("1.u.0.").is_none());
+        let any = PageCursor::decode("0.g..ff00").unwrap();
+        assert_eq!(any.key, ConvKey::Group("\u{fffd}\0".into()));
     }
 }
