@@ -458,15 +458,8 @@ impl Pipeline {
         seq: u32,
         req: pb::C2c,
     ) {
-        if req.to.as_ref().is_some_and(|u| !u.uid.is_empty()) {
-            return self.ready(
-                seq,
-                Packet::error(
-                    code::INVALID_ARGUMENT,
-                    "a message has either a group or a receiver (to), not both",
-                    false,
-                ),
-            );
+        if names_group_and_receiver(&req) {
+            return self.ready(seq, group_and_receiver());
         }
         let client_msg_id = req.client_msg_id.clone();
         let post = GroupPost {
@@ -520,15 +513,8 @@ impl Pipeline {
     /// with how many it reached. It takes no place in the c2c order (it is
     /// not stored, so there is no sequence to keep in order).
     fn transient(&mut self, gate: Arc<Gate>, from: UserKey, conn_id: u64, seq: u32, req: pb::C2c) {
-        if !req.group.is_empty() && req.to.as_ref().is_some_and(|u| !u.uid.is_empty()) {
-            return self.ready(
-                seq,
-                Packet::error(
-                    code::INVALID_ARGUMENT,
-                    "a message has either a group or a receiver (to), not both",
-                    false,
-                ),
-            );
+        if names_group_and_receiver(&req) {
+            return self.ready(seq, group_and_receiver());
         }
         self.push(Box::pin(async move {
             let request = TransientRequest {
@@ -1033,6 +1019,20 @@ impl Session {
             tracing::warn!(error = %e, "could not move the cursor; the device may get entries again");
         }
     }
+}
+
+/// A `c2c` naming both a group and a receiver (`to` with a uid).
+fn names_group_and_receiver(req: &pb::C2c) -> bool {
+    !req.group.is_empty() && req.to.as_ref().is_some_and(|u| !u.uid.is_empty())
+}
+
+/// The answer to a `c2c` that names both a group and a receiver.
+fn group_and_receiver() -> Packet {
+    Packet::error(
+        code::INVALID_ARGUMENT,
+        "a message has either a group or a receiver (to), not both",
+        false,
+    )
 }
 
 fn error_packet(e: LogicError) -> Packet {
