@@ -66,6 +66,12 @@ pub struct ConvState {
     /// Group: its entries were looked at through this sequence.
     #[prost(uint64, tag = "10")]
     pub group_seen: u64,
+    /// When the view last folded this conversation's last entry, on the
+    /// view's own clock ([`ViewState::clock`]): orders conversations whose
+    /// last entries share a millisecond by the order they were folded in,
+    /// which for 1:1 conversations is the user's timeline order.
+    #[prost(uint64, tag = "11")]
+    pub activity: u64,
 }
 
 impl ConvState {
@@ -120,11 +126,14 @@ impl ConvState {
         }
     }
 
-    /// The conversation's last app entry is `seq`, stored at `time_ms`.
-    fn touch(&mut self, seq: u64, time_ms: i64) {
+    /// The conversation's last app entry is `seq`, stored at `time_ms`,
+    /// folded at `clock`.
+    fn touch(&mut self, seq: u64, time_ms: i64, clock: &mut u64) {
         if seq > self.last_seq {
             self.last_seq = seq;
             self.last_time_ms = time_ms;
+            *clock += 1;
+            self.activity = *clock;
         }
     }
 }
@@ -137,6 +146,9 @@ pub struct ViewState {
     pub through_seq: u64,
     #[prost(message, repeated, tag = "2")]
     pub conversations: Vec<ConvState>,
+    /// Counts the last entries folded (see [`ConvState::activity`]).
+    #[prost(uint64, tag = "3")]
+    pub clock: u64,
 }
 
 /// A conversation's identity within one user's view.
@@ -152,6 +164,7 @@ pub enum ConvKey {
 #[derive(Debug, Default)]
 pub struct View {
     pub through_seq: u64,
+    pub clock: u64,
     pub conversations: HashMap<ConvKey, ConvState>,
 }
 
@@ -165,6 +178,7 @@ impl View {
         };
         View {
             through_seq: state.through_seq,
+            clock: state.clock,
             conversations: state
                 .conversations
                 .into_iter()
@@ -180,6 +194,7 @@ impl View {
         ViewState {
             through_seq: self.through_seq,
             conversations,
+            clock: self.clock,
         }
         .encode_to_vec()
         .into()
@@ -221,8 +236,12 @@ impl View {
         }
         let mine = m.from == *user;
         let peer = if mine { m.to.clone() } else { m.from.clone() };
-        let c = self.conv(ConvKey::Peer(peer));
-        c.touch(seq, m.server_time_ms);
+        let clock = &mut self.clock;
+        let c = self
+            .conversations
+            .entry(ConvKey::Peer(peer))
+            .or_insert_with_key(ConvState::new);
+        c.touch(seq, m.server_time_ms, clock);
         if mine {
             // Sending in a conversation reads it.
             c.read_to(seq);
@@ -260,9 +279,13 @@ impl View {
 
     /// Folds entry `seq` of group `gid`'s timeline.
     pub fn fold_group(&mut self, user: &UserKey, gid: &str, entry: &Entry) {
-        let c = self.conv(ConvKey::Group(gid.to_owned()));
+        let clock = &mut self.clock;
+        let c = self
+            .conversations
+            .entry(ConvKey::Group(gid.to_owned()))
+            .or_insert_with_key(ConvState::new);
         let m = &entry.message;
-        c.touch(entry.seq, m.server_time_ms);
+        c.touch(entry.seq, m.server_time_ms, clock);
         if m.from == *user {
             c.read_to(entry.seq);
         } else {
@@ -303,7 +326,10 @@ impl View {
             .iter()
             // A group with nothing visible yet is listed too (a new order's
             // conversation); a 1:1 pair exists only through an entry.
-            .map(|(k, c)| ((Reverse(c.last_time_ms), k.clone()), c))
+            .map(|(k, c)| {
+                let key = (Reverse(c.last_time_ms), Reverse(c.activity), k.clone());
+                (key, c)
+            })
             .filter(|(k, _)| after.is_none_or(|a| *k > a.sort_key()))
             .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
@@ -312,29 +338,34 @@ impl View {
         let next = more
             .then(|| all.last())
             .flatten()
-            .map(|((Reverse(t), k), _)| PageCursor {
+            .map(|((Reverse(t), Reverse(a), k), _)| PageCursor {
                 time_ms: *t,
+                activity: *a,
                 key: k.clone(),
             });
         (all.into_iter().map(|(_, c)| c).collect(), next)
     }
 }
 
-type SortKey = (Reverse<i64>, ConvKey);
+/// Last activity first: the time of the last entry, then the order the
+/// view folded it in, then the conversation's key (for those with no
+/// entry yet).
+type SortKey = (Reverse<i64>, Reverse<u64>, ConvKey);
 
 /// Where a page of the list ended: opaque to clients. Its text is
-/// `{time_ms}.{u|g}.{hex app}.{hex id}`; every text of that shape is a
+/// `{time_ms}.{activity}.{u|g}.{hex app}.{hex id}`; every text of that shape is a
 /// position in the list's order (the page after it), so a cursor a client
 /// mangled within that shape answers a page, not an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PageCursor {
     pub time_ms: i64,
+    pub activity: u64,
     pub key: ConvKey,
 }
 
 impl PageCursor {
     fn sort_key(&self) -> SortKey {
-        (Reverse(self.time_ms), self.key.clone())
+        (Reverse(self.time_ms), Reverse(self.activity), self.key.clone())
     }
 
     pub fn encode(&self) -> String {
@@ -342,25 +373,42 @@ impl PageCursor {
             ConvKey::Peer(u) => ("u", u.app.as_str(), u.uid.as_str()),
             ConvKey::Group(g) => ("g", "", g.as_str()),
         };
-        format!("{}.{kind}.{}.{}", self.time_ms.max(0), hex(a), hex(b))
+        format!(
+            "{}.{}.{kind}.{}.{}",
+            self.time_ms.max(0),
+            self.activity,
+            hex(a),
+            hex(b)
+        )
     }
 
     /// `None` for text not of the cursor's shape.
     pub fn decode(text: &str) -> Option<PageCursor> {
         let mut parts = text.split('.');
-        let (t, kind, a, b) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        if parts.next().is_some() || t.is_empty() || t.len() > 18 {
+        let mut next = || parts.next();
+        let (t, n, kind, a, b) = (next()?, next()?, next()?, next()?, next()?);
+        if next().is_some() || !digits(t, 18) || !digits(n, 19) {
             return None;
         }
         let time_ms: i64 = t.parse().ok()?;
+        let activity: u64 = n.parse().ok()?;
         let (a, b) = (unhex(a)?, unhex(b)?);
         let key = match kind {
             "u" => ConvKey::Peer(UserKey::new(a, b)),
             "g" => ConvKey::Group(b),
             _ => return None,
         };
-        Some(PageCursor { time_ms, key })
+        Some(PageCursor {
+            time_ms,
+            activity,
+            key,
+        })
     }
+}
+
+/// 1 to `max` ASCII digits.
+fn digits(s: &str, max: usize) -> bool {
+    !s.is_empty() && s.len() <= max && s.bytes().all(|c| c.is_ascii_digit())
 }
 
 fn hex(s: &str) -> String {
@@ -501,6 +549,29 @@ mod tests {
     }
 
     #[test]
+    fn the_same_millisecond_lists_the_later_entry_first() {
+        let me = u("me");
+        let mut v = View::default();
+        // "zed" wrote first, "amy" second, both in millisecond 10; the key
+        // order alone would put amy first either way, so write them both ways.
+        v.fold_own(&me, 1, &msg("amy", "me", 10));
+        v.fold_own(&me, 2, &msg("zed", "me", 10));
+        let (page, _) = v.page(None, 10);
+        assert_eq!(page[0].peer_uid, "zed");
+        v.fold_own(&me, 3, &msg("amy", "me", 10));
+        let (page, next) = v.page(None, 1);
+        assert_eq!(page[0].peer_uid, "amy");
+        // Paging through the tie neither skips nor repeats.
+        let next = PageCursor::decode(&next.unwrap().encode()).unwrap();
+        let (page, next) = v.page(Some(&next), 1);
+        assert_eq!(page[0].peer_uid, "zed");
+        assert!(next.is_none());
+        // The order survives the stored view.
+        let again = View::decode(&v.encode());
+        assert_eq!(again.page(None, 10).0[0].peer_uid, "amy");
+    }
+
+    #[test]
     fn tracked_unread_is_bounded() {
         let me = u("me");
         let mut v = View::default();
@@ -511,8 +582,9 @@ mod tests {
         assert_eq!(bob.unread(), MAX_TRACKED_UNREAD as u64 + 5);
         assert_eq!(bob.unread_seqs.len(), MAX_TRACKED_UNREAD);
         assert!(PageCursor::decode("not a cursor").is_none());
-        assert!(PageCursor::decode("1.u.0.").is_none());
-        let any = PageCursor::decode("0.g..ff00").unwrap();
+        assert!(PageCursor::decode("1.2.u.0.").is_none());
+        assert!(PageCursor::decode("1.u.00.").is_none());
+        let any = PageCursor::decode("0.0.g..ff00").unwrap();
         assert_eq!(any.key, ConvKey::Group("\u{fffd}\0".into()));
     }
 }
