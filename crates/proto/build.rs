@@ -19,6 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Rare and large next to the rest of a message: boxed, so a `Message`
     // (and a `Packet`) stays small.
     config.boxed(".switchboard.v1.Message.read");
+    config.boxed(".switchboard.v1.Message.amended");
     config.skip_protoc_run();
     config.compile_fds(fds)?;
 

@@ -20,7 +20,9 @@ use crate::v1::{EntryView, UserView, check_uid, entry_view};
 pub struct ConversationsQuery {
     /// The previous page's `next` (absent or empty: the first page).
     /// Opaque; text not of its shape is `INVALID_ARGUMENT`.
-    #[param(pattern = "^([0-9]{1,18}\\.[0-9]{1,19}\\.[ug]\\.([0-9a-f]{2}){0,128}\\.([0-9a-f]{2}){0,128})?$")]
+    #[param(
+        pattern = "^([0-9]{1,18}\\.[0-9]{1,19}\\.[ug]\\.([0-9a-f]{2}){0,128}\\.([0-9a-f]{2}){0,128})?$"
+    )]
     pub after: Option<String>,
     /// Page size: 0 (the default) is 50; at most 200.
     // int64 in the schema: its int32 would stop at 2^31-1, and u32 takes more.

@@ -95,9 +95,15 @@ impl From<&LogicError> for ApiError {
     fn from(e: &LogicError) -> ApiError {
         let c = e.code();
         let status = match c {
-            code::UNKNOWN_APP | code::GROUP_NOT_FOUND => StatusCode::NOT_FOUND,
-            code::NOT_GROUP_MEMBER | code::GROUP_ADMINS_ONLY => StatusCode::FORBIDDEN,
-            code::GROUP_FULL => StatusCode::CONFLICT,
+            code::UNKNOWN_APP | code::GROUP_NOT_FOUND | code::MESSAGE_NOT_FOUND => {
+                StatusCode::NOT_FOUND
+            }
+            code::NOT_GROUP_MEMBER | code::GROUP_ADMINS_ONLY | code::NOT_MESSAGE_SENDER => {
+                StatusCode::FORBIDDEN
+            }
+            code::GROUP_FULL | code::AMEND_WINDOW_CLOSED | code::MESSAGE_RECALLED => {
+                StatusCode::CONFLICT
+            }
             code::INVALID_ARGUMENT => StatusCode::BAD_REQUEST,
             code::CROSS_APP_FORBIDDEN | code::FORBIDDEN => StatusCode::FORBIDDEN,
             code::RATE_LIMITED => StatusCode::TOO_MANY_REQUESTS,

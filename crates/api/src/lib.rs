@@ -3,6 +3,7 @@
 //! servers and operators ([`v1`], groups in [`groups`]; errors in
 //! [`error`], docs/http-api.md).
 
+pub mod amend;
 pub mod console;
 pub mod conversations;
 pub mod error;
@@ -64,6 +65,10 @@ pub fn router_with(gate: Arc<Gate>, config: ApiConfig) -> Router {
             get(v1::history),
         )
         .route("/v1/apps/{app}/users/{uid}/timeline", get(v1::timeline))
+        .route(
+            "/v1/apps/{app}/messages/{msg_id}/recall",
+            post(amend::recall),
+        )
         .route(
             "/v1/apps/{app}/users/{uid}/conversations",
             get(conversations::list),

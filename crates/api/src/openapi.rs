@@ -23,6 +23,7 @@ operators (stats, kick). Authenticate with `Authorization: Bearer <key>`: the ap
         v1::history,
         v1::timeline,
         crate::conversations::list,
+        crate::amend::recall,
         v1::kick,
         crate::revoke::revoke,
         crate::groups::put_group,

@@ -24,7 +24,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use switchboard_core::logic::C2cRequest;
 use switchboard_core::{Entry, Message, S2cMode, UserKey};
-use switchboard_proto::code;
+use switchboard_proto::{code, pb};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::ApiState;
@@ -248,6 +248,18 @@ pub struct MessageView {
     /// empty): `from` read the conversation up to a point.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read: Option<ReadReceiptView>,
+    /// Set when the entry says an earlier message was recalled or edited
+    /// (then `type` and the body are empty): that message as it is now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(no_recursion)]
+    pub amended: Option<Box<MessageView>>,
+    /// The message was recalled: its body is gone (the type stays).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recalled: bool,
+    /// When the message was edited (absent: never); the body is the edited
+    /// one. Milliseconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_at_ms: Option<i64>,
 }
 
 /// What a read receipt says.
@@ -390,15 +402,19 @@ pub(crate) fn body_bytes(
     }
 }
 
-fn user_view(u: &UserKey) -> UserView {
-    UserView {
-        app: u.app.clone(),
-        uid: u.uid.clone(),
-    }
+pub(crate) fn message_view(m: &Message) -> MessageView {
+    pb_message_view(m.to_pb())
 }
 
-pub(crate) fn message_view(m: &Message) -> MessageView {
-    let read = m.read_receipt().map(|r| ReadReceiptView {
+fn pb_message_view(m: pb::Message) -> MessageView {
+    let user = |u: Option<pb::User>| {
+        let u = u.unwrap_or_default();
+        UserView {
+            app: u.app,
+            uid: u.uid,
+        }
+    };
+    let read = m.read.map(|r| ReadReceiptView {
         peer: r.peer.map(|p| UserView {
             app: p.app,
             uid: p.uid,
@@ -407,21 +423,19 @@ pub(crate) fn message_view(m: &Message) -> MessageView {
         seq: r.seq,
         msg_id: r.msg_id.to_string(),
     });
-    let body: &[u8] = if read.is_some() { &[] } else { &m.body };
     MessageView {
-        msg_id: m.id.to_string(),
-        from: user_view(&m.from),
-        to: user_view(&m.to),
-        kind: if read.is_some() {
-            String::new()
-        } else {
-            m.kind.clone()
-        },
-        body: std::str::from_utf8(body).ok().map(str::to_owned),
-        body_base64: BASE64.encode(body),
-        client_msg_id: m.client_msg_id.clone(),
+        msg_id: m.msg_id.to_string(),
+        from: user(m.from),
+        to: user(m.to),
+        kind: m.r#type,
+        body: std::str::from_utf8(&m.body).ok().map(str::to_owned),
+        body_base64: BASE64.encode(&m.body),
+        client_msg_id: m.client_msg_id,
         server_time_ms: m.server_time_ms,
         read,
+        amended: m.amended.map(|a| Box::new(pb_message_view(*a))),
+        recalled: m.recalled,
+        edited_at_ms: (m.edited_at_ms != 0).then_some(m.edited_at_ms),
     }
 }
 
@@ -449,7 +463,7 @@ fn targets(state: &ApiState, app: &str, uids: &[String]) -> Result<Vec<UserKey>,
 
 /// A msg_id given in a query: up to 19 decimal digits (every such number
 /// is a u64; ids are below 2^63), as the schema's pattern says.
-fn parse_msg_id(s: &str, what: &str) -> Result<u64, ApiError> {
+pub(crate) fn parse_msg_id(s: &str, what: &str) -> Result<u64, ApiError> {
     let bad = || {
         ApiError::bad_request(
             codes::BAD_QUERY,

@@ -41,6 +41,9 @@ pub trait Reads: ReadContext {
 
     fn head(&mut self, user: &UserKey) -> Result<u64, StoreError>;
 
+    /// A stored message by id, `None` when absent.
+    fn message(&mut self, msg_id: u64) -> Result<Option<Message>, StoreError>;
+
     /// The written cursor (the one in memory may be ahead).
     fn cursor(&mut self, user: &UserKey, device_id: &str) -> Result<u64, StoreError>;
 
@@ -284,6 +287,10 @@ impl<R: Reads> Store for Embedded<R> {
         self.read(move |r| r.tokens_revoked_before(&user)).await
     }
 
+    async fn message(&self, id: u64) -> Result<Option<Message>, StoreError> {
+        self.read(move |r| r.message(id)).await
+    }
+
     async fn conversation_view(&self, user: &UserKey) -> Result<Option<bytes::Bytes>, StoreError> {
         let user = user.clone();
         self.read(move |r| r.conversation_view(&user)).await
@@ -398,7 +405,7 @@ impl<R: Reads> Store for Embedded<R> {
     }
 
     async fn group_append(&self, msg: NewGroupMessage) -> Result<Appended, StoreError> {
-        match self.group_write(GroupOp::Append(msg)).await? {
+        match self.group_write(GroupOp::Append(Box::new(msg))).await? {
             GroupDone::Appended(a) => Ok(a),
             other => Err(mismatch(&other)),
         }

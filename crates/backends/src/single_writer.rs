@@ -346,7 +346,8 @@ pub enum GroupOp {
     /// Members with their roles, and the most the group may hold.
     Add(GroupKey, Vec<(String, Role)>, u64),
     Remove(GroupKey, Vec<String>),
-    Append(NewGroupMessage),
+    /// Boxed: far larger than the other ops.
+    Append(Box<NewGroupMessage>),
 }
 
 impl GroupOp {

@@ -118,6 +118,9 @@ conformance!(
     outbox_drains_in_id_order,
     a_bad_append_fails_alone,
     token_revocations_only_move_forward,
+    conversation_views_are_per_user_and_replaced,
+    amendments_replace_the_message_and_a_recall_is_final,
+    concurrent_amendments_end_recalled,
     groups_create_update_get_delete,
     group_created_again_starts_empty,
     group_members_add_remove_idempotent,
@@ -292,6 +295,9 @@ impl Store for TwoNodes {
     }
     async fn tokens_revoked_before(&self, u: &UserKey) -> Result<Option<u64>, StoreError> {
         self.pick().tokens_revoked_before(u).await
+    }
+    async fn message(&self, id: u64) -> Result<Option<Message>, StoreError> {
+        self.pick().message(id).await
     }
     async fn conversation_view(&self, u: &UserKey) -> Result<Option<bytes::Bytes>, StoreError> {
         self.pick().conversation_view(u).await

@@ -51,9 +51,34 @@ pub struct AppConfig {
     pub before_send: Option<crate::hooks::BeforeSendConfig>,
     /// The built-in sensitive-word filter, applied to UTF-8 c2c bodies.
     pub word_filter: Option<crate::hooks::WordFilterConfig>,
+    /// How long after sending a user may recall a message, in seconds
+    /// (default 120; 0: users may not recall). The business may recall
+    /// any message over HTTP, at any time.
+    pub recall_window_secs: Option<u64>,
+    /// How long after sending a user may edit a message, in seconds
+    /// (default 86400; 0: users may not edit).
+    pub edit_window_secs: Option<u64>,
 }
 
+/// [`AppConfig::recall_window_secs`] when not set.
+pub const DEFAULT_RECALL_WINDOW_SECS: u64 = 120;
+/// [`AppConfig::edit_window_secs`] when not set.
+pub const DEFAULT_EDIT_WINDOW_SECS: u64 = 24 * 3600;
+
 impl AppConfig {
+    /// How long after sending a user may recall a message.
+    pub fn recall_window(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(
+            self.recall_window_secs
+                .unwrap_or(DEFAULT_RECALL_WINDOW_SECS),
+        )
+    }
+
+    /// How long after sending a user may edit a message.
+    pub fn edit_window(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.edit_window_secs.unwrap_or(DEFAULT_EDIT_WINDOW_SECS))
+    }
+
     /// Whether some webhook of this app wants events of `topic` and type
     /// `kind`: events nobody subscribed to are not written to the outbox.
     pub fn wants_event(&self, topic: &str, kind: &str) -> bool {

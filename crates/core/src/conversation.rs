@@ -234,6 +234,11 @@ impl View {
             }
             return;
         }
+        if !m.is_app_message() {
+            // An amend notice: the message it amends keeps its place (the
+            // list reads it as it is now).
+            return;
+        }
         let mine = m.from == *user;
         let peer = if mine { m.to.clone() } else { m.from.clone() };
         let clock = &mut self.clock;
@@ -285,13 +290,16 @@ impl View {
             .entry(ConvKey::Group(gid.to_owned()))
             .or_insert_with_key(ConvState::new);
         let m = &entry.message;
+        c.group_seen = c.group_seen.max(entry.seq);
+        if !m.is_app_message() {
+            return;
+        }
         c.touch(entry.seq, m.server_time_ms, clock);
         if m.from == *user {
             c.read_to(entry.seq);
         } else {
             c.add_unread(entry.seq);
         }
-        c.group_seen = c.group_seen.max(entry.seq);
     }
 
     /// Group `gid`'s entries were looked at through `head`.
@@ -365,7 +373,11 @@ pub struct PageCursor {
 
 impl PageCursor {
     fn sort_key(&self) -> SortKey {
-        (Reverse(self.time_ms), Reverse(self.activity), self.key.clone())
+        (
+            Reverse(self.time_ms),
+            Reverse(self.activity),
+            self.key.clone(),
+        )
     }
 
     pub fn encode(&self) -> String {

@@ -38,6 +38,14 @@ pub enum LogicError {
     Rejected(String),
     #[error(transparent)]
     Screen(#[from] ScreenError),
+    /// No app message with this id that the caller may amend.
+    #[error("no message {0} to recall or edit")]
+    MessageNotFound(u64),
+    #[error("only the sender may recall or edit a message")]
+    NotMessageSender,
+    /// The recall or edit window has passed (the text says which).
+    #[error("{0}")]
+    AmendWindowClosed(String),
 }
 
 impl From<switchboard_proto::limits::LimitError> for LogicError {
@@ -57,6 +65,10 @@ impl LogicError {
             LogicError::CrossAppForbidden { .. } => code::CROSS_APP_FORBIDDEN,
             LogicError::Forbidden(_) => code::FORBIDDEN,
             LogicError::Store(StoreError::Invalid(_)) => code::INVALID_ARGUMENT,
+            LogicError::Store(StoreError::Recalled) => code::MESSAGE_RECALLED,
+            LogicError::MessageNotFound(_) => code::MESSAGE_NOT_FOUND,
+            LogicError::NotMessageSender => code::NOT_MESSAGE_SENDER,
+            LogicError::AmendWindowClosed(_) => code::AMEND_WINDOW_CLOSED,
             LogicError::Store(StoreError::Group(r)) => match r {
                 GroupRefusal::NotFound => code::GROUP_NOT_FOUND,
                 GroupRefusal::NotMember => code::NOT_GROUP_MEMBER,

@@ -168,6 +168,9 @@ pub struct NewGroupMessage {
     /// group's post policy), in the same atomic step as the append. False
     /// for a post by the business as the system.
     pub check_sender: bool,
+    /// For an amend notice: the amended message (see
+    /// [`crate::model::Amendment`]).
+    pub amends: Option<Box<crate::model::Amendment>>,
 }
 
 /// Why a group operation was refused (carried by

@@ -27,6 +27,7 @@ pub mod hooks;
 pub mod hub;
 pub mod id;
 pub mod logic;
+pub mod logic_amend;
 pub mod logic_api;
 pub mod logic_conv;
 pub mod logic_group;

@@ -564,6 +564,7 @@ impl Logic {
         let new = NewMessage {
             message,
             timelines: timelines.clone(),
+            amends: None,
         };
         let pending = self.store.submit_append(new).await?;
         Ok(C2cSubmitted {
@@ -724,10 +725,11 @@ impl Logic {
         since: u64,
         limit: u32,
     ) -> Result<SyncPage, LogicError> {
-        let page = self
+        let mut page = self
             .store
             .entries_after(user, since, self.sync_limit(limit))
             .await?;
+        self.resolve_amends(&mut page.entries).await?;
         Ok(SyncPage::from_page(page, since))
     }
 

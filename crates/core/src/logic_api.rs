@@ -191,6 +191,7 @@ impl Logic {
         let new = NewMessage {
             message,
             timelines: vec![user.clone()],
+            amends: None,
         };
         let appended = match self.store().append(new).await {
             Ok(a) => a,
@@ -472,6 +473,9 @@ mod tests {
             &self,
             _: &UserKey,
         ) -> Result<Option<u64>, crate::store::StoreError> {
+            Ok(None)
+        }
+        async fn message(&self, _: u64) -> Result<Option<Message>, crate::store::StoreError> {
             Ok(None)
         }
         async fn conversation_view(

@@ -304,6 +304,7 @@ impl Logic {
             .append(NewMessage {
                 message,
                 timelines: timelines.clone(),
+                amends: None,
             })
             .await?;
         let delivery = Delivery {

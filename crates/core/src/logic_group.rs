@@ -115,6 +115,7 @@ impl Logic {
             message,
             group: group.clone(),
             check_sender,
+            amends: None,
         };
         let appended = self.store().group_append(new).await?;
         let seq =
@@ -172,7 +173,8 @@ impl Logic {
         let member = member.ok_or(StoreError::Group(GroupRefusal::NotMember))?;
         let since = since.max(member.visible_after(&group.spec));
         let limit = self.sync_limit(limit);
-        let page = store.group_entries_after(&key, since, limit).await?;
+        let mut page = store.group_entries_after(&key, since, limit).await?;
+        self.resolve_amends(&mut page.entries).await?;
         Ok(GroupSyncPage {
             page: SyncPage::from_page(page, since),
             since,

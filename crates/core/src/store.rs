@@ -47,6 +47,10 @@ pub enum StoreError {
     /// nothing was stored.
     #[error(transparent)]
     Group(#[from] GroupRefusal),
+    /// An amendment ([`crate::model::Amendment`]) of a message that was
+    /// recalled, or is not stored; nothing was stored.
+    #[error("the message was recalled")]
+    Recalled,
 }
 
 /// The result of an append.
@@ -168,6 +172,10 @@ pub trait Store: Send + Sync + 'static {
         before_msg_id: Option<u64>,
         limit: usize,
     ) -> Result<Vec<std::sync::Arc<Message>>, StoreError>;
+
+    /// The stored message with this id (of any timeline or group), as it
+    /// is now (recalled or edited).
+    async fn message(&self, id: u64) -> Result<Option<Message>, StoreError>;
 
     /// The highest sequence on the user's timeline (0 when empty).
     async fn timeline_head(&self, user: &UserKey) -> Result<u64, StoreError>;

@@ -20,6 +20,7 @@ use futures::StreamExt;
 use futures::stream::FuturesOrdered;
 use switchboard_core::hub::{Closed, OutboundRx, outbound_queue};
 use switchboard_core::logic::{C2cRequest, LoginState};
+use switchboard_core::logic_amend::{AmendAction, AmendRequest, Amender};
 use switchboard_core::logic_group::GroupPost;
 use switchboard_core::{
     C2cOrder, ConnHandle, LogicError, Outbound, ReadTarget, TransientRequest, UserKey,
@@ -585,6 +586,37 @@ impl Pipeline {
         }));
     }
 
+    /// Recalls or edits one of the user's messages.
+    fn amend(&mut self, gate: Arc<Gate>, user: UserKey, conn_id: u64, seq: u32, req: pb::Amend) {
+        let action = if req.recall {
+            AmendAction::Recall
+        } else {
+            AmendAction::Edit(req.body)
+        };
+        let request = AmendRequest {
+            client_msg_id: req.client_msg_id.clone(),
+            msg_id: req.msg_id,
+            action,
+        };
+        self.push(Box::pin(async move {
+            let reply = match gate
+                .logic
+                .amend(&Amender::User(user), Some(conn_id), request)
+                .await
+            {
+                Ok(r) => Packet::AmendAck(pb::AmendAck {
+                    client_msg_id: req.client_msg_id,
+                    msg_id: r.msg_id,
+                    seq: r.seq,
+                    duplicate: r.duplicate,
+                    group: r.message.group.clone(),
+                }),
+                Err(e) => error_packet(e),
+            };
+            (seq, reply)
+        }));
+    }
+
     /// A page of the user's conversation list.
     fn conversations(
         &mut self,
@@ -935,6 +967,7 @@ impl Session {
             | Packet::C2s(_)
             | Packet::Sync(_)
             | Packet::MarkRead(_)
+            | Packet::Amend(_)
             | Packet::ListConversations(_)
                 if !self.rate.try_take() =>
             {
@@ -963,6 +996,13 @@ impl Session {
                     .sync(gate.clone(), self.handle.user.clone(), seq, req)
             }
             Packet::MarkRead(req) => self.pipeline.mark_read(
+                gate.clone(),
+                self.handle.user.clone(),
+                self.handle.conn_id,
+                seq,
+                req,
+            ),
+            Packet::Amend(req) => self.pipeline.amend(
                 gate.clone(),
                 self.handle.user.clone(),
                 self.handle.conn_id,

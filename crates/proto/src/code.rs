@@ -49,6 +49,18 @@ pub const NOT_GROUP_MEMBER: u32 = 3006;
 pub const GROUP_ADMINS_ONLY: u32 = 3007;
 /// Adding the members would take the group over its maximum size.
 pub const GROUP_FULL: u32 = 3008;
+/// No message with this id that the user (or the app, over HTTP) may
+/// amend: none was stored, it belongs to another app, or it is not an app
+/// message (a read receipt, a recall notice).
+pub const MESSAGE_NOT_FOUND: u32 = 3009;
+/// Only a message's sender may recall or edit it (the business may recall
+/// any message of its app over HTTP).
+pub const NOT_MESSAGE_SENDER: u32 = 3010;
+/// The recall or edit window of the message has passed (see the app's
+/// `recall_window_secs` and `edit_window_secs`).
+pub const AMEND_WINDOW_CLOSED: u32 = 3011;
+/// The message was recalled: it cannot be edited any more.
+pub const MESSAGE_RECALLED: u32 = 3012;
 
 /// Kick: the same device id logged in on another connection.
 pub const KICK_REPLACED: u32 = 4000;
@@ -104,6 +116,10 @@ pub fn name(code: u32) -> &'static str {
         NOT_GROUP_MEMBER => "NOT_GROUP_MEMBER",
         GROUP_ADMINS_ONLY => "GROUP_ADMINS_ONLY",
         GROUP_FULL => "GROUP_FULL",
+        MESSAGE_NOT_FOUND => "MESSAGE_NOT_FOUND",
+        NOT_MESSAGE_SENDER => "NOT_MESSAGE_SENDER",
+        AMEND_WINDOW_CLOSED => "AMEND_WINDOW_CLOSED",
+        MESSAGE_RECALLED => "MESSAGE_RECALLED",
         KICK_REPLACED => "KICK_REPLACED",
         KICK_TOO_MANY_DEVICES => "KICK_TOO_MANY_DEVICES",
         KICK_SLOW_CONSUMER => "KICK_SLOW_CONSUMER",

@@ -164,6 +164,10 @@ commands! {
     ListConversations = 19, "list_conversations";
     /// Server → client: a page of conversations.
     ConversationList = 20, "conversation_list";
+    /// Client → server: recall or edit a message the user sent.
+    Amend = 21, "amend";
+    /// Server → client: the recall or edit is stored.
+    AmendAck = 22, "amend_ack";
 }
 
 impl Packet {

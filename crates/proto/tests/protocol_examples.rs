@@ -34,6 +34,7 @@ fn message() -> pb::Message {
         client_msg_id: "m-1".into(),
         server_time_ms: TIME_MS,
         read: None,
+        ..Default::default()
     }
 }
 
@@ -57,6 +58,7 @@ fn group_entry() -> pb::Push {
             client_msg_id: "m-2".into(),
             server_time_ms: TIME_MS,
             read: None,
+            ..Default::default()
         }),
     }
 }

@@ -51,6 +51,7 @@ fn message() -> impl Strategy<Value = pb::Message> {
                 client_msg_id,
                 server_time_ms,
                 read: None,
+                ..Default::default()
             },
         )
 }
@@ -214,6 +215,27 @@ fn packet_for(cmd: Command) -> BoxedStrategy<Packet> {
             .boxed(),
         Command::MarkReadAck => (any::<u64>(), any::<u64>())
             .prop_map(|(seq, msg_id)| Packet::MarkReadAck(pb::MarkReadAck { seq, msg_id }))
+            .boxed(),
+        Command::Amend => (text(), any::<u64>(), any::<bool>(), vec(any::<u8>(), 0..64))
+            .prop_map(|(client_msg_id, msg_id, recall, body)| {
+                Packet::Amend(pb::Amend {
+                    client_msg_id,
+                    msg_id,
+                    recall,
+                    body: body.into(),
+                })
+            })
+            .boxed(),
+        Command::AmendAck => (text(), any::<u64>(), any::<u64>(), any::<bool>(), text())
+            .prop_map(|(client_msg_id, msg_id, seq, duplicate, group)| {
+                Packet::AmendAck(pb::AmendAck {
+                    client_msg_id,
+                    msg_id,
+                    seq,
+                    duplicate,
+                    group,
+                })
+            })
             .boxed(),
         Command::ListConversations => (text(), any::<u32>())
             .prop_map(|(after, limit)| {

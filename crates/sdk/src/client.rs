@@ -36,6 +36,8 @@ pub type Conversation = pb::Conversation;
 pub type ConversationList = pb::ConversationList;
 /// The server's answer to [`Client::mark_read`]: the receipt is stored.
 pub type MarkReadAck = pb::MarkReadAck;
+/// A stored recall or edit ([`Client::recall`], [`Client::edit`]).
+pub type AmendAck = pb::AmendAck;
 
 /// What a transient message reached ([`Client::send_transient`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -390,6 +392,58 @@ impl Client {
         let packet = Packet::MarkRead(pb::MarkRead { peer, group, seq });
         match self.other(packet).await? {
             Packet::MarkReadAck(ack) => Ok(ack),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Recalls a message this user sent (to a user or a group), within
+    /// the app's recall window (2 minutes by default). Its body is removed
+    /// from the server; every device of every party gets an entry whose
+    /// [`Message::amended`] is the message as it is now (`recalled` set),
+    /// by push or in sync, in timeline order. This device does not get that
+    /// entry pushed: the answer's `seq` is its place on this user's
+    /// timeline (the group's, for a group message).
+    ///
+    /// Errors ([`SdkError::Server`] codes): `MESSAGE_NOT_FOUND`,
+    /// `NOT_MESSAGE_SENDER`, `AMEND_WINDOW_CLOSED`, `MESSAGE_RECALLED`.
+    ///
+    /// ```no_run
+    /// # async fn undo(client: switchboard_sdk::Client, mut events: switchboard_sdk::Events) -> Result<(), switchboard_sdk::SdkError> {
+    /// use switchboard_sdk::{Event, User};
+    /// let sent = client.send(User { app: String::new(), uid: "bob".into() }, "text", "oops").await?;
+    /// client.recall(sent.msg_id).await?;
+    /// // On bob's devices (and alice's others):
+    /// while let Some(event) = events.recv().await {
+    ///     if let Event::Message { message, .. } = event {
+    ///         if let Some(now) = message.amended {
+    ///             // Replace the message with id `now.msg_id` by `now`.
+    ///             assert!(now.recalled);
+    ///         }
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn recall(&self, msg_id: u64) -> Result<AmendAck, SdkError> {
+        self.amend(msg_id, true, Bytes::new()).await
+    }
+
+    /// Edits a message this user sent: its body becomes `body` (its type
+    /// stays), within the app's edit window (24 hours by default). Every
+    /// party learns it as for [`Client::recall`] (`edited_at_ms` set). A
+    /// recalled message cannot be edited (`MESSAGE_RECALLED`).
+    pub async fn edit(&self, msg_id: u64, body: impl Into<Bytes>) -> Result<AmendAck, SdkError> {
+        self.amend(msg_id, false, body.into()).await
+    }
+
+    async fn amend(&self, msg_id: u64, recall: bool, body: Bytes) -> Result<AmendAck, SdkError> {
+        let packet = Packet::Amend(pb::Amend {
+            client_msg_id: new_client_msg_id(),
+            msg_id,
+            recall,
+            body,
+        });
+        match self.other(packet).await? {
+            Packet::AmendAck(ack) => Ok(ack),
             other => Err(unexpected(&other)),
         }
     }

@@ -118,7 +118,7 @@ mod timeline;
 mod transport;
 
 pub use client::{
-    C2sAck, Client, Conversation, ConversationList, Event, Events, MarkReadAck, Message,
+    AmendAck, C2sAck, Client, Conversation, ConversationList, Event, Events, MarkReadAck, Message,
     ReadReceipt, SendReceipt, TransientReceipt, User, new_client_msg_id,
 };
 pub use config::{ClientConfig, TokenFuture, TokenProvider};

@@ -1138,7 +1138,9 @@ impl Actor {
                         .fail(SdkError::Protocol("c2s ack for another request".into())),
                 }
             }
-            answer @ (Packet::MarkReadAck(_) | Packet::ConversationList(_)) => {
+            answer @ (Packet::MarkReadAck(_)
+            | Packet::AmendAck(_)
+            | Packet::ConversationList(_)) => {
                 let Some(Wire::Request(id)) = wire else {
                     debug!(header_seq, "an answer for no request");
                     return Ok(());
@@ -1148,11 +1150,18 @@ impl Actor {
                 };
                 // A read receipt is an entry on this user's timeline, like
                 // an own message: held as delivered, not shown back.
-                if let Packet::MarkReadAck(ack) = &answer
-                    && ack.seq > 0
-                    && self.accept(USER, ack.seq, Entry::Own) == Offer::Gap
+                // So is a recall or edit notice (on the group's timeline
+                // for a group message).
+                let own = match &answer {
+                    Packet::MarkReadAck(ack) => Some((USER, ack.seq)),
+                    Packet::AmendAck(ack) => Some((ack.group.as_str(), ack.seq)),
+                    _ => None,
+                };
+                if let Some((key, seq)) = own
+                    && seq > 0
+                    && self.accept(key, seq, Entry::Own) == Offer::Gap
                 {
-                    self.line(USER).conn.gap_check = true;
+                    self.line(key).conn.gap_check = true;
                     s.gap_check_at
                         .get_or_insert_with(|| Instant::now() + GAP_GRACE);
                 }

@@ -39,6 +39,7 @@ fn msg(from: User, id: u64, client_msg_id: &str) -> pb::Message {
         client_msg_id: client_msg_id.into(),
         server_time_ms: 1,
         read: None,
+        ..Default::default()
     }
 }
 

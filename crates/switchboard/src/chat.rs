@@ -5,14 +5,17 @@
 //! to leave. Group messages show as `[#GROUP bob] body`. `/list` shows the
 //! conversations with their unread counts, `/read` marks the current
 //! conversation read (the peer sees `* read by ...`), `/typing` tells the
-//! peer you are typing (a transient message: `* bob is typing...`). With
+//! peer you are typing (a transient message: `* bob is typing...`),
+//! `/recall` takes back the last message sent from this chat and `/edit
+//! TEXT` changes its body (every party sees `* alice recalled message N`
+//! or `* alice edited message N: TEXT`). With
 //! `--json`, it is line-oriented for scripts: each stdin line is either
 //! plain text (sent to `--to` or `--group`), one of the commands above, or
 //! a JSON object `{"to": "bob", "body": "hi", "type": "text", "id": "..."}`
 //! (or `"group": "ID"` instead of `"to"`; `"transient": true` sends it
 //! transient), and every event is printed as one JSON object per line on
 //! stdout (`message`, `group_message`, `online`, `read`, `typing`,
-//! `conversations`, `marked_read`, `sent`, ...).
+//! `recalled`, `edited`, `conversations`, `marked_read`, `sent`, ...).
 //!
 //! Exit code: 0 when stdin ends (or `/quit`) and every line was sent;
 //! non-zero, with the reason on stderr, when the connection could not be
@@ -152,6 +155,18 @@ fn message_json(seq: Option<u64>, m: &Message) -> serde_json::Value {
             "read_msg_id": r.msg_id.to_string(),
         });
     }
+    if let Some(a) = &m.amended {
+        return json!({
+            "event": if a.recalled { "recalled" } else { "edited" },
+            "seq": seq,
+            "by": format!("{}/{}", from.app, from.uid),
+            "group": (!m.group.is_empty()).then_some(&m.group),
+            "msg_id": a.msg_id.to_string(),
+            "type": a.r#type,
+            "body": String::from_utf8_lossy(&a.body),
+            "edited_at_ms": a.edited_at_ms,
+        });
+    }
     if seq.is_none() && m.r#type == TYPING {
         return json!({
             "event": "typing",
@@ -176,6 +191,8 @@ fn message_json(seq: Option<u64>, m: &Message) -> serde_json::Value {
         "body": String::from_utf8_lossy(&m.body),
         "client_msg_id": m.client_msg_id,
         "server_time_ms": m.server_time_ms,
+        "recalled": m.recalled,
+        "edited_at_ms": m.edited_at_ms,
     })
 }
 
@@ -247,6 +264,7 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
         while let Some(ev) = events.recv().await {
             if let Event::Message { seq, message } | Event::GroupMessage { seq, message, .. } = &ev
                 && message.read.is_none()
+                && message.amended.is_none()
             {
                 let key = conversation_of(&me_printer, message);
                 seen.lock()
@@ -266,6 +284,8 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
 
     // Lines that were not sent: the chat goes on, the exit code says so.
     let mut failed = 0usize;
+    // What /recall and /edit act on.
+    let mut last_sent: Option<u64> = None;
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     loop {
         let line = tokio::select! {
@@ -292,6 +312,35 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
             if let Err(e) = list_conversations(&client, json_out).await {
                 report(json_out, format!("cannot list conversations: {e}"));
                 failed += 1;
+            }
+            continue;
+        }
+        if line == "/recall" || line.starts_with("/edit ") || line == "/edit" {
+            let Some(msg_id) = last_sent else {
+                report(json_out, "nothing sent yet to recall or edit".into());
+                failed += 1;
+                continue;
+            };
+            let done = match line.strip_prefix("/edit") {
+                Some(text) => client.edit(msg_id, text.trim().to_owned()).await,
+                None => client.recall(msg_id).await,
+            };
+            let what = if line == "/recall" {
+                "recalled"
+            } else {
+                "edited"
+            };
+            match done {
+                Ok(ack) if json_out => println!(
+                    "{}",
+                    json!({"event": what, "msg_id": msg_id.to_string(), "seq": ack.seq,
+                           "notice_msg_id": ack.msg_id.to_string(), "duplicate": ack.duplicate})
+                ),
+                Ok(_) => println!("* {what} message {msg_id}"),
+                Err(e) => {
+                    report(json_out, format!("not {what}: {e}"));
+                    failed += 1;
+                }
             }
             continue;
         }
@@ -379,6 +428,9 @@ pub async fn run(args: ChatArgs) -> anyhow::Result<()> {
             Peer::User(u) => client.send_with_id(id, u.clone(), kind, body).await,
             Peer::Group(g) => client.send_group_with_id(id, g.clone(), kind, body).await,
         };
+        if let Ok(r) = &sent {
+            last_sent = Some(r.msg_id);
+        }
         match sent {
             Ok(r) if json_out => {
                 let mut v = json!({"event": "sent", "client_msg_id": r.client_msg_id,
@@ -550,7 +602,20 @@ fn print_event(ev: &Event, json_out: bool) {
         | Event::Online { message } => {
             let from = message.from.clone().unwrap_or_default();
             let body = String::from_utf8_lossy(&message.body);
-            if let Some(r) = &message.read {
+            if let Some(a) = &message.amended {
+                if a.recalled {
+                    println!("* {} recalled message {}", from.uid, a.msg_id);
+                } else {
+                    println!(
+                        "* {} edited message {}: {}",
+                        from.uid,
+                        a.msg_id,
+                        String::from_utf8_lossy(&a.body)
+                    );
+                }
+            } else if message.recalled {
+                println!("[{}] (message recalled)", from.uid);
+            } else if let Some(r) = &message.read {
                 let with = match &r.peer {
                     Some(p) if r.group.is_empty() => p.uid.clone(),
                     _ => format!("#{}", r.group),
@@ -570,6 +635,8 @@ fn print_event(ev: &Event, json_out: bool) {
             } else if from.uid == SYSTEM_UID {
                 // A push of the app's business server (s2c): no user sent it.
                 println!("[system {}] {}: {body}", from.app, message.r#type);
+            } else if message.edited_at_ms != 0 {
+                println!("[{}] {body} (edited)", from.uid);
             } else {
                 println!("[{}] {body}", from.uid);
             }

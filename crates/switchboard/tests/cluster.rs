@@ -791,6 +791,51 @@ async fn conversations_receipts_and_transient_messages_across_nodes() {
     let body: Value = serde_json::from_str(&text).expect("JSON answer");
     assert_eq!(body["total_unread"], 0, "{body}");
     assert_eq!(body["conversations"][0]["last"]["message"]["body"], "two");
+
+    // Alice (n1) recalls "two": bob's device online on n3 gets the notice;
+    // his device on n2, offline now, learns it through sync on n1.
+    let recalled = got[1].1.msg_id;
+    alice.recall(recalled).await.unwrap();
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        match tokio::time::timeout_at(deadline, bob_events.recv()).await {
+            Ok(Some(switchboard_sdk::Event::Message { message, .. })) => {
+                if let Some(now) = message.amended {
+                    assert!(now.msg_id == recalled && now.recalled && now.body.is_empty());
+                    break;
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => panic!("no recall notice"),
+        }
+    }
+    let (_bob2, mut bob2_events) = connect(&n1.url(), "bob", "b2").await;
+    let deadline = tokio::time::Instant::now() + T;
+    loop {
+        match tokio::time::timeout_at(deadline, bob2_events.recv()).await {
+            Ok(Some(switchboard_sdk::Event::Message { message, .. }))
+                if message.amended.is_some() =>
+            {
+                assert!(message.amended.unwrap().recalled);
+                break;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => panic!("no recall notice in sync"),
+        }
+    }
+    let (_, text) = http(
+        n2.http,
+        "GET",
+        "/v1/apps/demo/users/bob/conversations",
+        None,
+    )
+    .await
+    .expect("HTTP API request");
+    let body: Value = serde_json::from_str(&text).expect("JSON answer");
+    assert_eq!(
+        body["conversations"][0]["last"]["message"]["recalled"],
+        true
+    );
 }
 
 /// Waits for a read-receipt entry (skipping other events).

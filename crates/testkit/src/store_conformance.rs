@@ -27,6 +27,7 @@ use switchboard_core::group::{
     GroupKey, GroupRefusal, GroupSpec, GroupState, NewGroupMessage, PostPolicy, Role,
 };
 use switchboard_core::id::IdGenerator;
+use switchboard_core::model::{AMEND_KIND, Amendment, Content};
 use switchboard_core::{
     Appended, BusEvent, Message, NewMessage, Store, StoreError, UserKey, now_ms,
 };
@@ -71,6 +72,7 @@ pub fn c2c(
         } else {
             vec![to.clone(), from.clone()]
         },
+        amends: None,
     }
 }
 
@@ -89,6 +91,7 @@ pub fn s2c(to: &UserKey, body: impl Into<Bytes>) -> NewMessage {
             group: String::new(),
         },
         timelines: vec![to.clone()],
+        amends: None,
     }
 }
 
@@ -125,6 +128,8 @@ where
     a_bad_append_fails_alone(store.clone()).await;
     token_revocations_only_move_forward(store.clone()).await;
     conversation_views_are_per_user_and_replaced(store.clone()).await;
+    amendments_replace_the_message_and_a_recall_is_final(store.clone()).await;
+    concurrent_amendments_end_recalled(store.clone()).await;
     run_groups(store.clone()).await;
     store.close().await.expect("close");
     store.close().await.expect("close is idempotent");
@@ -992,6 +997,234 @@ pub async fn conversation_views_are_per_user_and_replaced(store: Arc<dyn Store>)
     );
 }
 
+/// An amend notice of `original` by its sender, replacing it by `content`
+/// (as core stores a recall or an edit).
+pub fn amend_notice(original: &Message, content: Content, client_msg_id: &str) -> NewMessage {
+    let replacement = original.with_content(content);
+    NewMessage {
+        message: Message {
+            id: next_id(),
+            kind: AMEND_KIND.into(),
+            body: Bytes::new(),
+            client_msg_id: client_msg_id.into(),
+            server_time_ms: now_ms(),
+            ..original.clone()
+        },
+        timelines: vec![original.to.clone(), original.from.clone()],
+        amends: Some(Box::new(Amendment {
+            message: replacement,
+        })),
+    }
+}
+
+fn edited(body: &'static str) -> Content {
+    Content {
+        kind: "text".into(),
+        body: Bytes::from_static(body.as_bytes()),
+        recalled: false,
+        edited_at_ms: now_ms(),
+    }
+}
+
+fn recalled() -> Content {
+    Content {
+        kind: "text".into(),
+        recalled: true,
+        ..Content::default()
+    }
+}
+
+/// A c2c from a fresh alice to a fresh bob (entry 1 on both timelines).
+async fn a_first_message(store: &Arc<dyn Store>) -> (UserKey, UserKey, Message) {
+    let alice = fresh_user("alice");
+    let bob = fresh_user("bob");
+    let sent = store
+        .append(c2c(&alice, &bob, "m1", "first"))
+        .await
+        .expect("append");
+    (alice, bob, sent.message.as_ref().clone())
+}
+
+/// An edit replaces the stored message (same id) and appends its notice to
+/// both timelines, in one step; a recall removes the body; a resend of a
+/// notice answers the first result; an amendment of a recalled message is
+/// refused with `Recalled`, storing nothing; so is one of a message that
+/// was never stored. The same on a group's timeline.
+pub async fn amendments_replace_the_message_and_a_recall_is_final(store: Arc<dyn Store>) {
+    let (alice, bob, original) = a_first_message(&store).await;
+    let edit = store
+        .append(amend_notice(&original, edited("second"), "e1"))
+        .await
+        .expect("edit");
+    assert_eq!(edit.seqs, vec![2, 2]);
+    let now = store
+        .message(original.id)
+        .await
+        .expect("read")
+        .expect("stored");
+    assert_eq!(now.id, original.id);
+    assert_eq!(now.content().body, Bytes::from_static(b"second"));
+    assert!(now.content().edited_at_ms > 0 && !now.is_recalled());
+    let page = store.entries_after(&bob, 0, 10).await.expect("entries");
+    assert_eq!(page.entries.len(), 2);
+    assert_eq!(
+        page.entries[0].message.content().body,
+        Bytes::from_static(b"second")
+    );
+    assert_eq!(page.entries[1].message.kind, AMEND_KIND);
+
+    let recall = store
+        .append(amend_notice(&now, recalled(), "r1"))
+        .await
+        .expect("recall");
+    assert_eq!(recall.seqs, vec![3, 3]);
+    let now = store
+        .message(original.id)
+        .await
+        .expect("read")
+        .expect("stored");
+    assert!(now.is_recalled());
+    assert!(now.content().body.is_empty(), "the body is gone");
+    let again = store
+        .append(amend_notice(&original, recalled(), "r1"))
+        .await
+        .expect("resend");
+    assert!(again.duplicate);
+    assert_eq!(
+        (again.message.id, again.seqs.clone()),
+        (recall.message.id, vec![3, 3])
+    );
+    let late = store
+        .append(amend_notice(&original, edited("third"), "e2"))
+        .await;
+    assert!(matches!(late, Err(StoreError::Recalled)), "{late:?}");
+    let late = store
+        .append(amend_notice(&original, recalled(), "r2"))
+        .await;
+    assert!(matches!(late, Err(StoreError::Recalled)), "{late:?}");
+    assert_eq!(store.timeline_head(&bob).await.expect("head"), 3);
+    assert_eq!(store.timeline_head(&alice).await.expect("head"), 3);
+    let now = store
+        .message(original.id)
+        .await
+        .expect("read")
+        .expect("stored");
+    assert!(now.is_recalled(), "a recall is final");
+    // The client_msg_id of a refused notice stays free.
+    let fresh = store
+        .append(c2c(&alice, &bob, "e2", "new"))
+        .await
+        .expect("append");
+    assert!(!fresh.duplicate);
+
+    let ghost = Message {
+        id: next_id(),
+        ..original.clone()
+    };
+    assert!(
+        store
+            .append(amend_notice(&ghost, edited("x"), ""))
+            .await
+            .is_err()
+    );
+    assert_eq!(store.message(ghost.id).await.expect("read"), None);
+    assert_eq!(store.timeline_head(&bob).await.expect("head"), 4);
+
+    // On a group's timeline.
+    let spec = fresh_group("amend");
+    store.put_group(&spec).await.expect("create");
+    store
+        .add_members(&spec.key, &members_of(&[&alice], Role::Member), MAX)
+        .await
+        .expect("add");
+    let posted = store
+        .group_append(group_msg(&alice, &spec.key, "g1", "post"))
+        .await
+        .expect("post");
+    let post = posted.message.as_ref().clone();
+    let group_notice = |content: Content, cmid: &str| NewGroupMessage {
+        message: Message {
+            id: next_id(),
+            kind: AMEND_KIND.into(),
+            body: Bytes::new(),
+            client_msg_id: cmid.into(),
+            ..post.clone()
+        },
+        group: spec.key.clone(),
+        check_sender: false,
+        amends: Some(Box::new(Amendment {
+            message: post.with_content(content),
+        })),
+    };
+    let done = store
+        .group_append(group_notice(recalled(), "gr1"))
+        .await
+        .expect("group recall");
+    assert_eq!(done.seqs, vec![2]);
+    assert!(
+        store
+            .message(post.id)
+            .await
+            .expect("read")
+            .expect("stored")
+            .is_recalled()
+    );
+    let late = store.group_append(group_notice(edited("x"), "ge1")).await;
+    assert!(matches!(late, Err(StoreError::Recalled)), "{late:?}");
+    let page = store
+        .group_entries_after(&spec.key, 0, 10)
+        .await
+        .expect("entries");
+    assert_eq!(page.head, 2);
+    assert!(page.entries[0].message.is_recalled());
+}
+
+/// A recall and edits of one message submitted at once: exactly one
+/// recall is stored, the message ends recalled, and every edit stored
+/// before it (none after) got its notice.
+pub async fn concurrent_amendments_end_recalled(store: Arc<dyn Store>) {
+    let (_, bob, original) = a_first_message(&store).await;
+    let mut tasks = JoinSet::new();
+    for i in 0..12 {
+        let (store, original) = (store.clone(), original.clone());
+        tasks.spawn(async move {
+            let content = if i % 4 == 0 {
+                recalled()
+            } else {
+                edited("edit")
+            };
+            let recall = content.recalled;
+            let r = store
+                .append(amend_notice(&original, content, &format!("a{i}")))
+                .await;
+            (recall, r.map(|a| a.seqs[0]))
+        });
+    }
+    let mut recalls = Vec::new();
+    let mut edits = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        match done.expect("task") {
+            (true, Ok(seq)) => recalls.push(seq),
+            (false, Ok(seq)) => edits.push(seq),
+            (_, Err(StoreError::Recalled)) => {}
+            (_, Err(e)) => panic!("unexpected error: {e:?}"),
+        }
+    }
+    assert_eq!(recalls.len(), 1, "exactly one recall is stored");
+    assert!(
+        edits.iter().all(|&s| s < recalls[0]),
+        "no edit after the recall: {edits:?} vs {recalls:?}"
+    );
+    let now = store
+        .message(original.id)
+        .await
+        .expect("read")
+        .expect("stored");
+    assert!(now.is_recalled() && now.content().body.is_empty());
+    let head = store.timeline_head(&bob).await.expect("head");
+    assert_eq!(head, 1 + 1 + edits.len() as u64);
+}
+
 pub async fn token_revocations_only_move_forward(store: Arc<dyn Store>) {
     let alice = fresh_user("alice");
     let bob = fresh_user("bob");
@@ -1077,6 +1310,7 @@ pub fn group_msg(
         },
         group: group.clone(),
         check_sender: true,
+        amends: None,
     }
 }
 

@@ -56,6 +56,7 @@ pub async fn run(store: Arc<dyn Store>, n: u64, c: u64) -> (Duration, Vec<Durati
                         group: String::new(),
                     },
                     timelines: vec![to, from],
+                    amends: None,
                 };
                 let t0 = Instant::now();
                 let a = store.append(msg).await.expect("append");

@@ -214,6 +214,10 @@ impl Reads for FjallReads {
         read::conversation_view(&self.0, user)
     }
 
+    fn message(&mut self, msg_id: u64) -> Result<Option<Message>, StoreError> {
+        read::message_if_any(&self.0, msg_id)
+    }
+
     fn ping(&mut self) -> Result<(), StoreError> {
         if self.0.poisoned.load(Ordering::Acquire) {
             return Err(StoreError::Unavailable(

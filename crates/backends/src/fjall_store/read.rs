@@ -336,6 +336,15 @@ pub fn group_entries_after(
     Ok(Page { entries, head })
 }
 
+/// A stored message by id, `None` when absent.
+pub fn message_if_any(ks: &Keyspaces, msg_id: u64) -> Result<Option<Message>, StoreError> {
+    ks.messages
+        .get(msg_id.to_be_bytes())
+        .map_err(fjall_error)?
+        .map(|v| keys::decode_message(&v))
+        .transpose()
+}
+
 /// A stored message (the writer's read of a de-duplicated first message).
 pub fn message(ks: &Keyspaces, msg_id: u64) -> Result<Message, StoreError> {
     message_at(&ks.db.snapshot(), ks, msg_id)

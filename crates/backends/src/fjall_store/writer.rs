@@ -17,6 +17,7 @@ use fjall::{OwnedWriteBatch as WriteBatch, PersistMode, Readable, Snapshot};
 use switchboard_core::group::{
     GroupKey, GroupRefusal, MembersChanged, NewGroupMessage, PostPolicy, Role,
 };
+use switchboard_core::model::Amendment;
 use switchboard_core::stats;
 use switchboard_core::store::OutboxReceipt;
 use switchboard_core::{Appended, BusEvent, Message, NewMessage, StoreError, UserKey, now_ms};
@@ -51,6 +52,8 @@ struct Batch {
     /// De-dup key → the first append's result.
     dedupe: HashMap<Vec<u8>, (Arc<Message>, Vec<u64>)>,
     msg_ids: HashSet<u64>,
+    /// Messages recalled in this group.
+    recalled: HashSet<u64>,
     /// Outbox de-dup key → event id.
     outbox_dedupe: HashMap<Vec<u8>, u64>,
     event_ids: HashSet<u64>,
@@ -182,6 +185,7 @@ impl Writer {
             wb: self.ks.db.batch().durability(Some(PersistMode::SyncAll)),
             dedupe: HashMap::new(),
             msg_ids: HashSet::new(),
+            recalled: HashSet::new(),
             outbox_dedupe: HashMap::new(),
             event_ids: HashSet::new(),
             delivered: HashSet::new(),
@@ -430,6 +434,9 @@ fn append(
         seqs.push(head + 1);
     }
 
+    if let Some(a) = &msg.amends {
+        amend(ks, b, a)?;
+    }
     b.wb.insert(&ks.messages, m.id.to_be_bytes(), keys::encode_message(m));
     for (key, &seq) in timeline_keys.iter().zip(&seqs) {
         b.wb.insert(&ks.timelines, keys::timeline(key, seq), m.id.to_be_bytes());
@@ -439,7 +446,9 @@ fn append(
         keys::with_u64(&keys::direction(&from, &to), m.id),
         [],
     );
-    let NewMessage { message, timelines } = msg;
+    let NewMessage {
+        message, timelines, ..
+    } = msg;
     let message = Arc::new(message);
     if let Some(key) = dedupe_key {
         let created = now_ms();
@@ -461,6 +470,34 @@ fn append(
         seqs,
         duplicate: false,
     })
+}
+
+/// Replaces a stored message by its amended form (the last step of an
+/// amend notice's append, so a refusal leaves nothing of it in the batch).
+/// A recalled message stays recalled.
+fn amend(ks: &Keyspaces, b: &mut Batch, a: &Amendment) -> Result<(), Failure> {
+    let id = a.message.id;
+    let stored = match ks.messages.get(id.to_be_bytes())? {
+        Some(v) => Some(keys::decode_message(&v).map_err(Failure::Reject)?),
+        None => None,
+    };
+    if b.recalled.contains(&id) || stored.as_ref().is_some_and(Message::is_recalled) {
+        return Err(Failure::Reject(StoreError::Recalled));
+    }
+    if stored.is_none() && !b.msg_ids.contains(&id) {
+        return Err(Failure::Reject(StoreError::Invalid(format!(
+            "no message {id} to amend"
+        ))));
+    }
+    b.wb.insert(
+        &ks.messages,
+        id.to_be_bytes(),
+        keys::encode_message(&a.message),
+    );
+    if a.message.is_recalled() {
+        b.recalled.insert(id);
+    }
+    Ok(())
 }
 
 fn outbox_append(
@@ -821,7 +858,7 @@ impl Writer {
                     members: rec.members,
                 }))
             }
-            GroupOp::Append(msg) => self.group_append(b, &snap, msg).map(GroupDone::Appended),
+            GroupOp::Append(msg) => self.group_append(b, &snap, *msg).map(GroupDone::Appended),
         }
     }
 
@@ -905,6 +942,9 @@ impl Writer {
             ))));
         }
         let seq = self.groups.head(&ks, snap, &gk).map_err(Failure::Abort)? + 1;
+        if let Some(a) = &msg.amends {
+            amend(&ks, b, a)?;
+        }
         b.wb.insert(&ks.messages, m.id.to_be_bytes(), keys::encode_message(m));
         b.wb.insert(
             &ks.group_timelines,

@@ -15,6 +15,7 @@ use switchboard_core::group::{
     Group, GroupKey, GroupRefusal, GroupSpec, GroupState, Member, MembersChanged, NewGroupMessage,
     PostPolicy, Role,
 };
+use switchboard_core::model::RECALLED_KIND;
 use switchboard_core::{Appended, Entry, Page, StoreError, UserKey, now_ms};
 use tokio_postgres::Row;
 
@@ -522,6 +523,22 @@ pub async fn group_append(conn: &mut Object, msg: NewGroupMessage) -> Result<App
             Some(Some(_)) => {}
         }
     }
+    if let Some(a) = &msg.amends {
+        // Locked until COMMIT: a concurrent recall is seen.
+        let open = tx
+            .query_opt(
+                &format!(
+                    "SELECT 1 FROM message WHERE msg_id = $1 AND kind <> '{RECALLED_KIND}'
+                     FOR UPDATE"
+                ),
+                &[&(a.message.id as i64)],
+            )
+            .await
+            .map_err(unavailable)?;
+        if open.is_none() {
+            return Err(StoreError::Recalled);
+        }
+    }
     let inserted = tx
         .execute(
             "INSERT INTO message
@@ -549,6 +566,18 @@ pub async fn group_append(conn: &mut Object, msg: NewGroupMessage) -> Result<App
             "message id {} is already stored",
             m.id
         )));
+    }
+    if let Some(a) = &msg.amends {
+        tx.execute(
+            "UPDATE message SET kind = $2, body = $3 WHERE msg_id = $1",
+            &[
+                &(a.message.id as i64),
+                &a.message.kind,
+                &a.message.body.as_ref(),
+            ],
+        )
+        .await
+        .map_err(unavailable)?;
     }
     let seq: i64 = tx
         .query_one(

@@ -435,6 +435,16 @@ impl Store for PgStore {
             .await
     }
 
+    async fn message(&self, id: u64) -> Result<Option<Message>, StoreError> {
+        self.check_open()?;
+        self.inner
+            .bounded(async {
+                let conn = self.inner.conn().await?;
+                read::message(&conn, id).await
+            })
+            .await
+    }
+
     async fn conversation_view(&self, user: &UserKey) -> Result<Option<bytes::Bytes>, StoreError> {
         self.check_open()?;
         self.inner

@@ -200,6 +200,17 @@ pub async fn revoke_tokens(
 }
 
 /// The user's conversation view, `None` when none was stored.
+/// A stored message by id, `None` when absent.
+pub async fn message(conn: &Object, msg_id: u64) -> Result<Option<Message>, StoreError> {
+    let sql = format!("SELECT {MESSAGE_COLUMNS} FROM message m WHERE m.msg_id = $1");
+    let stmt = conn.prepare_cached(&sql).await.map_err(unavailable)?;
+    let row = conn
+        .query_opt(&stmt, &[&(msg_id as i64)])
+        .await
+        .map_err(unavailable)?;
+    row.map(|r| message_from_row(&r, 0)).transpose()
+}
+
 pub async fn conversation_view(
     conn: &Object,
     user: &UserKey,

@@ -28,6 +28,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use switchboard_core::model::RECALLED_KIND;
 use switchboard_core::stats;
 use switchboard_core::{Appended, NewMessage, StoreError, UserKey, now_ms};
 use tokio::sync::{mpsc, oneshot};
@@ -185,10 +186,44 @@ async fn run_batch(inner: &Inner, jobs: Vec<Job>) {
     }
 }
 
-/// Rejects a msg_id used twice in the batch and links resends inside it.
+/// The id of the message an amend notice amends.
+fn amended_id(msg: &NewMessage) -> i64 {
+    msg.amends.as_ref().map_or(0, |a| a.message.id as i64)
+}
+
+/// Gives back the de-dup keys that appends `which` claimed (they are
+/// refused, nothing of them is stored).
+async fn release_claims(
+    tx: &deadpool_postgres::Transaction<'_>,
+    msgs: &[NewMessage],
+    claimed: &HashSet<usize>,
+    which: &[usize],
+) -> Result<(), BatchError> {
+    let release: Vec<usize> = which
+        .iter()
+        .copied()
+        .filter(|i| claimed.contains(i))
+        .collect();
+    if !release.is_empty() {
+        let stmt = tx
+            .prepare_cached(
+                "DELETE FROM dedupe d
+                 USING unnest($1::text[], $2::text[], $3::text[]) AS t(a, u, c)
+                 WHERE d.app = t.a AND d.uid = t.u AND d.client_msg_id = t.c",
+            )
+            .await?;
+        let (apps, uids, cmids, _) = key_columns(msgs, &release);
+        tx.execute(&stmt, &[&apps, &uids, &cmids]).await?;
+    }
+    Ok(())
+}
+
+/// Rejects a msg_id used twice in the batch and an amendment of a message
+/// an earlier append of the batch recalls, and links resends inside it.
 fn plan(msgs: &[NewMessage]) -> Vec<Plan> {
     let mut keys: HashMap<(&UserKey, &str), usize> = HashMap::new();
     let mut ids: HashSet<u64> = HashSet::new();
+    let mut recalled: HashSet<u64> = HashSet::new();
     msgs.iter()
         .enumerate()
         .map(|(i, msg)| {
@@ -203,6 +238,14 @@ fn plan(msgs: &[NewMessage]) -> Vec<Plan> {
                     "message id {} is already stored",
                     msg.message.id
                 )));
+            }
+            if let Some(a) = &msg.amends {
+                if recalled.contains(&a.message.id) {
+                    return Plan::Reject(StoreError::Recalled);
+                }
+                if a.message.is_recalled() {
+                    recalled.insert(a.message.id);
+                }
             }
             Plan::Store
         })
@@ -306,6 +349,41 @@ async fn store_batch(
         .copied()
         .filter(|i| !dup_set.contains(i))
         .collect();
+
+    // 3a. Amendments (recall, edit): the message must be stored and not
+    // recalled; its row is locked until COMMIT, so a concurrent recall on
+    // another node is seen (READ COMMITTED re-checks a locked row).
+    let amending: Vec<usize> = to_store
+        .iter()
+        .copied()
+        .filter(|&i| msgs[i].amends.is_some())
+        .collect();
+    if !amending.is_empty() {
+        let stmt = tx
+            .prepare_cached(&format!(
+                "SELECT msg_id FROM message WHERE msg_id = ANY($1) AND kind <> '{RECALLED_KIND}'
+                 ORDER BY msg_id FOR UPDATE"
+            ))
+            .await?;
+        let ids: Vec<i64> = amending.iter().map(|&i| amended_id(&msgs[i])).collect();
+        let mut open: HashSet<i64> = HashSet::new();
+        for row in tx.query(&stmt, &[&ids]).await? {
+            open.insert(row.try_get(0).map_err(corrupt)?);
+        }
+        let refused: Vec<usize> = amending
+            .iter()
+            .copied()
+            .filter(|&i| !open.contains(&amended_id(&msgs[i])))
+            .collect();
+        if !refused.is_empty() {
+            release_claims(&tx, msgs, &claimed, &refused).await?;
+            for &i in &refused {
+                results[i] = Some(Err(StoreError::Recalled));
+            }
+            to_store.retain(|i| !refused.contains(i));
+        }
+    }
+
     if !to_store.is_empty() {
         let stmt = tx
             .prepare_cached(
@@ -349,22 +427,7 @@ async fn store_batch(
         if !reused.is_empty() {
             // A reused message id is the caller's bug: reject that append
             // alone and give its de-dup key back.
-            let release: Vec<usize> = reused
-                .iter()
-                .copied()
-                .filter(|i| claimed.contains(i))
-                .collect();
-            if !release.is_empty() {
-                let stmt = tx
-                    .prepare_cached(
-                        "DELETE FROM dedupe d
-                         USING unnest($1::text[], $2::text[], $3::text[]) AS t(a, u, c)
-                         WHERE d.app = t.a AND d.uid = t.u AND d.client_msg_id = t.c",
-                    )
-                    .await?;
-                let (apps, uids, cmids, _) = key_columns(msgs, &release);
-                tx.execute(&stmt, &[&apps, &uids, &cmids]).await?;
-            }
+            release_claims(&tx, msgs, &claimed, &reused).await?;
             for &i in &reused {
                 results[i] = Some(Err(StoreError::Invalid(format!(
                     "message id {} is already stored",
@@ -372,6 +435,18 @@ async fn store_batch(
                 ))));
             }
             to_store.retain(|i| !reused.contains(i));
+        }
+    }
+
+    // 3b. The amended messages' new content, in batch order.
+    for &i in &to_store {
+        if let Some(a) = &msgs[i].amends {
+            let stmt = tx
+                .prepare_cached("UPDATE message SET kind = $2, body = $3 WHERE msg_id = $1")
+                .await?;
+            let id = a.message.id as i64;
+            tx.execute(&stmt, &[&id, &a.message.kind, &a.message.body.as_ref()])
+                .await?;
         }
     }
 
@@ -547,6 +622,7 @@ fn copy_error(e: &StoreError) -> StoreError {
         StoreError::Invalid(s) => StoreError::Invalid(s.clone()),
         StoreError::Corrupt(s) => StoreError::Corrupt(s.clone()),
         StoreError::Group(r) => StoreError::Group(*r),
+        StoreError::Recalled => StoreError::Recalled,
     }
 }
 
@@ -570,6 +646,7 @@ mod tests {
                 group: String::new(),
             },
             timelines: vec![b, a],
+            amends: None,
         }
     }
 

@@ -178,6 +178,10 @@ impl Reads for Connection {
         read::conversation_view(self, user)
     }
 
+    fn message(&mut self, msg_id: u64) -> Result<Option<Message>, StoreError> {
+        read::message_by_id(self, msg_id)
+    }
+
     fn ping(&mut self) -> Result<(), StoreError> {
         self.query_row("SELECT 1", [], |_| Ok(()))
             .map_err(unavailable)

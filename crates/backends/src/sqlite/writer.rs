@@ -16,6 +16,7 @@ use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use switchboard_core::model::{Amendment, RECALLED_KIND};
 use switchboard_core::stats;
 use switchboard_core::store::OutboxReceipt;
 use switchboard_core::{Appended, BusEvent, NewMessage, StoreError, UserKey, now_ms};
@@ -319,6 +320,9 @@ fn append(
     }
 
     let m = &msg.message;
+    if let Some(a) = &msg.amends {
+        check_amendment(tx, a)?;
+    }
     // INSERT OR IGNORE: a reused message id is the caller's bug; reject that
     // one command instead of failing the whole group.
     let inserted = tx
@@ -345,6 +349,9 @@ fn append(
             "message id {} is already stored",
             m.id
         ))));
+    }
+    if let Some(a) = &msg.amends {
+        write_amendment(tx, a)?;
     }
 
     let mut seqs = Vec::with_capacity(msg.timelines.len());
@@ -374,13 +381,43 @@ fn append(
         )?
         .execute(params![from.app, from.uid, cmid, m.id as i64, encode_seqs(&seqs), now_ms()])?;
     }
-    let NewMessage { message, timelines } = msg;
+    let NewMessage {
+        message, timelines, ..
+    } = msg;
     touched.extend(timelines);
     Ok(Appended {
         message: Arc::new(message),
         seqs,
         duplicate: false,
     })
+}
+
+/// Refuses an amendment of a recalled message (a recall is final) or of
+/// none; reads only, so a refusal leaves nothing of the command behind.
+fn check_amendment(tx: &Transaction<'_>, a: &Amendment) -> Result<(), Failure> {
+    let kind: Option<String> = tx
+        .prepare_cached("SELECT kind FROM message WHERE msg_id = ?1")?
+        .query_row(params![a.message.id as i64], |r| r.get(0))
+        .optional()?;
+    match kind {
+        None => Err(Failure::Reject(StoreError::Invalid(format!(
+            "no message {} to amend",
+            a.message.id
+        )))),
+        Some(k) if k == RECALLED_KIND => Err(Failure::Reject(StoreError::Recalled)),
+        Some(_) => Ok(()),
+    }
+}
+
+/// Replaces a message by its amended form ([`check_amendment`] passed).
+fn write_amendment(tx: &Transaction<'_>, a: &Amendment) -> Result<(), Failure> {
+    tx.prepare_cached("UPDATE message SET kind = ?2, body = ?3 WHERE msg_id = ?1")?
+        .execute(params![
+            a.message.id as i64,
+            a.message.kind,
+            a.message.body.as_ref()
+        ])?;
+    Ok(())
 }
 
 fn outbox_append(
@@ -654,7 +691,7 @@ fn group_op(tx: &Transaction<'_>, op: GroupOp) -> Result<GroupDone, Failure> {
                 members: count,
             }))
         }
-        GroupOp::Append(msg) => group_append(tx, msg).map(GroupDone::Appended),
+        GroupOp::Append(msg) => group_append(tx, *msg).map(GroupDone::Appended),
     }
 }
 
@@ -709,6 +746,9 @@ fn group_append(tx: &Transaction<'_>, msg: NewGroupMessage) -> Result<Appended, 
             Some(_) => {}
         }
     }
+    if let Some(a) = &msg.amends {
+        check_amendment(tx, a)?;
+    }
     let inserted = tx
         .prepare_cached(
             "INSERT OR IGNORE INTO message
@@ -733,6 +773,9 @@ fn group_append(tx: &Transaction<'_>, msg: NewGroupMessage) -> Result<Appended, 
             "message id {} is already stored",
             m.id
         ))));
+    }
+    if let Some(a) = &msg.amends {
+        write_amendment(tx, a)?;
     }
     let seq: i64 = tx
         .prepare_cached("UPDATE grp SET head = head + 1 WHERE id = ?1 RETURNING head")?
