@@ -11,15 +11,20 @@
 // conversation is marked read as its messages are shown, the peer's read
 // receipts put a "read" mark under this user's messages, and typing sends
 // a transient "typing" message (at most one per 3 s) that the other side
-// shows for 4 s.
+// shows for 4 s. This user's own messages can be recalled ("message
+// recalled" keeps their place) and edited (shown with "(edited)"); the
+// `amended` notices update the lines held, here and in localStorage.
 
 import {
+  type AmendedEvent,
   Client,
   type Conversation as Listed,
   LocalStorageCursor,
   type Message,
   type ReceiptEvent,
+  ServerError,
   bodyText,
+  codeName,
 } from "@switchboard/sdk";
 import { fill, h, time } from "./dom.js";
 import { HttpError, demoToken } from "./http.js";
@@ -38,6 +43,12 @@ interface Line {
   mine: boolean;
   status?: Status;
   error?: string;
+  /** Recalled: the text is gone, the line keeps its place. */
+  recalled?: boolean;
+  /** Edited at this time (ms); `text` is the edited text. */
+  editedAt?: number;
+  /** Why this user's last recall or edit of the line was refused. */
+  amendError?: string;
 }
 
 interface Conversation {
@@ -65,6 +76,8 @@ const TYPING_SEND_MS = 3000;
 const TYPING_SHOW_MS = 4000;
 /** The inputs whose text a render keeps: the message being written, the peer of a new chat. */
 const DRAFTS = ["text", "new-peer"];
+/** How a recalled message shows, in the chat and as a conversation's last line. */
+const RECALLED = "message recalled";
 
 /** The group id of a conversation key, or null for a one-to-one conversation. */
 function groupOf(peer: string): string | null {
@@ -81,6 +94,8 @@ let root: HTMLElement | null = null;
 const typing = new Map<string, { who: string; until: number }>();
 /** The last "typing" sent: to which conversation, when. */
 let typingSent = { peer: "", at: 0 };
+/** The own line being edited in the compose box (its conversation and key), if any. */
+let editing: { peer: string; key: string } | null = null;
 
 const storeKey = () => `sb-console:convs:${me}`;
 
@@ -134,16 +149,32 @@ function textOf(m: Message): string {
 function lineOf(seq: bigint | undefined, m: Message): Line {
   const from = m.from?.uid ?? "";
   const mine = from === me;
-  return {
+  const line: Line = {
     key: seq === undefined ? `online-${m.msgId}` : String(seq),
     seq: seq === undefined ? undefined : String(seq),
     msgId: String(m.msgId),
     from: from === "" ? SYSTEM : from,
-    text: textOf(m),
+    text: "",
     at: Number(m.serverTimeMs),
     mine,
     status: mine ? "stored" : undefined,
   };
+  setContent(line, m);
+  return line;
+}
+
+/** A line takes a message's content as it is now: recalled, edited, or as sent. */
+function setContent(line: Line, m: Message): void {
+  line.text = m.recalled ? "" : textOf(m);
+  line.recalled = m.recalled || undefined;
+  line.editedAt = m.editedAtMs > 0n ? Number(m.editedAtMs) : undefined;
+}
+
+/** The conversation of a one-to-one message: the other user (or the system's). */
+function peerOf(m: Message): string {
+  const from = m.from?.uid ?? "";
+  // My own sends from another device come back on my timeline.
+  return from === me ? (m.to?.uid ?? "") : from === "" ? SYSTEM : from;
 }
 
 /** Adds a received line to conversation `key` (once per seq), counts it unread or reads it. */
@@ -165,11 +196,19 @@ function addLine(key: string, line: Line): void {
 }
 
 function received(seq: bigint | undefined, m: Message): void {
-  const from = m.from?.uid ?? "";
-  const to = m.to?.uid ?? "";
-  // My own sends from another device come back on my timeline.
-  const peer = from === me ? to : from === "" ? SYSTEM : from;
-  addLine(peer, lineOf(seq, m));
+  addLine(peerOf(m), lineOf(seq, m));
+}
+
+/** A message was recalled or edited: the line holding it takes its content now (none held: nothing to show). */
+function amended(e: AmendedEvent): void {
+  const m = e.amended;
+  const c = convs.get(e.group !== "" ? GROUP + e.group : peerOf(m));
+  const line = c?.lines.find((l) => l.msgId === String(m.msgId));
+  if (line === undefined) return;
+  setContent(line, m);
+  line.amendError = undefined;
+  save();
+  render();
 }
 
 function receivedGroup(group: string, seq: bigint, m: Message): void {
@@ -205,8 +244,12 @@ function listed(s: Listed): void {
   if (key === "") return;
   const c = conv(key);
   const last = s.last?.seq ?? 0n;
+  const m = s.last?.message;
   // Older than anything this device holds (another device's history): show the last message at least.
-  if (c.lines.length === 0 && s.last?.message !== undefined) c.lines.push(lineOf(last, s.last.message));
+  if (c.lines.length === 0 && m !== undefined) c.lines.push(lineOf(last, m));
+  // The last message as it is now (recalled or edited since this device got it).
+  const held = m === undefined ? undefined : c.lines.find((l) => l.msgId === String(m.msgId));
+  if (held !== undefined && m !== undefined) setContent(held, m);
   // What arrived after the server made the list is counted on top.
   const later = c.lines.filter((l) => !l.mine && l.seq !== undefined && BigInt(l.seq) > last).length;
   c.unread = Number(s.unread) + later;
@@ -303,6 +346,60 @@ async function send(peer: string, text: string): Promise<void> {
   render();
 }
 
+/** Why a request was refused, short: the protocol's code name when the server said no. */
+function why(e: unknown): string {
+  if (e instanceof ServerError) return codeName(e.code);
+  return e instanceof Error ? e.message : String(e);
+}
+
+/** Recalls one of this user's messages; a refusal (e.g. past the app's window) shows under it. */
+async function recall(line: Line): Promise<void> {
+  if (client === null || line.msgId === undefined) return;
+  line.amendError = undefined;
+  try {
+    // Its notice is not shown back to this client: the line changes here.
+    await client.recall(BigInt(line.msgId));
+    line.text = "";
+    line.recalled = true;
+  } catch (e) {
+    line.amendError = `recall refused: ${why(e)}`;
+  }
+  save();
+  render();
+}
+
+/** Replaces the text of one of this user's messages; a refusal shows under it. */
+async function edit(line: Line, text: string): Promise<void> {
+  if (client === null || line.msgId === undefined) return;
+  line.amendError = undefined;
+  try {
+    await client.edit(BigInt(line.msgId), JSON.stringify({ text }));
+    line.text = text;
+    line.editedAt = Date.now();
+  } catch (e) {
+    line.amendError = `edit refused: ${why(e)}`;
+  }
+  save();
+  render();
+}
+
+/** Puts an own line's text in the compose box to edit it. */
+function startEdit(peer: string, line: Line): void {
+  editing = { peer, key: line.key };
+  render();
+  const input = document.getElementById("text") as HTMLInputElement | null;
+  if (input === null) return;
+  input.value = line.text;
+  input.focus();
+}
+
+function stopEdit(): void {
+  editing = null;
+  const input = document.getElementById("text") as HTMLInputElement | null;
+  if (input !== null) input.value = "";
+  render();
+}
+
 function setConn(state: string, detail = ""): void {
   const el = document.getElementById("conn");
   if (el === null) return;
@@ -330,6 +427,7 @@ async function login(uid: string, pasted: string): Promise<void> {
   });
   client.on("message", ({ seq, message }) => received(seq, message));
   client.on("receipt", receipt);
+  client.on("amended", amended);
   client.on("online", ({ message }) => online(message));
   client.on("groupMessage", ({ group, seq, message }) => receivedGroup(group, seq, message));
   client.on("groupLeft", ({ group, name }) => leftGroup(group, name));
@@ -410,7 +508,7 @@ function listView(): HTMLElement {
           { class: c.peer === active ? "conv active" : "conv", "data-peer": c.peer, onclick: () => open(c.peer) },
           h("span", { class: "peer" }, c.peer),
           c.unread > 0 ? h("span", { class: "badge", "data-unread": c.unread }, String(c.unread)) : null,
-          h("span", { class: "last" }, last === undefined ? "" : `${who(c, last)}${last.text}`),
+          h("span", { class: "last" }, last === undefined ? "" : `${who(c, last)}${last.recalled ? RECALLED : last.text}`),
         );
       }),
     ),
@@ -450,15 +548,32 @@ function paneView(): HTMLElement {
   if (active === null) return h("section", { class: "pane empty" }, h("p", {}, "Pick a conversation, or start one."));
   const c = conv(active);
   const peer = active;
-  const text = h("input", { id: "text", placeholder: `message ${active}`, autocomplete: "off", oninput: () => typed(peer) });
-  const form = h("form", { id: "compose" }, text, h("button", { type: "submit" }, "Send"));
+  const edited = editing?.peer === peer ? c.lines.find((l) => l.key === editing?.key && !l.recalled) : undefined;
+  const text = h("input", {
+    id: "text",
+    placeholder: edited === undefined ? `message ${active}` : "edit the message",
+    autocomplete: "off",
+    oninput: () => typed(peer),
+  });
+  const form = h(
+    "form",
+    { id: "compose", class: edited === undefined ? undefined : "editing" },
+    text,
+    edited === undefined ? null : h("button", { type: "button", id: "cancel-edit", onclick: stopEdit }, "Cancel"),
+    h("button", { type: "submit" }, edited === undefined ? "Send" : "Save"),
+  );
   const inGroup = groupOf(peer) !== null;
   form.addEventListener("submit", (ev) => {
     ev.preventDefault();
     const t = text.value;
     if (t.trim() === "") return;
     text.value = "";
-    void send(peer, t);
+    if (edited !== undefined) {
+      editing = null;
+      void edit(edited, t);
+    } else {
+      void send(peer, t);
+    }
   });
   const read = readLines(c);
   const lines = h(
@@ -468,16 +583,33 @@ function paneView(): HTMLElement {
       h(
         "li",
         {
-          class: l.mine ? "msg mine" : "msg",
+          class: `${l.mine ? "msg mine" : "msg"}${l.recalled ? " recalled" : ""}${l === edited ? " editing" : ""}`,
           "data-seq": l.seq,
           "data-from": l.from,
           "data-status": l.status,
           "data-read": read.has(l) ? "read" : undefined,
+          "data-recalled": l.recalled,
+          "data-edited": l.editedAt !== undefined && !l.recalled ? "edited" : undefined,
           title: l.error ?? (l.seq === undefined ? "" : `seq ${l.seq}`),
         },
         inGroup && !l.mine ? h("span", { class: "from" }, l.from) : null,
-        h("span", { class: "text" }, l.text),
-        h("span", { class: "meta" }, time(l.at), l.mine ? h("span", { class: "mark" }, ` ${mark(l, read.has(l))}`) : null),
+        h("span", { class: "text" }, l.recalled ? RECALLED : l.text),
+        h(
+          "span",
+          { class: "meta" },
+          l.editedAt !== undefined && !l.recalled ? h("span", { class: "edited" }, "(edited) ") : null,
+          time(l.at),
+          l.mine ? h("span", { class: "mark" }, ` ${mark(l, read.has(l))}`) : null,
+        ),
+        amendable(peer, l)
+          ? h(
+              "span",
+              { class: "actions" },
+              h("button", { type: "button", class: "edit", onclick: () => startEdit(peer, l) }, "edit"),
+              h("button", { type: "button", class: "recall", onclick: () => void recall(l) }, "recall"),
+            )
+          : null,
+        l.amendError === undefined ? null : h("span", { class: "amend-error" }, l.amendError),
       ),
     ),
   );
@@ -499,7 +631,17 @@ function paneView(): HTMLElement {
   );
 }
 
+/**
+ * Whether this user may try to recall or edit a line: one of theirs, stored,
+ * not recalled. The app's windows are not known here: the server's refusal
+ * shows under the line.
+ */
+function amendable(peer: string, l: Line): boolean {
+  return peer !== SYSTEM && l.mine && l.status === "stored" && l.msgId !== undefined && !l.recalled;
+}
+
 function open(peer: string): void {
+  if (active !== peer) editing = null;
   active = peer;
   conv(peer).unread = 0;
   markShown();

@@ -32,6 +32,28 @@ interface ApiMessage {
   server_time_ms: number;
   /** Set on a read receipt (`type` and the body are then empty). */
   read?: { peer: { app: string; uid: string } | null; group: string | null; seq: number; msg_id: string };
+  /** Set on a recall or edit notice (`type` and the body are then empty): the message as it is now. */
+  amended?: ApiMessage;
+  /** The message was recalled (its body is gone). */
+  recalled?: boolean;
+  /** The message was edited at this time. */
+  edited_at_ms?: number;
+}
+
+/** The type column of a timeline entry: the app's type, or what kind of entry it is. */
+function kindOf(m: ApiMessage): string {
+  if (m.read !== undefined) return "(read)";
+  if (m.amended !== undefined) return m.amended.recalled === true ? "(recall)" : "(edit)";
+  return m.type;
+}
+
+/** The body column of a timeline entry. */
+function bodyOf(m: ApiMessage): string {
+  if (m.read !== undefined) return `read ${m.read.group ? `#${m.read.group}` : (m.read.peer?.uid ?? "")} up to ${m.read.seq}`;
+  if (m.amended !== undefined) return `${m.amended.recalled === true ? "recalled" : "edited"} ${m.amended.msg_id}`;
+  if (m.recalled === true) return "(recalled)";
+  const body = m.body ?? `base64 ${m.body_base64}`;
+  return m.edited_at_ms === undefined ? body : `${body} (edited)`;
 }
 
 interface Timeline {
@@ -133,10 +155,8 @@ function timelineForm(): HTMLElement {
               time(m.server_time_ms),
               m.from.uid === "" ? "(system)" : `${m.from.app}/${m.from.uid}`,
               `${m.to.app}/${m.to.uid}`,
-              m.read === undefined ? m.type : "(read)",
-              m.read === undefined
-                ? (m.body ?? `base64 ${m.body_base64}`)
-                : `read ${m.read.group ? `#${m.read.group}` : (m.read.peer?.uid ?? "")} up to ${m.read.seq}`,
+              kindOf(m),
+              bodyOf(m),
             ]),
             "timeline-table",
           ),

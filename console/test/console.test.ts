@@ -6,6 +6,8 @@
 // missed once, in order. Then the operator page, and a group conversation
 // (made over the HTTP API) with a member removed. Then the server's unread
 // counts at login, the "read" mark from the peer's receipt, and "typing…".
+// Then a message edited and one recalled, on both sides, in the lists and
+// on the operator page.
 // Screenshots go to a temp
 // dir, or to docs/ (the README's pictures) with SWITCHBOARD_SCREENSHOTS=docs,
 // so a test run leaves the tracked pictures alone.
@@ -248,4 +250,84 @@ it("the unread badge comes from the server at login; the peer's read and typing 
   phone.close();
   await erin.close();
   await frank.close();
+});
+
+it("own messages are edited and recalled: both sides show it in the chat and the list, kept across a reload", async () => {
+  const ivy = await browser.newContext({ viewport: VIEW });
+  const jack = await browser.newContext({ viewport: VIEW });
+  const pi = await ivy.newPage();
+  let pj = await jack.newPage();
+  await logIn(pi, "ivy");
+  await logIn(pj, "jack");
+
+  await pi.fill("#new-peer", "jack");
+  await pi.press("#new-peer", "Enter");
+  for (const t of ["meet at noon", "the secret plan"]) await say(pi, t);
+  await pj.click('li.conv[data-peer="ivy"]');
+  await expect.poll(() => texts(pj)).toEqual(["meet at noon", "the secret plan"]);
+  // Only one's own messages have the actions.
+  expect(await pj.locator("#messages li .actions").count()).toBe(0);
+
+  // Ivy edits the first one in the compose box.
+  const first = pi.locator("#messages li.mine").nth(0);
+  await first.hover();
+  await first.locator("button.edit").click();
+  expect(await pi.inputValue("#text")).toBe("meet at noon");
+  expect(await pi.textContent("#compose button[type=submit]")).toBe("Save");
+  await pi.fill("#text", "meet at one");
+  await pi.press("#text", "Enter");
+  await expect.poll(() => texts(pi)).toEqual(["meet at one", "the secret plan"]);
+  await expect.poll(() => texts(pj)).toEqual(["meet at one", "the secret plan"]);
+  for (const p of [pi, pj]) {
+    await expect.poll(() => p.locator("#messages li[data-edited] .edited").allTextContents()).toEqual(["(edited) "]);
+  }
+  expect(await pi.textContent("#compose button[type=submit]")).toBe("Send");
+
+  // Then recalls the second: it keeps its place, on both sides and in both lists.
+  const second = pi.locator("#messages li.mine").nth(1);
+  await second.hover();
+  await second.locator("button.recall").click();
+  const shown = ["meet at one", "message recalled"];
+  await expect.poll(() => texts(pi)).toEqual(shown);
+  await expect.poll(() => texts(pj)).toEqual(shown);
+  expect(await pi.locator("#messages li[data-recalled]").count()).toBe(1);
+  expect(await pi.locator("#messages li[data-recalled] .actions").count()).toBe(0);
+  await expect.poll(() => pj.locator('li.conv[data-peer="ivy"] .last').textContent()).toBe("message recalled");
+  await expect.poll(() => pi.locator('li.conv[data-peer="jack"] .last').textContent()).toBe("you: message recalled");
+
+  // Jack's page is closed while Ivy writes one more and recalls it: the reopened page has it recalled.
+  await say(pi, "oops");
+  await expect.poll(() => texts(pj)).toEqual([...shown, "oops"]);
+  await pj.close();
+  const third = pi.locator("#messages li.mine").nth(2);
+  await third.hover();
+  await third.locator("button.recall").click();
+  await expect.poll(() => texts(pi)).toEqual([...shown, "message recalled"]);
+  pj = await jack.newPage();
+  await logIn(pj, "jack");
+  await pj.click('li.conv[data-peer="ivy"]');
+  await expect.poll(() => texts(pj)).toEqual([...shown, "message recalled"]);
+  expect(await pj.locator("#messages li[data-edited]").count()).toBe(1);
+  // Nothing unread: the notices are not messages.
+  expect(await pj.locator('li.conv[data-peer="ivy"] .badge').count()).toBe(0);
+
+  // The operator page shows Jack's timeline with the messages as they are now and the notices.
+  await pi.click("#nav-operator");
+  await pi.fill("#admin-key", await node.adminKey());
+  await pi.click("#admin button");
+  await pi.fill("#timeline-uid", "jack");
+  await pi.click("#timeline button");
+  await pi.waitForSelector("#timeline-table");
+  const rows = await pi
+    .locator("#timeline-table tbody tr")
+    .evaluateAll((trs) => trs.map((tr) => [...tr.querySelectorAll("td")].map((td) => td.textContent ?? "")));
+  expect(rows.filter((r) => r[4] === "text").map((r) => r[5])).toEqual([
+    `${JSON.stringify({ text: "meet at one" })} (edited)`,
+    "(recalled)",
+    "(recalled)",
+  ]);
+  expect(rows.filter((r) => r[4] === "(edit)" || r[4] === "(recall)").map((r) => r[4])).toEqual(["(edit)", "(recall)", "(recall)"]);
+
+  await ivy.close();
+  await jack.close();
 });

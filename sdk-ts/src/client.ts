@@ -8,11 +8,12 @@
 // unanswered sends with their original client_msg_id.
 //
 // Every timeline goes through the same code: a push, a sync page or an own
-// entry's answer (a c2c_ack, or a mark_read_ack: the read receipt's entry on
-// the user's own timeline) names its timeline by key (the wire's `group`,
-// empty for the user's own), and the key picks the Line. Only login
-// differs: the user's timeline is always synced, a group only when the
-// LoginAck lists it as having entries past this device's cursor.
+// entry's answer (a c2c_ack; a mark_read_ack: the read receipt's entry on
+// the user's own timeline; an amend_ack: the recall or edit notice's entry)
+// names its timeline by key (the wire's `group`, empty for the user's own),
+// and the key picks the Line. Only login differs: the user's timeline is
+// always synced, a group only when the LoginAck lists it as having entries
+// past this device's cursor.
 //
 // JavaScript runs one callback at a time, so the state below needs no
 // locks: every WebSocket event and timer is handled to completion in turn.
@@ -167,6 +168,50 @@ export interface MarkReadReceipt {
   msgId: bigint;
 }
 
+/** The answer to a `recall` / `edit`: the change is stored, and its notice entry with it. */
+export interface AmendReceipt {
+  clientMsgId: string;
+  /** The notice entry's message id (not the amended message's). */
+  msgId: bigint;
+  /**
+   * The notice entry's sequence: on this user's own timeline for a 1:1
+   * message, on the group's timeline for a group message (held as
+   * delivered: not shown back to this client).
+   */
+  seq: bigint;
+  /** The group of a group message (empty for a 1:1 message). */
+  group: string;
+  /** The server had it already (a resend with the same client_msg_id): the first result. */
+  duplicate: boolean;
+}
+
+export interface AmendOptions {
+  /** Idempotency id (1–128 bytes); default a random UUID, kept when the client resends it. */
+  clientMsgId?: string;
+}
+
+/**
+ * A recall or edit notice: an entry of the user's timeline (or a group's)
+ * whose `message.amended` is set. Replace the message held with the same
+ * `amended.msgId` by `amended` (when none is held, there is nothing to do).
+ */
+export interface AmendedEvent {
+  /** The notice's entry: on this user's timeline, or the group's when `group` is set. */
+  seq: bigint;
+  /** The group whose timeline the notice is on (empty: this user's timeline). */
+  group: string;
+  /** The notice entry itself: `from` is who amended the message; no `type` or `body` of its own. */
+  message: pb.Message;
+  /**
+   * The message as it is now, whole, with its original `msgId`: `recalled`
+   * (the body is gone, the type stays), or edited (`editedAtMs` set, `body`
+   * the edited body).
+   */
+  amended: pb.Message;
+  /** This user amended it (on another device, or on this one when the answer never came). */
+  mine: boolean;
+}
+
 /** A page of the user's conversations (`conversations()`). */
 export interface ConversationPage {
   /** Most recent activity first. */
@@ -233,6 +278,14 @@ export interface ClientEvents {
    */
   receipt: ReceiptEvent;
   /**
+   * A message of the user's timeline or of a group was recalled or edited:
+   * a notice entry, instead of a `message` / `groupMessage` event (same
+   * order, same once-only delivery; it moves the position like any entry,
+   * never counts as unread). This client's own `recall` / `edit` is not
+   * shown back; the other devices of every party get it.
+   */
+  amended: AmendedEvent;
+  /**
    * An online-only message (not stored, no sequence): a transient message
    * (`sendTransient`; typing indicators: `message.type`, `message.from`,
    * and `message.group` for a group) or an online-only s2c of the HTTP API.
@@ -256,8 +309,8 @@ export interface SendOptions {
 type Wire = { kind: "request"; id: number } | { kind: "sync"; key: string } | { kind: "logout" };
 
 /** What a queued request is: decides its answer and how its ack and errors are handled. */
-type RequestKind = "c2c" | "transient" | "c2s" | "mark_read" | "list";
-type Answer = pb.C2cAck | pb.C2sAck | pb.MarkReadAck | pb.ConversationList;
+type RequestKind = "c2c" | "transient" | "c2s" | "mark_read" | "list" | "amend";
+type Answer = pb.C2cAck | pb.C2sAck | pb.MarkReadAck | pb.ConversationList | pb.AmendAck;
 /** The answer each kind of request expects. */
 const ANSWERS: Record<RequestKind, Answer["$typeName"]> = {
   c2c: "switchboard.v1.C2cAck",
@@ -265,6 +318,7 @@ const ANSWERS: Record<RequestKind, Answer["$typeName"]> = {
   c2s: "switchboard.v1.C2sAck",
   mark_read: "switchboard.v1.MarkReadAck",
   list: "switchboard.v1.ConversationList",
+  amend: "switchboard.v1.AmendAck",
 };
 
 /** One timeline as the client follows it: the user's own or one group's. */
@@ -308,9 +362,9 @@ interface Request {
   id: number;
   packet: Packet;
   kind: RequestKind;
-  /** The c2c or c2s's idempotency id (empty for the other requests). */
+  /** The c2c, c2s or amend's idempotency id (empty for the other requests). */
   clientMsgId: string;
-  /** The group a c2c (or mark_read) names (`USER` for a user's conversation, and for a c2s or a list). */
+  /** The group a c2c (or mark_read) names (`USER` for a user's conversation, and for a c2s, a list or an amend). */
   group: string;
   resolve: (answer: Answer) => void;
   reject: (err: SwitchboardError) => void;
@@ -580,6 +634,39 @@ export class Client {
     if (group === "") return Promise.reject(new ServerError(Code.INVALID_ARGUMENT, "empty group id"));
     const p = packet("mark_read", 0, { group, seq });
     return this.request(p, "mark_read", "", group).then((a) => markReadReceipt(a as pb.MarkReadAck));
+  }
+
+  /**
+   * Recalls message `msgId`, one this user sent (1:1 or to a group), within
+   * the app's recall window (2 minutes by default) from its
+   * `serverTimeMs`. Its body is deleted; it keeps its place and id, with
+   * `recalled` set. Every device of every party gets a notice (the
+   * `amended` event), except this client. Resolves once stored; resent
+   * after a reconnect with the same client_msg_id, so it is stored once.
+   * Rejects with `ServerError`: `MESSAGE_NOT_FOUND` (no such message of
+   * this app, or not a message), `NOT_MESSAGE_SENDER`, `AMEND_WINDOW_CLOSED`.
+   */
+  recall(msgId: bigint, options: AmendOptions = {}): Promise<AmendReceipt> {
+    return this.amend(msgId, true, new Uint8Array(0), options);
+  }
+
+  /**
+   * Edits message `msgId`, one this user sent, to `body` (its type stays),
+   * within the app's edit window (24 hours by default). It keeps its place
+   * and id, with `editedAtMs` set; every party's devices get a notice (the
+   * `amended` event), except this client. Resent like `recall`. Rejects
+   * with `ServerError`: `MESSAGE_NOT_FOUND`, `NOT_MESSAGE_SENDER`,
+   * `AMEND_WINDOW_CLOSED`, `MESSAGE_RECALLED` (a recalled message stays
+   * recalled), `INVALID_ARGUMENT` (e.g. a body over the server's limit).
+   */
+  edit(msgId: bigint, body: string | Uint8Array, options: AmendOptions = {}): Promise<AmendReceipt> {
+    return this.amend(msgId, false, toBytes(body), options);
+  }
+
+  private amend(msgId: bigint, recall: boolean, body: Uint8Array, options: AmendOptions): Promise<AmendReceipt> {
+    const clientMsgId = options.clientMsgId ?? randomId();
+    const p = packet("amend", 0, { clientMsgId, msgId, recall, body });
+    return this.request(p, "amend", clientMsgId, USER).then((a) => amendReceipt(a as pb.AmendAck));
   }
 
   /**
@@ -1067,6 +1154,7 @@ export class Client {
       case "c2s_ack":
       case "mark_read_ack":
       case "conversation_list":
+      case "amend_ack":
         this.onAck(s, wire, p.body);
         break;
       case "error":
@@ -1152,9 +1240,17 @@ export class Client {
       req.reject(new ProtocolError(`${ack.$typeName} answered a ${req.packet.cmd}`));
       return;
     }
-    // The entry of our own c2c (on our timeline, or the group's) and of our
-    // read receipt (on our timeline) is held as delivered: never shown back.
-    const key = req.kind === "c2c" ? req.group : req.kind === "mark_read" ? USER : null;
+    // The entry of our own c2c (on our timeline, or the group's), of our
+    // read receipt (on our timeline) and of our recall or edit (the amended
+    // message's timeline: the ack names it) is held as delivered: never shown back.
+    const key =
+      req.kind === "c2c"
+        ? req.group
+        : req.kind === "mark_read"
+          ? USER
+          : req.kind === "amend"
+            ? (ack as pb.AmendAck).group
+            : null;
     if (key !== null && "seq" in ack && ack.seq > 0n) {
       if (this.accept(key, ack.seq, { own: true }) === Offer.Gap) {
         const line = this.lines.get(key);
@@ -1352,7 +1448,9 @@ export class Client {
       if (this.isClosed()) break;
       if (!e.own) {
         const read = e.message.read;
-        if (key === USER && read !== undefined) this.emit("receipt", this.receiptEvent(seq, e.message, read));
+        const amended = e.message.amended;
+        if (amended !== undefined) this.emit("amended", this.amendedEvent(key, seq, e.message, amended));
+        else if (key === USER && read !== undefined) this.emit("receipt", this.receiptEvent(seq, e.message, read));
         else if (key === USER) this.emit("message", { seq, message: e.message });
         else this.emit("groupMessage", { group: key, seq, message: e.message });
       }
@@ -1374,16 +1472,19 @@ export class Client {
   }
 
   /**
-   * Our own message or read receipt (from this client, still awaiting its
-   * answer: a sync may bring the entry first) is not shown back to us.
+   * Our own message, read receipt or recall / edit notice (from this client,
+   * still awaiting its answer: a sync may bring the entry first) is not
+   * shown back to us.
    */
   private entryFor(message: pb.Message | undefined): Entry {
     if (message === undefined) return { own: true };
     const me = this.userValue;
     if (me !== null && isUser(message.from, me)) {
       const read = message.read;
+      // A notice carries its amend's client_msg_id.
+      const kind = message.amended !== undefined ? "amend" : "c2c";
       for (const r of this.requests.values()) {
-        if (r.kind === "c2c" && message.clientMsgId !== "" && r.clientMsgId === message.clientMsgId) return { own: true };
+        if (r.kind === kind && message.clientMsgId !== "" && r.clientMsgId === message.clientMsgId) return { own: true };
         if (r.kind === "mark_read" && read !== undefined && r.packet.cmd === "mark_read") {
           const asked = r.packet.body;
           const peer = asked.peer === undefined ? undefined : { app: asked.peer.app || me.app, uid: asked.peer.uid };
@@ -1393,6 +1494,12 @@ export class Client {
       }
     }
     return { own: false, message };
+  }
+
+  /** A notice entry as the `amended` event tells it. */
+  private amendedEvent(key: string, seq: bigint, message: pb.Message, amended: pb.Message): AmendedEvent {
+    const me = this.userValue;
+    return { seq, group: key, message, amended, mine: me !== null && isUser(message.from, me) };
   }
 
   /** A receipt entry as the `receipt` event tells it: whose, and which conversation from this user's side. */
@@ -1496,6 +1603,10 @@ function transientReceipt(ack: pb.C2cAck): TransientReceipt {
 
 function markReadReceipt(ack: pb.MarkReadAck): MarkReadReceipt {
   return { seq: ack.seq, msgId: ack.msgId };
+}
+
+function amendReceipt(ack: pb.AmendAck): AmendReceipt {
+  return { clientMsgId: ack.clientMsgId, msgId: ack.msgId, seq: ack.seq, group: ack.group, duplicate: ack.duplicate };
 }
 
 function receipt(ack: pb.C2cAck): SendReceipt {

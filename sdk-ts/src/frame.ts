@@ -44,6 +44,8 @@ export interface Bodies {
   mark_read_ack: pb.MarkReadAck;
   list_conversations: pb.ListConversations;
   conversation_list: pb.ConversationList;
+  amend: pb.Amend;
+  amend_ack: pb.AmendAck;
 }
 
 export type CommandName = keyof Bodies;
@@ -72,6 +74,8 @@ const COMMANDS: { [K in CommandName]: [number, GenMessage<Bodies[K]>] } = {
   mark_read_ack: [18, pb.MarkReadAckSchema],
   list_conversations: [19, pb.ListConversationsSchema],
   conversation_list: [20, pb.ConversationListSchema],
+  amend: [21, pb.AmendSchema],
+  amend_ack: [22, pb.AmendAckSchema],
 };
 
 const BY_NUMBER = new Map<number, CommandName>(

@@ -4,7 +4,8 @@
 // for the cases a real node can't be made to produce on demand (a push past
 // a hole, a page starting later than asked, a login listing some groups, a
 // receipt racing its own mark_read_ack, a transient message in flight when
-// the connection drops).
+// the connection drops, an own recall or edit whose notice a sync brings
+// before its ack).
 
 import { afterEach, beforeEach, expect, it } from "vitest";
 import WebSocket, { WebSocketServer } from "ws";
@@ -17,6 +18,7 @@ import {
   GroupError,
   MemoryStorage,
   type Packet,
+  ServerError,
   type WebSocketConstructor,
   decodeJson,
   encodeJson,
@@ -425,6 +427,125 @@ it("transient messages: the ack's devices_reached, never retried, never resent a
   peer = await login();
   const again = await peer.expectSync("", 0n);
   peer.send(syncReply(again, 0n, []));
+  peer.send(userPush(1n));
+  await peer.expectAck(1n);
+  c.close();
+});
+
+/** A recall or edit notice of Alice's timeline (or a group's): `from` amended message `target`. */
+function noticeEntry(seq: bigint, from: { app: string; uid: string }, target: bigint, edit?: string, group = "", clientMsgId = "") {
+  const amended =
+    edit === undefined
+      ? { msgId: target, from, type: "text", recalled: true, group }
+      : { msgId: target, from, type: "text", body: new TextEncoder().encode(edit), editedAtMs: 1_767_225_600_000n, group };
+  return { seq, message: { msgId: 3000n + seq, from, group, clientMsgId, amended } };
+}
+
+it("an own recall's notice is held as delivered; the peer's and another device's are amended events", async () => {
+  const c = client();
+  const amended = record(c, "amended");
+  const messages = record(c, "message");
+  const peer = await connectedEmpty(c);
+  peer.send(userPush(1n));
+  await peer.expectAck(1n);
+
+  const recalled = c.recall(200n);
+  const p = await peer.recv();
+  expect(p.cmd === "amend" ? [p.body.msgId, p.body.recall, p.body.body.length, p.body.clientMsgId !== ""] : p).toEqual([
+    200n,
+    true,
+    0,
+    true,
+  ]);
+  const id = p.cmd === "amend" ? p.body.clientMsgId : "";
+  peer.send(packet("amend_ack", p.seq, { clientMsgId: id, msgId: 3002n, seq: 2n }));
+  expect(await recalled).toEqual({ clientMsgId: id, msgId: 3002n, seq: 2n, group: "", duplicate: false });
+  // Not pushed to this connection: the ack's entry is held as delivered, no sync for it.
+  await peer.expectAck(2n);
+  expect(c.lastSeq).toBe(2n);
+  expect(amended).toHaveLength(0);
+
+  // Carol edited her message 7; then Alice recalled one on another device.
+  peer.send(packet("push", 0, noticeEntry(3n, CAROL, 7n, "fixed")));
+  await peer.expectAck(3n);
+  peer.send(packet("push", 0, noticeEntry(4n, ALICE, 201n)));
+  await peer.expectAck(4n);
+  expect(amended.map((e) => [e.seq, e.group, e.mine, e.message.from?.uid, e.amended.msgId, e.amended.recalled])).toEqual([
+    [3n, "", false, "carol", 7n, false],
+    [4n, "", true, "alice", 201n, true],
+  ]);
+  expect(new TextDecoder().decode(amended[0]?.amended.body)).toBe("fixed");
+  expect(amended[0]?.amended.editedAtMs).toBe(1_767_225_600_000n);
+  // Never a message event.
+  expect(messages.map((e) => e.seq)).toEqual([1n]);
+  expect(c.lastSeq).toBe(4n);
+  c.close();
+});
+
+it("an edit cut by a disconnect is resent with its client_msg_id; a group's notice before its ack is not shown", async () => {
+  const c = client(stored(0n, { g1: 5n }));
+  const amended = record(c, "amended");
+  const got = record(c, "groupMessage");
+  const connecting = c.connect();
+  let peer = await login();
+  await connecting;
+  peer.send(syncReply(await peer.expectSync("", 0n), 0n, []));
+
+  const edited = c.edit(1005n, "hi all, again", { clientMsgId: "am-1" });
+  const first = await peer.recv();
+  expect(first.cmd === "amend" ? [first.body.clientMsgId, first.body.msgId, first.body.recall] : first).toEqual([
+    "am-1",
+    1005n,
+    false,
+  ]);
+  expect(first.cmd === "amend" ? new TextDecoder().decode(first.body.body) : "").toBe("hi all, again");
+  // Stored (the notice is g1's entry 6), then the connection dropped before the ack.
+  peer.ws.terminate();
+
+  peer = await login({ groups: [{ group: "g1", head: 6n, cursor: 5n }] });
+  const userSync = await peer.expectSync("", 0n);
+  const groupSync = await peer.expectSync("g1", 5n);
+  const resent = await peer.recv();
+  expect(resent.cmd === "amend" ? [resent.body.clientMsgId, resent.body.msgId] : resent).toEqual(["am-1", 1005n]);
+  peer.send(syncReply(userSync, 0n, []));
+  // The page brings the notice before the answer: the pending request claims it.
+  peer.send(packet("sync_reply", groupSync, { since: 5n, entries: [noticeEntry(6n, ALICE, 1005n, "hi all, again", "g1", "am-1")], timelineHead: 6n }));
+  await peer.expectAck(6n, "g1");
+  peer.send(packet("amend_ack", resent.seq, { clientMsgId: "am-1", msgId: 3006n, seq: 6n, duplicate: true, group: "g1" }));
+  expect(await edited).toEqual({ clientMsgId: "am-1", msgId: 3006n, seq: 6n, group: "g1", duplicate: true });
+
+  // Carol's recall in the group is an amended event of the group's timeline.
+  peer.send(packet("push", 0, noticeEntry(7n, CAROL, 12n, undefined, "g1")));
+  await peer.expectAck(7n, "g1");
+  peer.send(groupPush("g1", 8n));
+  await peer.expectAck(8n, "g1");
+  expect(amended.map((e) => [e.seq, e.group, e.mine, e.amended.msgId, e.amended.recalled])).toEqual([[7n, "g1", false, 12n, true]]);
+  expect(groupSeqs(got)).toEqual(["g1#8"]);
+
+  // Alice's own recall there: the ack names the group, whose entry 9 is held as hers.
+  const recalled = c.recall(1008n);
+  const p = await peer.recv();
+  expect(p.cmd).toBe("amend");
+  peer.send(packet("amend_ack", p.seq, { clientMsgId: p.cmd === "amend" ? p.body.clientMsgId : "", msgId: 3009n, seq: 9n, group: "g1" }));
+  expect((await recalled).group).toBe("g1");
+  await peer.expectAck(9n, "g1");
+  expect([c.groupPosition("g1"), c.lastSeq, amended.length]).toEqual([9n, 0n, 1]);
+  c.close();
+});
+
+it("a refused amend is a ServerError with its code, not retried", async () => {
+  const c = client();
+  const peer = await connectedEmpty(c);
+  for (const code of [Code.NOT_MESSAGE_SENDER, Code.MESSAGE_NOT_FOUND, Code.AMEND_WINDOW_CLOSED, Code.MESSAGE_RECALLED]) {
+    const refused = c.edit(5n, "x").catch((e: unknown) => e);
+    const p = await peer.recv();
+    expect(p.cmd).toBe("amend");
+    peer.send(packet("error", p.seq, { code, message: "no" }));
+    const err = await refused;
+    expect(err).toBeInstanceOf(ServerError);
+    expect((err as ServerError).code).toBe(code);
+  }
+  // Nothing was resent: the next frame is the ack of this push.
   peer.send(userPush(1n));
   await peer.expectAck(1n);
   c.close();

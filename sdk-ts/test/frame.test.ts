@@ -51,6 +51,32 @@ describe("frames", () => {
     }
   });
 
+  it("amend and a notice in proto3 JSON: 64-bit ids as strings, amended / recalled / editedAtMs", () => {
+    const p = packet("amend", 3, { clientMsgId: "a-1", msgId: 4194304000000001n, body: new TextEncoder().encode("hi") });
+    expect(JSON.parse(encodeJson(p))).toEqual({
+      cmd: "amend",
+      seq: 3,
+      body: { clientMsgId: "a-1", msgId: "4194304000000001", body: "aGk=" },
+    });
+    expect(encodeBinary(p)).toEqual(hex("00000022 0010 0001 00000015 00000003 0a03612d31 1081808080a8d6b907 22026869"));
+    const push = decodeJson(
+      '{"cmd":"push","seq":0,"body":{"seq":"9","message":{"msgId":"4194304000000009","from":{"app":"demo","uid":"alice"},' +
+        '"amended":{"msgId":"4194304000000001","type":"text","recalled":true,"editedAtMs":"1767225600000"}}}}',
+    );
+    if (push?.cmd !== "push") throw new Error("not a push");
+    expect(push.body.seq).toBe(9n);
+    expect(push.body.message?.amended?.msgId).toBe(4194304000000001n);
+    expect(push.body.message?.amended?.recalled).toBe(true);
+    expect(push.body.message?.amended?.editedAtMs).toBe(1767225600000n);
+    const ack = decodeJson('{"cmd":"amend_ack","seq":3,"body":{"clientMsgId":"a-1","msgId":"7","seq":"2","duplicate":true,"group":"g"}}');
+    expect(ack?.cmd === "amend_ack" ? [ack.body.msgId, ack.body.seq, ack.body.duplicate, ack.body.group] : ack).toEqual([
+      7n,
+      2n,
+      true,
+      "g",
+    ]);
+  });
+
   it("refuses broken framing and skips unknown commands", () => {
     expect(() => decodeBinary(hex("00000010 0010 0002 00000005 00000001"), 65536)).toThrow(/version/);
     expect(() => decodeBinary(hex("00100000 0010 0001 00000005 00000001"), 65536)).toThrow(/limit/);

@@ -4,7 +4,7 @@
 // app keeps its secrets. Plus a TCP proxy whose connections a test can cut.
 
 import { type ChildProcess, execFile, spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
@@ -35,19 +35,28 @@ export interface Node {
   stop(): Promise<void>;
 }
 
+export interface NodeOptions {
+  /** A configuration file's TOML (e.g. `[[apps]]` entries) for `serve --config`, written into the data dir. */
+  config?: string;
+  /** The HS256 secret `token()` signs with (an app's of `config`) instead of the demo app's. */
+  secret?: string;
+}
+
 /** Starts a node; `env` adds settings (SWITCHBOARD_GATE__…). */
-export async function startNode(env: Record<string, string> = {}): Promise<Node> {
+export async function startNode(env: Record<string, string> = {}, options: NodeOptions = {}): Promise<Node> {
   const dataDir = mkdtempSync(join(tmpdir(), "sb-ts-"));
+  const args = ["serve", "--data-dir", dataDir, "--http", "127.0.0.1:0", "--tcp", "127.0.0.1:0"];
+  if (options.config !== undefined) {
+    const file = join(dataDir, "config.toml");
+    writeFileSync(file, options.config);
+    args.push("--config", file);
+  }
   // Every SWITCHBOARD_* variable is a setting to `serve`: ours (the binary's path) is not one.
   const { SWITCHBOARD_BIN: _, ...inherited } = process.env;
-  const child: ChildProcess = spawn(
-    BIN,
-    ["serve", "--data-dir", dataDir, "--http", "127.0.0.1:0", "--tcp", "127.0.0.1:0"],
-    {
-      env: { ...inherited, SWITCHBOARD_LOG: process.env.SWITCHBOARD_LOG ?? "warn", ...env },
-      stdio: ["ignore", "pipe", "inherit"],
-    },
-  );
+  const child: ChildProcess = spawn(BIN, args, {
+    env: { ...inherited, SWITCHBOARD_LOG: process.env.SWITCHBOARD_LOG ?? "warn", ...env },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
   const httpAddr = await new Promise<string>((ok, fail) => {
     let out = "";
     const timer = setTimeout(() => fail(new Error(`switchboard did not start: ${out}`)), 30_000);
@@ -72,7 +81,8 @@ export async function startNode(env: Record<string, string> = {}): Promise<Node>
     dataDir,
     pid: child.pid ?? 0,
     async token(uid) {
-      const { stdout } = await run(BIN, ["token", "--uid", uid, "--data-dir", dataDir]);
+      const secret = options.secret === undefined ? [] : ["--secret", options.secret];
+      const { stdout } = await run(BIN, ["token", "--uid", uid, "--data-dir", dataDir, ...secret]);
       return stdout.trim();
     },
     async adminKey() {

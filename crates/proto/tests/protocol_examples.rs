@@ -63,6 +63,25 @@ fn group_entry() -> pb::Push {
     }
 }
 
+/// Entry 8 of Bob's timeline: Alice recalled her message (entry 7).
+fn recall_notice() -> pb::Push {
+    pb::Push {
+        seq: 8,
+        message: Some(pb::Message {
+            msg_id: MSG_ID + 3,
+            r#type: String::new(),
+            body: Bytes::new(),
+            client_msg_id: "r-1".into(),
+            amended: Some(Box::new(pb::Message {
+                body: Bytes::new(),
+                recalled: true,
+                ..message()
+            })),
+            ..message()
+        }),
+    }
+}
+
 /// The exchange of the document, in order: (header seq, packet).
 fn examples() -> Vec<(&'static str, u32, Packet)> {
     vec![
@@ -234,6 +253,28 @@ fn examples() -> Vec<(&'static str, u32, Packet)> {
                 false,
             ),
         ),
+        (
+            "recall",
+            10,
+            Packet::Amend(pb::Amend {
+                client_msg_id: "r-1".into(),
+                msg_id: MSG_ID,
+                recall: true,
+                body: Bytes::new(),
+            }),
+        ),
+        (
+            "recall_ack",
+            10,
+            Packet::AmendAck(pb::AmendAck {
+                client_msg_id: "r-1".into(),
+                msg_id: MSG_ID + 3,
+                seq: 44,
+                duplicate: false,
+                group: String::new(),
+            }),
+        ),
+        ("recall_push", 0, Packet::Push(recall_notice())),
     ]
 }
 
@@ -580,6 +621,47 @@ const GROUP_SYNC_REPLY_HEX: &str = r#"0000  00 00 00 6e  00 10  00 01  00 00 00 
 "#;
 const GROUP_SYNC_REPLY_JSON: &str = r#"{"cmd":"sync_reply","seq":9,"body":{"entries":[{"seq":"12","message":{"msgId":"4194304000000002","from":{"app":"demo","uid":"carol"},"to":{"app":"demo"},"type":"text","body":"eyJ0ZXh0Ijoib24gbXkgd2F5In0=","clientMsgId":"m-2","serverTimeMs":"1767225600000","group":"order-1001"}}],"timelineHead":"12","since":"11"}}"#;
 
+const RECALL_HEX: &str = r#"0000  00 00 00 20  00 10  00 01  00 00 00 15  00 00 00 0a  len=32 hdrlen=16 version=1 cmd=21 (amend) seq=10
+0010  0a 03 72 2d 31                                       1 client_msg_id = "r-1"
+0015  10 81 80 80 80 a8 d6 b9 07                           2 msg_id = 4194304000000001
+001e  18 01                                                3 recall = true
+"#;
+const RECALL_JSON: &str = r#"{"cmd":"amend","seq":10,"body":{"clientMsgId":"r-1","msgId":"4194304000000001","recall":true}}"#;
+
+const RECALL_ACK_HEX: &str = r#"0000  00 00 00 20  00 10  00 01  00 00 00 16  00 00 00 0a  len=32 hdrlen=16 version=1 cmd=22 (amend_ack) seq=10
+0010  0a 03 72 2d 31                                       1 client_msg_id = "r-1"
+0015  10 84 80 80 80 a8 d6 b9 07                           2 msg_id = 4194304000000004
+001e  18 2c                                                3 seq = 44
+"#;
+const RECALL_ACK_JSON: &str = r#"{"cmd":"amend_ack","seq":10,"body":{"clientMsgId":"r-1","msgId":"4194304000000004","seq":"44"}}"#;
+
+const RECALL_PUSH_HEX: &str = r#"0000  00 00 00 80  00 10  00 01  00 00 00 09  00 00 00 00  len=128 hdrlen=16 version=1 cmd=9 (push) seq=0
+0010  08 08                                                1 seq = 8
+0012  12 6c                                                2 message: Message, 108 bytes
+0014  08 84 80 80 80 a8 d6 b9 07                             1 msg_id = 4194304000000004
+001d  12 0d                                                  2 from: User, 13 bytes
+001f  0a 04 64 65 6d 6f                                        1 app = "demo"
+0025  12 05 61 6c 69 63 65                                     2 uid = "alice"
+002c  1a 0b                                                  3 to: User, 11 bytes
+002e  0a 04 64 65 6d 6f                                        1 app = "demo"
+0034  12 03 62 6f 62                                           2 uid = "bob"
+0039  32 03 72 2d 31                                         6 client_msg_id = "r-1"
+003e  38 80 d0 ea b6 b7 33                                   7 server_time_ms = 1767225600000
+0045  52 39                                                  10 amended: Message, 57 bytes
+0047  08 81 80 80 80 a8 d6 b9 07                               1 msg_id = 4194304000000001
+0050  12 0d                                                    2 from: User, 13 bytes
+0052  0a 04 64 65 6d 6f                                          1 app = "demo"
+0058  12 05 61 6c 69 63 65                                       2 uid = "alice"
+005f  1a 0b                                                    3 to: User, 11 bytes
+0061  0a 04 64 65 6d 6f                                          1 app = "demo"
+0067  12 03 62 6f 62                                             2 uid = "bob"
+006c  22 04 74 65 78 74                                        4 type = "text"
+0072  32 03 6d 2d 31                                           6 client_msg_id = "m-1"
+0077  38 80 d0 ea b6 b7 33                                     7 server_time_ms = 1767225600000
+007e  58 01                                                    11 recalled = true
+"#;
+const RECALL_PUSH_JSON: &str = r#"{"cmd":"push","seq":0,"body":{"seq":"8","message":{"msgId":"4194304000000004","from":{"app":"demo","uid":"alice"},"to":{"app":"demo","uid":"bob"},"clientMsgId":"r-1","serverTimeMs":"1767225600000","amended":{"msgId":"4194304000000001","from":{"app":"demo","uid":"alice"},"to":{"app":"demo","uid":"bob"},"type":"text","clientMsgId":"m-1","serverTimeMs":"1767225600000","recalled":true}}}}"#;
+
 fn expected(name: &str) -> (&'static str, &'static str) {
     match name {
         "login" => (LOGIN_HEX, LOGIN_JSON),
@@ -598,6 +680,9 @@ fn expected(name: &str) -> (&'static str, &'static str) {
         "group_push_ack" => (GROUP_PUSH_ACK_HEX, GROUP_PUSH_ACK_JSON),
         "group_sync" => (GROUP_SYNC_HEX, GROUP_SYNC_JSON),
         "group_sync_reply" => (GROUP_SYNC_REPLY_HEX, GROUP_SYNC_REPLY_JSON),
+        "recall" => (RECALL_HEX, RECALL_JSON),
+        "recall_ack" => (RECALL_ACK_HEX, RECALL_ACK_JSON),
+        "recall_push" => (RECALL_PUSH_HEX, RECALL_PUSH_JSON),
         other => {
             if std::env::var_os("PRINT_EXAMPLES").is_some() {
                 return ("", "");

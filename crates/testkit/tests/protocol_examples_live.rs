@@ -8,7 +8,9 @@
 //! the server generates or what depends on history the test does not
 //! replay: message ids (`msg_id`), times (`server_time_ms`), and the
 //! sequence numbers of Alice's own timeline (`LoginAck.timeline_head` and
-//! `cursor`, `C2cAck.seq`: the document's Alice has 42 entries already).
+//! `cursor`, `C2cAck.seq`, `AmendAck.seq`: the document's Alice has 42
+//! entries already). The recall names the message by the id this node gave
+//! it.
 //! Bob's timeline is replayed: six messages before the example's make its
 //! push entry 7, as in the document, so his `seq`s are compared as they are.
 
@@ -23,6 +25,10 @@ use switchboard_testkit::server::TestServer;
 /// The secret the document's token is signed with.
 const DOC_SECRET: &str = "demo-secret-for-the-examples";
 const T: Duration = Duration::from_secs(10);
+
+/// Where the notes of an annotated hex line start: the offset (4), two
+/// spaces, then 53 columns of bytes.
+const HEX_END: usize = 4 + 2 + 53;
 
 /// The frame bytes of each example in §11, by name (`login`, `c2c_ack`, …).
 fn doc_frames() -> HashMap<String, Vec<u8>> {
@@ -48,10 +54,11 @@ fn doc_frames() -> HashMap<String, Vec<u8>> {
             }
         } else if let Some(bytes) = hex.as_mut() {
             // "OOOO  bb bb …  notes": the bytes are the two-digit hex
-            // tokens after the offset; the notes start with a field number
-            // or `len=`, never with two hex digits.
+            // tokens after the offset, in the columns before the notes (a
+            // note may start with a field number such as 10).
+            let bytes_part = line.get(..HEX_END).unwrap_or(line);
             let hex_byte = |t: &&str| t.len() == 2 && t.bytes().all(|b| b.is_ascii_hexdigit());
-            for b in line.split_whitespace().skip(1).take_while(hex_byte) {
+            for b in bytes_part.split_whitespace().skip(1).take_while(hex_byte) {
                 bytes.push(u8::from_str_radix(b, 16).expect("a hex byte"));
             }
         }
@@ -81,6 +88,11 @@ fn normalize_message(m: &mut Option<pb::Message>, doc: &Option<pb::Message>) {
     if let (Some(m), Some(d)) = (m.as_mut(), doc.as_ref()) {
         m.msg_id = d.msg_id;
         m.server_time_ms = d.server_time_ms;
+        // An amend notice: the amended message's too.
+        if let (Some(a), Some(da)) = (m.amended.as_mut(), d.amended.as_ref()) {
+            a.msg_id = da.msg_id;
+            a.server_time_ms = da.server_time_ms;
+        }
     }
 }
 
@@ -98,6 +110,11 @@ fn normalized(got: Packet, doc: &Packet) -> Packet {
             g.seq = d.seq;
             g.server_time_ms = d.server_time_ms;
             Packet::C2cAck(g)
+        }
+        (Packet::AmendAck(mut g), Packet::AmendAck(d)) => {
+            g.msg_id = d.msg_id;
+            g.seq = d.seq;
+            Packet::AmendAck(g)
         }
         (Packet::Push(mut g), Packet::Push(d)) => {
             normalize_message(&mut g.message, &d.message);
@@ -139,6 +156,9 @@ async fn every_example_of_the_protocol_doc_is_what_a_running_node_sends() {
         "sync",
         "sync_reply",
         "error",
+        "recall",
+        "recall_ack",
+        "recall_push",
     ] {
         assert!(doc.contains_key(name), "§11 has no hex for {name}");
     }
@@ -166,7 +186,12 @@ async fn every_example_of_the_protocol_doc_is_what_a_running_node_sends() {
     let (mut phone, _) = RawClient::login(s.tcp, &bob_token, "phone-1").await;
 
     alice.send_bytes(&doc["c2c"]).await;
-    check("c2c_ack", next(&mut alice).await, &doc);
+    let ack = next(&mut alice).await;
+    let Packet::C2cAck(sent) = &ack.1 else {
+        panic!("not a c2c_ack: {ack:?}")
+    };
+    let sent_id = sent.msg_id;
+    check("c2c_ack", ack, &doc);
     check("push", next(&mut phone).await, &doc);
     phone.send_bytes(&doc["push_ack"]).await;
     assert!(matches!(
@@ -193,5 +218,15 @@ async fn every_example_of_the_protocol_doc_is_what_a_running_node_sends() {
     });
     alice.send_bytes(&to_shop.encode(seq)).await;
     check("error", next(&mut alice).await, &doc);
+
+    // Request 10: Alice recalls her message (the document's frame, with the
+    // id this node gave it); Bob's phone gets the notice as entry 8.
+    let (seq, Packet::Amend(mut recall)) = decode_all(&doc["recall"]) else {
+        panic!("the recall example is not an amend")
+    };
+    recall.msg_id = sent_id;
+    alice.send_bytes(&Packet::Amend(recall).encode(seq)).await;
+    check("recall_ack", next(&mut alice).await, &doc);
+    check("recall_push", next(&mut phone).await, &doc);
     s.stop().await;
 }

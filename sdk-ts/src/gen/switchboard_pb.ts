@@ -16,7 +16,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file switchboard.proto.
  */
 export const file_switchboard: GenFile = /*@__PURE__*/
-  fileDesc("ChFzd2l0Y2hib2FyZC5wcm90bxIOc3dpdGNoYm9hcmQudjEiIAoEVXNlchILCgNhcHAYASABKAkSCwoDdWlkGAIgASgJIuQBCgdNZXNzYWdlEg4KBm1zZ19pZBgBIAEoBBIiCgRmcm9tGAIgASgLMhQuc3dpdGNoYm9hcmQudjEuVXNlchIgCgJ0bxgDIAEoCzIULnN3aXRjaGJvYXJkLnYxLlVzZXISDAoEdHlwZRgEIAEoCRIMCgRib2R5GAUgASgMEhUKDWNsaWVudF9tc2dfaWQYBiABKAkSFgoOc2VydmVyX3RpbWVfbXMYByABKAMSDQoFZ3JvdXAYCCABKAkSKQoEcmVhZBgJIAEoCzIbLnN3aXRjaGJvYXJkLnYxLlJlYWRSZWNlaXB0Il0KC1JlYWRSZWNlaXB0EiIKBHBlZXIYASABKAsyFC5zd2l0Y2hib2FyZC52MS5Vc2VyEg0KBWdyb3VwGAIgASgJEgsKA3NlcRgDIAEoBBIOCgZtc2dfaWQYBCABKAQiaAoFTG9naW4SDQoFdG9rZW4YASABKAkSEAoIcGxhdGZvcm0YAiABKAkSEQoJZGV2aWNlX2lkGAMgASgJEhMKC2NvbXByZXNzaW9uGAQgAygJEhYKDmNsaWVudF92ZXJzaW9uGAUgASgJIu0BCghMb2dpbkFjaxIiCgR1c2VyGAEgASgLMhQuc3dpdGNoYm9hcmQudjEuVXNlchIVCg10aW1lbGluZV9oZWFkGAIgASgEEg4KBmN1cnNvchgDIAEoBBITCgtjb21wcmVzc2lvbhgEIAEoCRIWCg5rZWVwYWxpdmVfc2VjcxgFIAEoDRIXCg9tYXhfZnJhbWVfYnl0ZXMYBiABKA0SFgoOc2VydmVyX3RpbWVfbXMYByABKAQSDAoEbm9kZRgIIAEoCRIqCgZncm91cHMYCSADKAsyGi5zd2l0Y2hib2FyZC52MS5Hcm91cFN0YXRlIjkKCkdyb3VwU3RhdGUSDQoFZ3JvdXAYASABKAkSDAoEaGVhZBgCIAEoBBIOCgZjdXJzb3IYAyABKAQiCAoGTG9nb3V0IgsKCUxvZ291dEFjayIGCgRQaW5nIh4KBFBvbmcSFgoOc2VydmVyX3RpbWVfbXMYASABKAQifAoDQzJjEhUKDWNsaWVudF9tc2dfaWQYASABKAkSIAoCdG8YAiABKAsyFC5zd2l0Y2hib2FyZC52MS5Vc2VyEgwKBHR5cGUYAyABKAkSDAoEYm9keRgEIAEoDBINCgVncm91cBgFIAEoCRIRCgl0cmFuc2llbnQYBiABKAgigAEKBkMyY0FjaxIVCg1jbGllbnRfbXNnX2lkGAEgASgJEg4KBm1zZ19pZBgCIAEoBBILCgNzZXEYAyABKAQSFgoOc2VydmVyX3RpbWVfbXMYBCABKAMSEQoJZHVwbGljYXRlGAUgASgIEhcKD2RldmljZXNfcmVhY2hlZBgGIAEoDSI9CgRQdXNoEgsKA3NlcRgBIAEoBBIoCgdtZXNzYWdlGAIgASgLMhcuc3dpdGNoYm9hcmQudjEuTWVzc2FnZSIlCgdQdXNoQWNrEgsKA3NlcRgBIAEoBBINCgVncm91cBgCIAEoCSIzCgRTeW5jEg0KBXNpbmNlGAEgASgEEg0KBWxpbWl0GAIgASgNEg0KBWdyb3VwGAMgASgJImoKCVN5bmNSZXBseRIlCgdlbnRyaWVzGAEgAygLMhQuc3dpdGNoYm9hcmQudjEuUHVzaBIVCg10aW1lbGluZV9oZWFkGAIgASgEEhAKCGhhc19tb3JlGAMgASgIEg0KBXNpbmNlGAQgASgEIjgKA0MycxIVCg1jbGllbnRfbXNnX2lkGAEgASgJEgwKBHR5cGUYAiABKAkSDAoEYm9keRgDIAEoDCJCCgZDMnNBY2sSFQoNY2xpZW50X21zZ19pZBgBIAEoCRIOCgZtc2dfaWQYAiABKAQSEQoJZHVwbGljYXRlGAMgASgIIjUKBUVycm9yEgwKBGNvZGUYASABKA0SDwoHbWVzc2FnZRgCIAEoCRINCgVmYXRhbBgDIAEoCCIkCgRLaWNrEgwKBGNvZGUYASABKA0SDgoGcmVhc29uGAIgASgJIkoKCE1hcmtSZWFkEiIKBHBlZXIYASABKAsyFC5zd2l0Y2hib2FyZC52MS5Vc2VyEg0KBWdyb3VwGAIgASgJEgsKA3NlcRgDIAEoBCIqCgtNYXJrUmVhZEFjaxILCgNzZXEYASABKAQSDgoGbXNnX2lkGAIgASgEIjEKEUxpc3RDb252ZXJzYXRpb25zEg0KBWFmdGVyGAEgASgJEg0KBWxpbWl0GAIgASgNImsKEENvbnZlcnNhdGlvbkxpc3QSMwoNY29udmVyc2F0aW9ucxgBIAMoCzIcLnN3aXRjaGJvYXJkLnYxLkNvbnZlcnNhdGlvbhIMCgRuZXh0GAIgASgJEhQKDHRvdGFsX3VucmVhZBgDIAEoBCK3AQoMQ29udmVyc2F0aW9uEiIKBHBlZXIYASABKAsyFC5zd2l0Y2hib2FyZC52MS5Vc2VyEg0KBWdyb3VwGAIgASgJEiIKBGxhc3QYAyABKAsyFC5zd2l0Y2hib2FyZC52MS5QdXNoEhQKDGxhc3RfdGltZV9tcxgEIAEoAxIOCgZ1bnJlYWQYBSABKAQSEAoIcmVhZF9zZXEYBiABKAQSGAoQcGVlcl9yZWFkX21zZ19pZBgHIAEoBGIGcHJvdG8z");
+  fileDesc("ChFzd2l0Y2hib2FyZC5wcm90bxIOc3dpdGNoYm9hcmQudjEiIAoEVXNlchILCgNhcHAYASABKAkSCwoDdWlkGAIgASgJIrYCCgdNZXNzYWdlEg4KBm1zZ19pZBgBIAEoBBIiCgRmcm9tGAIgASgLMhQuc3dpdGNoYm9hcmQudjEuVXNlchIgCgJ0bxgDIAEoCzIULnN3aXRjaGJvYXJkLnYxLlVzZXISDAoEdHlwZRgEIAEoCRIMCgRib2R5GAUgASgMEhUKDWNsaWVudF9tc2dfaWQYBiABKAkSFgoOc2VydmVyX3RpbWVfbXMYByABKAMSDQoFZ3JvdXAYCCABKAkSKQoEcmVhZBgJIAEoCzIbLnN3aXRjaGJvYXJkLnYxLlJlYWRSZWNlaXB0EigKB2FtZW5kZWQYCiABKAsyFy5zd2l0Y2hib2FyZC52MS5NZXNzYWdlEhAKCHJlY2FsbGVkGAsgASgIEhQKDGVkaXRlZF9hdF9tcxgMIAEoAyJdCgtSZWFkUmVjZWlwdBIiCgRwZWVyGAEgASgLMhQuc3dpdGNoYm9hcmQudjEuVXNlchINCgVncm91cBgCIAEoCRILCgNzZXEYAyABKAQSDgoGbXNnX2lkGAQgASgEImgKBUxvZ2luEg0KBXRva2VuGAEgASgJEhAKCHBsYXRmb3JtGAIgASgJEhEKCWRldmljZV9pZBgDIAEoCRITCgtjb21wcmVzc2lvbhgEIAMoCRIWCg5jbGllbnRfdmVyc2lvbhgFIAEoCSLtAQoITG9naW5BY2sSIgoEdXNlchgBIAEoCzIULnN3aXRjaGJvYXJkLnYxLlVzZXISFQoNdGltZWxpbmVfaGVhZBgCIAEoBBIOCgZjdXJzb3IYAyABKAQSEwoLY29tcHJlc3Npb24YBCABKAkSFgoOa2VlcGFsaXZlX3NlY3MYBSABKA0SFwoPbWF4X2ZyYW1lX2J5dGVzGAYgASgNEhYKDnNlcnZlcl90aW1lX21zGAcgASgEEgwKBG5vZGUYCCABKAkSKgoGZ3JvdXBzGAkgAygLMhouc3dpdGNoYm9hcmQudjEuR3JvdXBTdGF0ZSI5CgpHcm91cFN0YXRlEg0KBWdyb3VwGAEgASgJEgwKBGhlYWQYAiABKAQSDgoGY3Vyc29yGAMgASgEIggKBkxvZ291dCILCglMb2dvdXRBY2siBgoEUGluZyIeCgRQb25nEhYKDnNlcnZlcl90aW1lX21zGAEgASgEInwKA0MyYxIVCg1jbGllbnRfbXNnX2lkGAEgASgJEiAKAnRvGAIgASgLMhQuc3dpdGNoYm9hcmQudjEuVXNlchIMCgR0eXBlGAMgASgJEgwKBGJvZHkYBCABKAwSDQoFZ3JvdXAYBSABKAkSEQoJdHJhbnNpZW50GAYgASgIIoABCgZDMmNBY2sSFQoNY2xpZW50X21zZ19pZBgBIAEoCRIOCgZtc2dfaWQYAiABKAQSCwoDc2VxGAMgASgEEhYKDnNlcnZlcl90aW1lX21zGAQgASgDEhEKCWR1cGxpY2F0ZRgFIAEoCBIXCg9kZXZpY2VzX3JlYWNoZWQYBiABKA0iPQoEUHVzaBILCgNzZXEYASABKAQSKAoHbWVzc2FnZRgCIAEoCzIXLnN3aXRjaGJvYXJkLnYxLk1lc3NhZ2UiJQoHUHVzaEFjaxILCgNzZXEYASABKAQSDQoFZ3JvdXAYAiABKAkiMwoEU3luYxINCgVzaW5jZRgBIAEoBBINCgVsaW1pdBgCIAEoDRINCgVncm91cBgDIAEoCSJqCglTeW5jUmVwbHkSJQoHZW50cmllcxgBIAMoCzIULnN3aXRjaGJvYXJkLnYxLlB1c2gSFQoNdGltZWxpbmVfaGVhZBgCIAEoBBIQCghoYXNfbW9yZRgDIAEoCBINCgVzaW5jZRgEIAEoBCI4CgNDMnMSFQoNY2xpZW50X21zZ19pZBgBIAEoCRIMCgR0eXBlGAIgASgJEgwKBGJvZHkYAyABKAwiQgoGQzJzQWNrEhUKDWNsaWVudF9tc2dfaWQYASABKAkSDgoGbXNnX2lkGAIgASgEEhEKCWR1cGxpY2F0ZRgDIAEoCCI1CgVFcnJvchIMCgRjb2RlGAEgASgNEg8KB21lc3NhZ2UYAiABKAkSDQoFZmF0YWwYAyABKAgiJAoES2ljaxIMCgRjb2RlGAEgASgNEg4KBnJlYXNvbhgCIAEoCSJKCghNYXJrUmVhZBIiCgRwZWVyGAEgASgLMhQuc3dpdGNoYm9hcmQudjEuVXNlchINCgVncm91cBgCIAEoCRILCgNzZXEYAyABKAQiKgoLTWFya1JlYWRBY2sSCwoDc2VxGAEgASgEEg4KBm1zZ19pZBgCIAEoBCIxChFMaXN0Q29udmVyc2F0aW9ucxINCgVhZnRlchgBIAEoCRINCgVsaW1pdBgCIAEoDSJrChBDb252ZXJzYXRpb25MaXN0EjMKDWNvbnZlcnNhdGlvbnMYASADKAsyHC5zd2l0Y2hib2FyZC52MS5Db252ZXJzYXRpb24SDAoEbmV4dBgCIAEoCRIUCgx0b3RhbF91bnJlYWQYAyABKAQiTAoFQW1lbmQSFQoNY2xpZW50X21zZ19pZBgBIAEoCRIOCgZtc2dfaWQYAiABKAQSDgoGcmVjYWxsGAMgASgIEgwKBGJvZHkYBCABKAwiYAoIQW1lbmRBY2sSFQoNY2xpZW50X21zZ19pZBgBIAEoCRIOCgZtc2dfaWQYAiABKAQSCwoDc2VxGAMgASgEEhEKCWR1cGxpY2F0ZRgEIAEoCBINCgVncm91cBgFIAEoCSK3AQoMQ29udmVyc2F0aW9uEiIKBHBlZXIYASABKAsyFC5zd2l0Y2hib2FyZC52MS5Vc2VyEg0KBWdyb3VwGAIgASgJEiIKBGxhc3QYAyABKAsyFC5zd2l0Y2hib2FyZC52MS5QdXNoEhQKDGxhc3RfdGltZV9tcxgEIAEoAxIOCgZ1bnJlYWQYBSABKAQSEAoIcmVhZF9zZXEYBiABKAQSGAoQcGVlcl9yZWFkX21zZ19pZBgHIAEoBGIGcHJvdG8z");
 
 /**
  * A user is identified by its app (account domain) and its uid in that app.
@@ -108,6 +108,33 @@ export type Message = Message$1<"switchboard.v1.Message"> & {
    * @generated from field: switchboard.v1.ReadReceipt read = 9;
    */
   read?: ReadReceipt | undefined;
+
+  /**
+   * Set when this entry says an earlier message was recalled or edited
+   * (by `from`: its sender, or the business as the app's system sender):
+   * that message as it is now, whole. This entry has no `type` or `body`
+   * of its own; a client replaces the message it holds with the same
+   * `msg_id` (or, when it holds none, has nothing to do).
+   *
+   * @generated from field: switchboard.v1.Message amended = 10;
+   */
+  amended?: Message | undefined;
+
+  /**
+   * The message was recalled: its `body` is gone from the server (its
+   * `type` stays, so a client can say "a photo was recalled").
+   *
+   * @generated from field: bool recalled = 11;
+   */
+  recalled: boolean;
+
+  /**
+   * The message was edited at this time (0: never): `body` is the edited
+   * body. Milliseconds since the Unix epoch.
+   *
+   * @generated from field: int64 edited_at_ms = 12;
+   */
+  editedAtMs: bigint;
 };
 
 /**
@@ -861,6 +888,103 @@ export const ConversationListSchema: GenMessage<ConversationList> = /*@__PURE__*
   messageDesc(file_switchboard, 23);
 
 /**
+ * cmd 21, client -> server: recall or edit a message this user sent (a
+ * c2c to a user or a group), within the app's window (by default 2 minutes
+ * to recall, 24 hours to edit, counted from the message's
+ * server_time_ms). The message keeps its place and its msg_id: recalled,
+ * its body is gone from storage; edited, its body is replaced. Every
+ * device of every party learns it from a new entry (Message.amended) on
+ * the timelines that hold the message, pushed and in sync. Answered by
+ * amend_ack.
+ *
+ * @generated from message switchboard.v1.Amend
+ */
+export type Amend = Message$1<"switchboard.v1.Amend"> & {
+  /**
+   * The request's idempotency id (a resend with the same id answers the
+   * first result with duplicate = true); may be empty.
+   *
+   * @generated from field: string client_msg_id = 1;
+   */
+  clientMsgId: string;
+
+  /**
+   * The message to recall or edit.
+   *
+   * @generated from field: uint64 msg_id = 2;
+   */
+  msgId: bigint;
+
+  /**
+   * True: recall it. False: edit it to `body`.
+   *
+   * @generated from field: bool recall = 3;
+   */
+  recall: boolean;
+
+  /**
+   * The edited body (an edit only; the type stays).
+   *
+   * @generated from field: bytes body = 4;
+   */
+  body: Uint8Array;
+};
+
+/**
+ * Describes the message switchboard.v1.Amend.
+ * Use `create(AmendSchema)` to create a new message.
+ */
+export const AmendSchema: GenMessage<Amend> = /*@__PURE__*/
+  messageDesc(file_switchboard, 24);
+
+/**
+ * cmd 22, server -> client: the recall or edit is stored.
+ *
+ * @generated from message switchboard.v1.AmendAck
+ */
+export type AmendAck = Message$1<"switchboard.v1.AmendAck"> & {
+  /**
+   * @generated from field: string client_msg_id = 1;
+   */
+  clientMsgId: string;
+
+  /**
+   * The new entry's message id...
+   *
+   * @generated from field: uint64 msg_id = 2;
+   */
+  msgId: bigint;
+
+  /**
+   * ...and its sequence: on the sender's own timeline for a 1:1 message,
+   * on the group's timeline for a group message. This connection is not
+   * pushed the entry: hold `seq` as received, as for a c2c_ack.
+   *
+   * @generated from field: uint64 seq = 3;
+   */
+  seq: bigint;
+
+  /**
+   * @generated from field: bool duplicate = 4;
+   */
+  duplicate: boolean;
+
+  /**
+   * The group, for a group message (empty for a 1:1 message).
+   *
+   * @generated from field: string group = 5;
+   */
+  group: string;
+};
+
+/**
+ * Describes the message switchboard.v1.AmendAck.
+ * Use `create(AmendAckSchema)` to create a new message.
+ */
+export const AmendAckSchema: GenMessage<AmendAck> = /*@__PURE__*/
+  messageDesc(file_switchboard, 25);
+
+/**
  * One conversation of a user: a 1:1 pair or a group.
  *
  * @generated from message switchboard.v1.Conversation
@@ -923,5 +1047,5 @@ export type Conversation = Message$1<"switchboard.v1.Conversation"> & {
  * Use `create(ConversationSchema)` to create a new message.
  */
 export const ConversationSchema: GenMessage<Conversation> = /*@__PURE__*/
-  messageDesc(file_switchboard, 24);
+  messageDesc(file_switchboard, 26);
 
