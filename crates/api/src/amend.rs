@@ -20,9 +20,10 @@ use crate::v1::{MessageView, message_view, parse_msg_id};
 #[serde(deny_unknown_fields)]
 pub struct RecallRequest {
     /// Idempotency: a retry with the same id answers the first result
-    /// (`duplicate: true`) instead of `MESSAGE_RECALLED`.
-    #[serde(default)]
-    pub client_msg_id: String,
+    /// (`duplicate: true`) instead of `MESSAGE_RECALLED` (1 to 128 bytes).
+    #[serde(default, deserialize_with = "crate::v1::given")]
+    #[schema(value_type = String, min_length = 1, max_length = 128)]
+    pub client_msg_id: Option<String>,
 }
 
 /// The recall is stored and pushed.
@@ -57,7 +58,7 @@ pub struct RecallResponse {
         (status = 400, description = "BAD_QUERY, INVALID_ARGUMENT, BAD_JSON", body = ErrorBody),
         (status = 401, description = "UNAUTHORIZED, INVALID_API_KEY", body = ErrorBody),
         (status = 404, description = "UNKNOWN_APP, MESSAGE_NOT_FOUND", body = ErrorBody),
-        (status = 409, description = "MESSAGE_RECALLED: already recalled", body = ErrorBody),
+        (status = 409, description = "MESSAGE_RECALLED: already recalled; CLIENT_MSG_ID_REUSED: the id named another recall", body = ErrorBody),
         (status = 503, description = "UNAVAILABLE", body = ErrorBody),
     ),
     security(("api_key" = []))
@@ -69,6 +70,9 @@ pub async fn recall(
     JsonBody(req): JsonBody<RecallRequest>,
 ) -> Result<Json<RecallResponse>, ApiError> {
     let msg_id = parse_msg_id(&msg_id, "msg_id")?;
+    if req.client_msg_id.as_deref() == Some("") {
+        return Err(ApiError::invalid("client_msg_id must be 1 to 128 bytes"));
+    }
     let done = state
         .gate
         .logic
@@ -76,7 +80,7 @@ pub async fn recall(
             &Amender::App(app),
             None,
             AmendRequest {
-                client_msg_id: req.client_msg_id,
+                client_msg_id: req.client_msg_id.unwrap_or_default(),
                 msg_id,
                 action: AmendAction::Recall,
             },

@@ -101,9 +101,10 @@ impl From<&LogicError> for ApiError {
             code::NOT_GROUP_MEMBER | code::GROUP_ADMINS_ONLY | code::NOT_MESSAGE_SENDER => {
                 StatusCode::FORBIDDEN
             }
-            code::GROUP_FULL | code::AMEND_WINDOW_CLOSED | code::MESSAGE_RECALLED => {
-                StatusCode::CONFLICT
-            }
+            code::GROUP_FULL
+            | code::AMEND_WINDOW_CLOSED
+            | code::MESSAGE_RECALLED
+            | code::CLIENT_MSG_ID_REUSED => StatusCode::CONFLICT,
             code::INVALID_ARGUMENT => StatusCode::BAD_REQUEST,
             code::CROSS_APP_FORBIDDEN | code::FORBIDDEN => StatusCode::FORBIDDEN,
             code::RATE_LIMITED => StatusCode::TOO_MANY_REQUESTS,

@@ -46,6 +46,8 @@ pub enum LogicError {
     /// The recall or edit window has passed (the text says which).
     #[error("{0}")]
     AmendWindowClosed(String),
+    #[error("client_msg_id {0:?} already names another request; use a fresh one")]
+    ClientMsgIdReused(String),
 }
 
 impl From<switchboard_proto::limits::LimitError> for LogicError {
@@ -69,6 +71,7 @@ impl LogicError {
             LogicError::MessageNotFound(_) => code::MESSAGE_NOT_FOUND,
             LogicError::NotMessageSender => code::NOT_MESSAGE_SENDER,
             LogicError::AmendWindowClosed(_) => code::AMEND_WINDOW_CLOSED,
+            LogicError::ClientMsgIdReused(_) => code::CLIENT_MSG_ID_REUSED,
             LogicError::Store(StoreError::Group(r)) => match r {
                 GroupRefusal::NotFound => code::GROUP_NOT_FOUND,
                 GroupRefusal::NotMember => code::NOT_GROUP_MEMBER,

@@ -209,8 +209,8 @@ impl Logic {
             (appended, delivery, 0)
         };
         if appended.duplicate && appended.message.amends_msg_id() != Some(req.msg_id) {
-            return Err(LogicError::InvalidArgument(
-                "client_msg_id was already used for another message".into(),
+            return Err(LogicError::ClientMsgIdReused(
+                appended.message.client_msg_id.clone(),
             ));
         }
         // What devices get: the notice with the message as it is now (for a

@@ -61,6 +61,10 @@ pub const NOT_MESSAGE_SENDER: u32 = 3010;
 pub const AMEND_WINDOW_CLOSED: u32 = 3011;
 /// The message was recalled: it cannot be edited any more.
 pub const MESSAGE_RECALLED: u32 = 3012;
+/// The request's `client_msg_id` already names a different request of this
+/// user (another message, or a recall or edit of another message): use a
+/// fresh id.
+pub const CLIENT_MSG_ID_REUSED: u32 = 3013;
 
 /// Kick: the same device id logged in on another connection.
 pub const KICK_REPLACED: u32 = 4000;
@@ -120,6 +124,7 @@ pub fn name(code: u32) -> &'static str {
         NOT_MESSAGE_SENDER => "NOT_MESSAGE_SENDER",
         AMEND_WINDOW_CLOSED => "AMEND_WINDOW_CLOSED",
         MESSAGE_RECALLED => "MESSAGE_RECALLED",
+        CLIENT_MSG_ID_REUSED => "CLIENT_MSG_ID_REUSED",
         KICK_REPLACED => "KICK_REPLACED",
         KICK_TOO_MANY_DEVICES => "KICK_TOO_MANY_DEVICES",
         KICK_SLOW_CONSUMER => "KICK_SLOW_CONSUMER",

@@ -277,6 +277,16 @@ async fn the_business_recalls_any_message_of_its_app_over_http() {
     let (status, err) = http.post(&path, json!({})).await;
     assert_eq!(status, 409, "{err}");
     assert_eq!(err["error"]["code"], "MESSAGE_RECALLED");
+    // The same id for a recall of another message is a conflict.
+    let other = alice.send(demo("bob"), "text", "fine").await.unwrap();
+    let (status, err) = http
+        .post(
+            &format!("/v1/apps/demo/messages/{}/recall", other.msg_id),
+            json!({"client_msg_id": "mod-1"}),
+        )
+        .await;
+    assert_eq!(status, 409, "{err}");
+    assert_eq!(err["error"]["code"], "CLIENT_MSG_ID_REUSED");
     // Unknown ids, another app's key, bad ids.
     let (status, err) = http
         .post("/v1/apps/demo/messages/42/recall", json!({}))
