@@ -418,7 +418,7 @@ fn config_example_passes_config_check_and_a_typo_is_named_with_its_line() {
 }
 
 #[test]
-fn chat_lists_unread_marks_read_and_shows_typing() {
+fn chat_lists_unread_marks_read_shows_typing_and_recalls() {
     let root = tempfile::tempdir().unwrap();
     let node = Node::start(&root.path().join("data"));
     let mut bob = Chat::start(&node, &["--uid", "bob", "--to", "alice", "--json"]);
@@ -447,4 +447,13 @@ fn chat_lists_unread_marks_read_and_shows_typing() {
     let line = bob.expect("\"typing_sent\"");
     assert!(line.contains("\"devices_reached\":1"), "{line}");
     alice.expect("* bob is typing...");
+    // Alice edits, then recalls, her last message: bob sees both.
+    alice.say("/edit are you there now?");
+    alice.expect("* edited message");
+    let line = bob.expect("\"edited\"");
+    assert!(line.contains("are you there now?"), "{line}");
+    alice.say("/recall");
+    alice.expect("* recalled message");
+    let line = bob.expect("\"recalled\"");
+    assert!(line.contains("\"body\":\"\""), "{line}");
 }
