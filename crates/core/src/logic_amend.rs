@@ -161,8 +161,8 @@ impl Logic {
         let amends = Some(Box::new(Amendment {
             message: replacement.clone(),
         }));
-        let skip_conn = origin_conn.map(|c| (self.config().node.clone(), c));
-        let (appended, delivery, own) = if original.group.is_empty() {
+        // Where the notice goes: one target per entry the store returns.
+        let (appended, targets, own) = if original.group.is_empty() {
             // Every timeline that holds the message: the receiver's and the
             // sender's (the system sender has none).
             let mut timelines = vec![original.to.clone()];
@@ -178,16 +178,11 @@ impl Logic {
                     amends,
                 })
                 .await?;
-            let entries = appended.entries().collect::<Vec<_>>();
-            let delivery = Delivery {
-                entries: timelines
-                    .into_iter()
-                    .map(Target::User)
-                    .zip(entries)
-                    .collect(),
-                skip_conn,
-            };
-            (appended, delivery, own)
+            (
+                appended,
+                timelines.into_iter().map(Target::User).collect(),
+                own,
+            )
         } else {
             let key = GroupKey::new(original.to.app.clone(), original.group.clone());
             let appended = self
@@ -199,14 +194,7 @@ impl Logic {
                     amends,
                 })
                 .await?;
-            let delivery = Delivery {
-                entries: appended
-                    .entries()
-                    .map(|e| (Target::Group(key.clone()), e))
-                    .collect(),
-                skip_conn,
-            };
-            (appended, delivery, 0)
+            (appended, vec![Target::Group(key)], 0)
         };
         if appended.duplicate && appended.message.amends_msg_id() != Some(req.msg_id) {
             return Err(LogicError::ClientMsgIdReused(
@@ -225,18 +213,18 @@ impl Logic {
         };
         let resolved = Arc::new(appended.message.resolved(&now_stored));
         let delivery = Delivery {
-            entries: delivery
-                .entries
+            entries: targets
                 .into_iter()
-                .map(|(t, e)| {
+                .zip(&appended.seqs)
+                .map(|(target, &seq)| {
                     let entry = Entry {
-                        seq: e.seq,
+                        seq,
                         message: resolved.clone(),
                     };
-                    (t, entry)
+                    (target, entry)
                 })
                 .collect(),
-            skip_conn: delivery.skip_conn,
+            skip_conn: origin_conn.map(|c| (self.config().node.clone(), c)),
         };
         // A resend is pushed again, as a c2c is: devices drop what they
         // already hold by sequence.
