@@ -58,6 +58,45 @@ pub struct AppConfig {
     /// How long after sending a user may edit a message, in seconds
     /// (default 86400; 0: users may not edit).
     pub edit_window_secs: Option<u64>,
+    /// Offline notifications (`notification` events, [`crate::notify`]):
+    /// absent, none are made.
+    pub notifications: Option<NotificationConfig>,
+}
+
+/// When and how an app's users are told, through the business's push
+/// provider, about messages that found none of their devices online.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotificationConfig {
+    /// Messages to one receiver within this many milliseconds of the first
+    /// make one notification (default 3000).
+    pub window_ms: Option<u64>,
+    /// Put the start of a UTF-8 body (at most [`crate::notify::PREVIEW_CHARS`]
+    /// characters) in the notification. Default false: no content leaves
+    /// for the push provider.
+    pub preview: bool,
+    /// Groups up to this many members notify their offline members (default
+    /// 1000); a larger group's posts make no notifications (finding its
+    /// offline members would cost a presence lookup per member per post).
+    pub group_max_members: Option<u64>,
+}
+
+/// [`NotificationConfig::window_ms`] when not set.
+pub const DEFAULT_NOTIFICATION_WINDOW_MS: u64 = 3000;
+/// [`NotificationConfig::group_max_members`] when not set.
+pub const DEFAULT_NOTIFICATION_GROUP_MAX: u64 = 1000;
+
+impl NotificationConfig {
+    /// How long a receiver's notification collects messages.
+    pub fn window(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.window_ms.unwrap_or(DEFAULT_NOTIFICATION_WINDOW_MS))
+    }
+
+    /// The largest group whose posts notify offline members.
+    pub fn group_max_members(&self) -> u64 {
+        self.group_max_members
+            .unwrap_or(DEFAULT_NOTIFICATION_GROUP_MAX)
+    }
 }
 
 /// [`AppConfig::recall_window_secs`] when not set.

@@ -17,6 +17,11 @@ pub const USER_OFFLINE: &str = "user.offline";
 /// A c2c message was stored (metadata, not the body).
 pub const MESSAGE_STORED: &str = "message.stored";
 
+/// Stored messages found none of a user's devices online: what a push
+/// notification needs (docs/bus.md), collapsed per receiver over the app's
+/// window. Made only for apps with `notifications` set.
+pub const NOTIFICATION: &str = "notification";
+
 /// A group was created through the HTTP API.
 pub const GROUP_CREATED: &str = "group.created";
 /// A group was deleted through the HTTP API.
@@ -32,6 +37,7 @@ pub const TOPICS: &[&str] = &[
     USER_ONLINE,
     USER_OFFLINE,
     MESSAGE_STORED,
+    NOTIFICATION,
     GROUP_CREATED,
     GROUP_DELETED,
     GROUP_MEMBERS_ADDED,
@@ -150,4 +156,42 @@ impl MessageStoredData {
             group: None,
         }
     }
+}
+
+/// `data` of `notification`: one per receiver per window, for every stored
+/// message in it that found none of the receiver's devices online. It names
+/// the last of them; `messages` and `conversations` say how many it stands
+/// for. The event's user is the receiver.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotificationData {
+    /// The receiver: whose phone to notify.
+    pub to: UserRef,
+    /// The sender of the last message (uid `""`: the app's system, an s2c).
+    pub from: UserRef,
+    /// The last message's 1:1 conversation: the receiver's peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<UserRef>,
+    /// The last message's group conversation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// The last message's type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub msg_id: String,
+    pub server_time_ms: i64,
+    /// The start of the last message's body, when the app allows previews
+    /// and the body is UTF-8 text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preview: Option<String>,
+    /// The receiver's unread count over all conversations when the
+    /// notification was made: the app icon's badge. Absent when it could
+    /// not be read (the store failed); the notification goes anyway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub badge: Option<u64>,
+    /// Messages this notification stands for (1 or more).
+    pub messages: u64,
+    /// Distinct conversations among them.
+    pub conversations: u64,
+    /// When the first of them was stored (ms since the Unix epoch).
+    pub first_time_ms: i64,
 }

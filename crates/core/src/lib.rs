@@ -15,6 +15,8 @@
 //!   [`logic_groups_api`]: groups for the HTTP API (membership, posting);
 //!   [`logic_conv`]: the conversation list, read receipts, transient messages
 //!   (over the [`conversation`] view);
+//! - [`notify`]: offline notifications (collapsed per receiver) for the
+//!   business's push provider;
 //! - [`stats`]: node counters and metric names.
 
 pub mod auth;
@@ -33,6 +35,7 @@ pub mod logic_conv;
 pub mod logic_group;
 pub mod logic_groups_api;
 pub mod model;
+pub mod notify;
 pub mod presence;
 pub mod route;
 pub mod stats;

@@ -190,6 +190,8 @@ pub struct Logic {
     route_failures: AtomicU64,
     /// Messages stored and delivery latency, for operator stats and metrics.
     pub(crate) stats: crate::stats::NodeStats,
+    /// Where deliveries report receivers they found offline.
+    pub(crate) notifier: crate::notify::Notifier,
 }
 
 impl Logic {
@@ -213,6 +215,7 @@ impl Logic {
             event_failures: AtomicU64::new(0),
             route_failures: AtomicU64::new(0),
             stats: crate::stats::NodeStats::default(),
+            notifier: crate::notify::Notifier::default(),
         }
     }
 
@@ -331,7 +334,7 @@ impl Logic {
 
     /// Whether an event goes to the bus: always, unless the bus takes only
     /// what a webhook subscribed to.
-    fn wants_kind(&self, topic: &str, user: &UserKey, kind: &str) -> bool {
+    pub(crate) fn wants_kind(&self, topic: &str, user: &UserKey, kind: &str) -> bool {
         !self.bus.only_subscribed()
             || self
                 .apps
@@ -691,6 +694,9 @@ impl Logic {
         let reach = self.deliver_counted(&delivery).await;
         if reach.iter().any(|r| r.devices > 0) {
             self.stats.record_delivery(stored_at);
+        }
+        if !appended.duplicate {
+            self.notify_offline(&delivery, &reach);
         }
     }
 

@@ -221,11 +221,11 @@ impl Logic {
             entries: vec![(Target::User(user.clone()), entry)],
             skip_conn: None,
         };
-        let devices_reached = self
-            .deliver_counted(&delivery)
-            .await
-            .first()
-            .map_or(0, |r| r.devices);
+        let reach = self.deliver_counted(&delivery).await;
+        if !appended.duplicate {
+            self.notify_offline(&delivery, &reach);
+        }
+        let devices_reached = reach.first().map_or(0, |r| r.devices);
         if devices_reached > 0 {
             self.stats.record_delivery(stored_at);
         }

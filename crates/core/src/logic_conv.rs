@@ -371,7 +371,7 @@ impl Logic {
 
     /// The user's conversation view, brought up to date and stored when
     /// it moved.
-    async fn conversation_view(&self, user: &UserKey) -> Result<View, LogicError> {
+    pub(crate) async fn conversation_view(&self, user: &UserKey) -> Result<View, LogicError> {
         let store = self.store();
         let stored = store.conversation_view(user).await?;
         let before = stored.clone();

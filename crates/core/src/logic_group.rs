@@ -132,10 +132,17 @@ impl Logic {
         if !appended.duplicate {
             self.stats.record_stored(1);
         }
-        tokio::join!(
-            self.deliver_group_entry(&group, entry, origin_conn),
+        let delivery = Delivery {
+            entries: vec![(Target::Group(group.clone()), entry)],
+            skip_conn: origin_conn.map(|c| (self.config().node.clone(), c)),
+        };
+        let (reach, ()) = tokio::join!(
+            self.deliver_counted(&delivery),
             self.publish_group_stored(&group, &appended, seq),
         );
+        if !appended.duplicate {
+            self.notify_offline(&delivery, &reach);
+        }
         Ok(GroupPosted {
             message: appended.message,
             seq,
@@ -259,22 +266,5 @@ impl Logic {
         device_id: &str,
     ) -> Result<Vec<GroupState>, LogicError> {
         Ok(self.store().group_states(user, device_id).await?)
-    }
-
-    /// Pushes a stored group entry to every online member device, wherever
-    /// it is, except `skip_conn` (the sender's connection, which gets its
-    /// ack instead). Never fails: the entry is durable, and a device that
-    /// misses the push gets it by sync.
-    pub async fn deliver_group_entry(
-        &self,
-        group: &GroupKey,
-        entry: Entry,
-        skip_conn: Option<u64>,
-    ) {
-        let delivery = Delivery {
-            entries: vec![(Target::Group(group.clone()), entry)],
-            skip_conn: skip_conn.map(|c| (self.config().node.clone(), c)),
-        };
-        self.deliver(delivery).await;
     }
 }

@@ -49,6 +49,10 @@ pub const STORE_CHECKPOINT_SECONDS: &str = "switchboard_store_checkpoint_seconds
 /// group commit, label `store`. (Was `switchboard_store_group_commands`: the
 /// unit, commands, now ends the name like every other.)
 pub const STORE_GROUP_COMMANDS: &str = "switchboard_store_group_size_commands";
+/// Counter: offline notifications, label `outcome` = `published` (one
+/// `notification` event) | `online` (the receiver came back within the
+/// window: none) | `dropped` (the notification task was behind: shed).
+pub const NOTIFICATIONS: &str = "switchboard_notifications_total";
 /// Counter: successful logins (the login ack was sent).
 pub const LOGINS: &str = "switchboard_logins_total";
 /// Counter: logins refused, label `code` (`TOKEN_INVALID`, `LOGIN_TIMEOUT`, ...).

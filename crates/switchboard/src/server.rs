@@ -32,6 +32,8 @@ pub struct Server {
     listeners: Vec<JoinHandle<()>>,
     /// Periodic work that stops at once on shutdown.
     background: Vec<JoinHandle<()>>,
+    /// The offline-notification task (stopped after its last flush).
+    notifications: JoinHandle<()>,
     grace: Duration,
     backends: crate::cluster::Backends,
     /// Delivers the outbox to webhooks (bus backend `outbox` only).
@@ -148,6 +150,7 @@ impl Server {
             None => logic,
         });
 
+        let notifications = tokio::spawn(logic.clone().run_notifications());
         let mut background = Vec::new();
         if config.presence.backend != "memory" {
             // Shared presence: this node announces the devices of nodes that
@@ -204,6 +207,7 @@ impl Server {
             shutdown,
             listeners,
             background,
+            notifications,
             grace: Duration::from_secs(config.shutdown_grace_secs),
             backends,
             dispatcher,
@@ -225,6 +229,10 @@ impl Server {
         for l in self.listeners {
             let _ = tokio::time::timeout(self.grace, l).await;
         }
+        // Open notification windows go to the bus while it is still open
+        // (a crash loses them: they are hints, the messages are durable).
+        self.gate.logic.flush_notifications(self.grace).await;
+        self.notifications.abort();
         // Before the store closes: it marks what was accepted so far.
         if let Some(d) = self.dispatcher {
             d.stop().await;

@@ -153,6 +153,7 @@ prefix = "{prefix}"
 name = "demo"
 jwt_secret = "{SECRET}"
 api_key = "{API_KEY}"
+notifications = {{ window_ms = 500, preview = true }}
 "#,
             pg = pg_url(),
             prefix = ns.prefix,
@@ -467,7 +468,8 @@ async fn read_events(
 
 /// Every platform event reaches JetStream, though the app has no webhook
 /// (issue 15: only c2s used to): logins, a stored message and a logout, from
-/// whichever node saw them, each once. Read back as a business server would,
+/// whichever node saw them, each once; and a burst to a user offline on every
+/// node is one notification (issue 13). Read back as a business server would,
 /// with a durable consumer on the app's events.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn platform_events_reach_jetstream_without_a_webhook() {
@@ -484,20 +486,45 @@ async fn platform_events_reach_jetstream_without_a_webhook() {
         .expect("ack");
     assert_eq!(bodies(&messages(&mut bob_ev, 1, T).await), ["hi bob"]);
     bob.logout().await.expect("logout");
+    for _ in 0..200 {
+        if devices_of(n1, "bob").await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(devices_of(n1, "bob").await.is_empty(), "bob logged out");
+    // Bob is offline everywhere: a burst to him from n1 is one
+    // notification, published by n1 (issue 13), with bob's unread badge.
+    for text in ["one", "two", "three"] {
+        alice.send(demo("bob"), "text", text).await.expect("ack");
+    }
 
     let want = [
         "message_stored alice",
+        "message_stored alice",
+        "message_stored alice",
+        "message_stored alice",
+        "notification bob",
         "user_offline bob",
         "user_online alice",
         "user_online bob",
     ];
-    let mut got: Vec<String> = read_events(&ns, "crm", |got| got.len() >= want.len())
-        .await
-        .into_iter()
+    let events = read_events(&ns, "crm", |got| got.len() >= want.len()).await;
+    let mut got: Vec<String> = events
+        .iter()
         .map(|e| format!("{} {}", e.topic, e.uid))
         .collect();
     got.sort();
     assert_eq!(got, want);
+    let n = &events
+        .iter()
+        .find(|e| e.topic == "notification")
+        .expect("a notification")
+        .body;
+    assert_eq!(n["messages"], 3, "{n}");
+    assert_eq!(n["badge"], 4, "\"hi bob\" and the three, none read: {n}");
+    assert_eq!(n["preview"], "three", "{n}");
+    assert_eq!(n["peer"]["uid"], "alice", "{n}");
     alice.close().await;
 }
 

@@ -105,3 +105,42 @@ impl Http {
         (resp.status().as_u16(), resp.text().await.expect("text"))
     }
 }
+
+/// Every JSON body a [`webhook_receiver`] accepted, in arrival order.
+pub type Received = std::sync::Arc<std::sync::Mutex<Vec<Value>>>;
+
+/// Locks what a [`webhook_receiver`] got (a panicked holder poisons nothing
+/// a test cares about).
+pub fn received(r: &Received) -> std::sync::MutexGuard<'_, Vec<Value>> {
+    r.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A webhook receiver on a free local port, standing in for a business
+/// server: it answers 200 to every JSON body (400 otherwise) and keeps
+/// them. Returns its URL (`http://127.0.0.1:<port>/events`).
+pub async fn webhook_receiver() -> (String, Received) {
+    async fn receive(
+        axum::extract::State(got): axum::extract::State<Received>,
+        body: axum::body::Bytes,
+    ) -> axum::http::StatusCode {
+        match serde_json::from_slice::<Value>(&body) {
+            Ok(v) => {
+                received(&got).push(v);
+                axum::http::StatusCode::OK
+            }
+            Err(_) => axum::http::StatusCode::BAD_REQUEST,
+        }
+    }
+    let got: Received = Received::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the receiver");
+    let addr = listener.local_addr().expect("receiver address");
+    let app = axum::Router::new()
+        .route("/events", axum::routing::post(receive))
+        .with_state(got.clone());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}/events"), got)
+}

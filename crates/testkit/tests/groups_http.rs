@@ -5,14 +5,11 @@
 //! INVALID_ARGUMENT), idempotence, paging, another app's group being
 //! invisible, and the `group.*` events reaching a webhook through the bus.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::StatusCode;
 use serde_json::{Value, json};
 use switchboard_core::hooks::WebhookConfig;
-use switchboard_testkit::http::Http;
+use switchboard_testkit::http::{Http, received, webhook_receiver};
 use switchboard_testkit::server::TestServer;
 
 const T: Duration = Duration::from_secs(20);
@@ -24,38 +21,6 @@ fn assert_error(got: &(u16, Value), status: u16, code: &str) {
     assert_eq!(got.0, status, "status of {}", got.1);
     assert_eq!(got.1["error"]["code"], code, "code of {}", got.1);
     assert_eq!(got.1["error"]["status"], status, "{}", got.1);
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A webhook receiver: every event body it accepted, in arrival order.
-type Received = Arc<Mutex<Vec<Value>>>;
-
-async fn receive(State(got): State<Received>, body: axum::body::Bytes) -> StatusCode {
-    match serde_json::from_slice::<Value>(&body) {
-        Ok(v) => {
-            lock(&got).push(v);
-            StatusCode::OK
-        }
-        Err(_) => StatusCode::BAD_REQUEST,
-    }
-}
-
-async fn webhook_receiver() -> (String, Received) {
-    let got: Received = Arc::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the receiver");
-    let addr = listener.local_addr().expect("receiver address");
-    let app = axum::Router::new()
-        .route("/events", axum::routing::post(receive))
-        .with_state(got.clone());
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (format!("http://{addr}/events"), got)
 }
 
 /// A node whose `demo` app sends the `group.*` events to `hook`, whose
@@ -96,7 +61,7 @@ fn uids(v: &Value) -> Vec<String> {
 
 #[tokio::test]
 async fn a_group_lives_and_its_membership_changes_are_events() {
-    let (hook, received) = webhook_receiver().await;
+    let (hook, got) = webhook_receiver().await;
     let s = start(Some(hook)).await;
     let http = Http::new(&s);
     let g = "/v1/apps/demo/groups/order-42";
@@ -243,7 +208,7 @@ async fn a_group_lives_and_its_membership_changes_are_events() {
     ];
     let deadline = tokio::time::Instant::now() + T;
     let seen = loop {
-        let seen: Vec<String> = lock(&received)
+        let seen: Vec<String> = received(&got)
             .iter()
             .map(|e| {
                 format!(
@@ -260,13 +225,13 @@ async fn a_group_lives_and_its_membership_changes_are_events() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert_eq!(seen, want);
-    for e in lock(&received).iter() {
+    for e in received(&got).iter() {
         assert_eq!(
             (e["app"].as_str(), e["uid"].as_str()),
             (Some("demo"), Some(""))
         );
     }
-    let removed = lock(&received)
+    let removed = received(&got)
         .iter()
         .find(|e| e["topic"] == "group.members_removed")
         .cloned()

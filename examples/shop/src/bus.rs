@@ -61,7 +61,7 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
 pub struct Event {
     /// Decimal string of a 64-bit id (too big for a JavaScript number).
     pub id: String,
-    /// `c2s`, `user.online`, `user.offline`, `message.stored`.
+    /// `c2s`, `user.online`, `user.offline`, `message.stored`, `notification`.
     pub topic: String,
     pub app: String,
     /// The user the event is about (the sender of a c2s).

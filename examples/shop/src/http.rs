@@ -4,11 +4,12 @@
 //!
 //! | method | path | who calls it | what |
 //! |---|---|---|---|
-//! | POST | `/webhook` | Switchboard's bus | c2s reports and user events, HMAC-signed |
+//! | POST | `/webhook` | Switchboard's bus | c2s reports, user events and notifications, HMAC-signed |
 //! | POST | `/orders/{order}/status` | the order system | `{"customer", "status"}`: stored push to the customer |
 //! | POST | `/deliveries/{order}/offer` | dispatch | `{"details": ...}`: online-only push to the couriers online now |
 //! | GET | `/chats` | people | the assignment table and the waiting customers |
 //! | GET | `/stats` | people | webhook counters |
+//! | GET | `/notifications` | people | the last phone notifications, as they would go to the push provider |
 //! | GET | `/healthz` | load balancers | `ok` |
 //!
 //! Only `/webhook` is authenticated (by its signature): the others are for
@@ -41,6 +42,7 @@ pub fn router(shop: Arc<Shop>) -> axum::Router {
         .route("/deliveries/{order}/offer", post(offer))
         .route("/chats", get(chats))
         .route("/stats", get(stats))
+        .route("/notifications", get(notifications))
         .route("/healthz", get(|| async { "ok" }))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(shop)
@@ -172,4 +174,8 @@ async fn chats(State(shop): State<Arc<Shop>>) -> Response {
 
 async fn stats(State(shop): State<Arc<Shop>>) -> Response {
     Json(shop.stats()).into_response()
+}
+
+async fn notifications(State(shop): State<Arc<Shop>>) -> Response {
+    Json(json!({"notifications": shop.phones.recent()})).into_response()
 }

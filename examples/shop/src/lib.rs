@@ -11,16 +11,21 @@
 //! - The order system asks for an order-status notice (a stored push: an
 //!   offline customer gets it on sync) and dispatch for a delivery offer
 //!   (online-only: only the couriers online now see it).
+//! - A user none of whose devices is online gets a phone notification
+//!   (Switchboard's `notification` event, collapsed per burst, with the
+//!   badge): [`phones`] is where the push provider would be called.
 //!
 //! Modules: [`config`] (flags), [`bus`] (signature, events, de-duplication),
 //! [`switchboard`] (the HTTP API client), [`desk`] (the assignment table),
-//! [`service`] (what happens on each event), [`http`] (the shop's routes).
+//! [`service`] (what happens on each event), [`phones`] (phone
+//! notifications), [`http`] (the shop's routes).
 //! README.md says how to run it.
 
 pub mod bus;
 pub mod config;
 pub mod desk;
 pub mod http;
+pub mod phones;
 pub mod service;
 pub mod switchboard;
 

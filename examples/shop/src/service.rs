@@ -160,6 +160,8 @@ pub struct Shop {
     couriers: Vec<String>,
     seen: SeenEvents,
     pub stats: Stats,
+    /// Where phone notifications go.
+    pub phones: crate::phones::Phones,
 }
 
 impl Shop {
@@ -186,6 +188,7 @@ impl Shop {
             couriers: config.couriers.clone(),
             seen: SeenEvents::new(SEEN_CAPACITY),
             stats: Stats::default(),
+            phones: crate::phones::Phones::default(),
         })
     }
 
@@ -262,6 +265,16 @@ impl Shop {
             },
             ("user.online", _) => self.agent_online(id, uid).await,
             ("user.offline", _) => self.agent_offline(id, uid).await,
+            ("notification", _) => {
+                let data = event.data.clone().unwrap_or_default();
+                match serde_json::from_value::<crate::phones::Notification>(data) {
+                    Ok(n) => {
+                        self.phones.send(&n);
+                        Ok(Handled::Done)
+                    }
+                    Err(_) => Ok(Handled::Ignored("malformed notification")),
+                }
+            }
             _ => Ok(Handled::Ignored("not the shop's business")),
         }
     }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use shop::service::kinds;
 use shop::{Roster, ShopConfig};
+use switchboard_core::auth::NotificationConfig;
 use switchboard_core::hooks::{FilterAction, WebhookConfig, WordFilterConfig};
 use switchboard_sdk::{Client, Event, Events, Message};
 use switchboard_testkit::sdk;
@@ -36,6 +37,11 @@ struct World {
 impl World {
     /// Shops `acme` (agents 1 to 3) and `globex` (agent 9), couriers 1 and 2.
     async fn start() -> World {
+        World::start_with(false).await
+    }
+
+    /// [`World::start`], with phone notifications on when `notify`.
+    async fn start_with(notify: bool) -> World {
         // The shop's port first: Switchboard's config names it.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -54,9 +60,17 @@ impl World {
             // One destination for the reports and the agents' comings and
             // goings: the bus keeps order per user and destination, so an
             // agent's last reply is handled before their going offline.
+            let mut topics = vec!["c2s".into(), "user.online".into(), "user.offline".into()];
+            if notify {
+                topics.push("notification".into());
+                app.notifications = Some(NotificationConfig {
+                    window_ms: Some(300),
+                    ..Default::default()
+                });
+            }
             app.webhooks = vec![WebhookConfig {
                 url: format!("http://{shop_addr}/webhook"),
-                topics: vec!["c2s".into(), "user.online".into(), "user.offline".into()],
+                topics,
                 types: vec![],
                 secret: Some(SECRET.into()),
             }];
@@ -426,7 +440,7 @@ async fn a_customer_waits_while_no_agent_is_online_and_what_they_wrote_is_kept()
 
 #[tokio::test]
 async fn an_order_status_reaches_an_offline_customer_and_an_offer_only_online_couriers() {
-    let w = World::start().await;
+    let w = World::start_with(true).await;
 
     // The customer's phone was online once, and is offline now.
     let (cust, _) = w.connect("cust-3", "c3-phone").await;
@@ -443,6 +457,21 @@ async fn an_order_status_reaches_an_offline_customer_and_an_offer_only_online_co
         "the customer is offline: {answer}"
     );
     assert_eq!(answer["duplicate"], false);
+    // Switchboard tells the shop the customer is offline; the shop would
+    // call its push provider, with the badge and its own words.
+    eventually("a phone notification for cust-3", || async {
+        !w.get_shop("/notifications").await["notifications"]
+            .as_array()
+            .is_none_or(|a| a.is_empty())
+    })
+    .await;
+    let sent = w.get_shop("/notifications").await["notifications"].clone();
+    assert_eq!(sent[0]["uid"], "cust-3", "{sent}");
+    assert_eq!(
+        sent[0]["payload"]["aps"]["alert"],
+        json!({"title": "New message from The shop", "body": "Your order has news"})
+    );
+    assert_eq!(sent[0]["payload"]["aps"]["badge"], 1);
     // The order system retries: nothing new is stored.
     let (status, again) = w
         .post_shop(
@@ -505,6 +534,14 @@ async fn an_order_status_reaches_an_offline_customer_and_an_offer_only_online_co
         serde_json::from_slice::<Value>(&first.body).expect("JSON")["order"],
         "o-43",
         "courier-2 never sees the offer made while it was offline"
+    );
+    // The retry stored nothing and online-only offers are not stored: the
+    // one notification is still the only one.
+    assert_eq!(
+        w.get_shop("/notifications").await["notifications"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
     );
     w.stop().await;
 }
