@@ -17,6 +17,12 @@ pub const USER_OFFLINE: &str = "user.offline";
 /// A c2c message was stored (metadata, not the body).
 pub const MESSAGE_STORED: &str = "message.stored";
 
+/// A message was recalled (by its sender, or by the business over HTTP).
+pub const MESSAGE_RECALLED: &str = "message.recalled";
+/// A message's body was edited by its sender.
+pub const MESSAGE_EDITED: &str = "message.edited";
+/// A user marked a conversation read up to an entry.
+pub const CONVERSATION_READ: &str = "conversation.read";
 /// Stored messages found none of a user's devices online: what a push
 /// notification needs (docs/bus.md), collapsed per receiver over the app's
 /// window. Made only for apps with `notifications` set.
@@ -37,6 +43,9 @@ pub const TOPICS: &[&str] = &[
     USER_ONLINE,
     USER_OFFLINE,
     MESSAGE_STORED,
+    MESSAGE_RECALLED,
+    MESSAGE_EDITED,
+    CONVERSATION_READ,
     NOTIFICATION,
     GROUP_CREATED,
     GROUP_DELETED,
@@ -194,4 +203,46 @@ pub struct NotificationData {
     pub conversations: u64,
     /// When the first of them was stored (ms since the Unix epoch).
     pub first_time_ms: i64,
+}
+
+/// `data` of `message.recalled` and `message.edited`. Like
+/// `message.stored`, no body: read the message as it is now through the
+/// history API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AmendedData {
+    /// The message recalled or edited.
+    pub msg_id: String,
+    /// Who did it: the sender, or the app's system user (uid `""`) for a
+    /// recall by the business.
+    pub by: UserRef,
+    pub from: UserRef,
+    /// The receiver (`uid` `""` for a group message).
+    pub to: UserRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// The message's app type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The amend notice's id (the entry every party's devices got).
+    pub notice_msg_id: String,
+    /// When it was recalled or edited (ms since the Unix epoch).
+    pub time_ms: i64,
+    /// The new body's size (`message.edited`; 0 for a recall).
+    pub body_bytes: usize,
+}
+
+/// `data` of `conversation.read`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadData {
+    pub reader: UserRef,
+    /// The other user of a 1:1 conversation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<UserRef>,
+    /// The group of a group conversation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Read up to this entry: on the reader's timeline (1:1) or the group's.
+    pub seq: u64,
+    /// The message at that entry.
+    pub msg_id: String,
 }

@@ -19,6 +19,7 @@ use prost::Message as _;
 use switchboard_proto::limits::check_id;
 
 use crate::error::LogicError;
+use crate::events::{self, AmendedData};
 use crate::group::{GroupKey, NewGroupMessage};
 use crate::logic::Logic;
 use crate::model::{AMEND_KIND, Amendment, Content, Entry, Message, NewMessage, UserKey};
@@ -229,12 +230,40 @@ impl Logic {
         // A resend is pushed again, as a c2c is: devices drop what they
         // already hold by sequence.
         self.deliver(delivery).await;
+        if !appended.duplicate {
+            self.publish_amended(&amender, &appended.message, &now_stored)
+                .await;
+        }
         Ok(Amended {
             msg_id: appended.message.id,
             seq: appended.seqs.get(own).copied().unwrap_or(0),
             duplicate: appended.duplicate,
             message: Arc::new(now_stored),
         })
+    }
+
+    /// `message.recalled` or `message.edited`, keyed by who amended (so it
+    /// follows their `message.stored` events in order).
+    async fn publish_amended(&self, by: &UserKey, notice: &Message, message: &Message) {
+        let content = message.content();
+        let topic = if content.recalled {
+            events::MESSAGE_RECALLED
+        } else {
+            events::MESSAGE_EDITED
+        };
+        let data = AmendedData {
+            msg_id: message.id.to_string(),
+            by: by.into(),
+            from: (&message.from).into(),
+            to: (&message.to).into(),
+            group: (!message.group.is_empty()).then(|| message.group.clone()),
+            kind: content.kind.clone(),
+            notice_msg_id: notice.id.to_string(),
+            time_ms: notice.server_time_ms,
+            body_bytes: content.body.len(),
+        };
+        self.publish_event(topic, by, &content.kind, &data, "")
+            .await;
     }
 
     /// Fills every amend notice among `entries` with the amended message as

@@ -11,6 +11,7 @@ use switchboard_proto::pb;
 
 use crate::conversation::{ConvState, PageCursor, View};
 use crate::error::LogicError;
+use crate::events::{self, ReadData, UserRef};
 use crate::group::{GroupKey, GroupRefusal, PostPolicy, Role};
 use crate::logic::Logic;
 use crate::model::{Entry, Message, NewMessage, READ_RECEIPT_KIND, UserKey};
@@ -316,6 +317,18 @@ impl Logic {
             skip_conn: origin_conn.map(|c| (self.config().node.clone(), c)),
         };
         self.deliver(delivery).await;
+        let data = ReadData {
+            reader: reader.into(),
+            peer: receipt.peer.as_ref().map(|p| UserRef {
+                app: p.app.clone(),
+                uid: p.uid.clone(),
+            }),
+            group: (!receipt.group.is_empty()).then(|| receipt.group.clone()),
+            seq: receipt.seq,
+            msg_id: receipt.msg_id.to_string(),
+        };
+        self.publish_event(events::CONVERSATION_READ, reader, "", &data, "")
+            .await;
         let own = timelines.iter().position(|u| u == reader).unwrap_or(0);
         Ok(MarkedRead {
             seq: appended.seqs.get(own).copied().unwrap_or(0),

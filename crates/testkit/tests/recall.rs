@@ -2,13 +2,15 @@
 //! of both parties learns it (online by push, offline through sync, in
 //! timeline order), the body is gone from the server (sync, history, the
 //! conversation list), a group message too, the business recalls over
-//! HTTP, and each refusal has its own code.
+//! HTTP, each refusal has its own code, and the business hears of recalls,
+//! edits and reads on the bus.
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
+use switchboard_core::hooks::WebhookConfig;
 use switchboard_sdk::{Event, Events, SdkError, code};
-use switchboard_testkit::http::Http;
+use switchboard_testkit::http::{Http, received, webhook_receiver};
 use switchboard_testkit::sdk::{connect, demo, messages};
 use switchboard_testkit::server::{TestServer, token};
 
@@ -300,4 +302,96 @@ async fn the_business_recalls_any_message_of_its_app_over_http() {
         .await;
     assert_eq!(status, 400);
     s.stop().await;
+}
+
+/// Recalls, edits and reads are events for the business (docs/bus.md):
+/// each once, keyed by who did it, with no body; a resent recall publishes
+/// nothing new.
+#[tokio::test]
+async fn recalls_edits_and_reads_are_events_for_the_business() {
+    let (hook, got) = webhook_receiver().await;
+    let s = TestServer::start_with(|c| {
+        c.apps[0].webhooks = vec![WebhookConfig {
+            url: hook,
+            topics: vec![
+                "message.recalled".into(),
+                "message.edited".into(),
+                "conversation.read".into(),
+            ],
+            types: vec![],
+            secret: None,
+        }];
+        c.webhook.poll_ms = 20;
+    })
+    .await;
+    let url = s.tcp_url();
+    let (alice, _ae) = connect(&url, "alice", "a1").await;
+    let (bob, mut bob_events) = connect(&url, "bob", "b1").await;
+    let first = alice.send(demo("bob"), "text", "hello").await.unwrap();
+    let second = alice.send(demo("bob"), "text", "spam").await.unwrap();
+    let got_bob = messages(&mut bob_events, 2, T).await;
+    let last_seq = got_bob[1].0;
+    bob.mark_read(demo("alice"), last_seq).await.unwrap();
+    let edit = alice.edit(first.msg_id, "hello!").await.unwrap();
+    alice.recall(first.msg_id).await.unwrap();
+    let http = Http::new(&s);
+    let path = format!("/v1/apps/demo/messages/{}/recall", second.msg_id);
+    for _ in 0..2 {
+        let (status, reply) = http.post(&path, json!({"client_msg_id": "mod-1"})).await;
+        assert_eq!(status, 200, "{reply}");
+    }
+
+    let deadline = tokio::time::Instant::now() + T;
+    while received(&got).len() < 4 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "events: {:?}",
+            received(&got)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Nothing more comes (the resent recall, the pushes).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let events = received(&got).clone();
+    assert_eq!(events.len(), 4, "{events:?}");
+    let of = |topic: &str, uid: &str| -> Vec<Value> {
+        events
+            .iter()
+            .filter(|e| e["topic"] == topic && e["uid"] == uid)
+            .map(|e| e["data"].clone())
+            .collect()
+    };
+    let read = of("conversation.read", "bob");
+    assert_eq!(read.len(), 1, "{events:?}");
+    assert_eq!(read[0]["reader"], json!({"app": "demo", "uid": "bob"}));
+    assert_eq!(read[0]["peer"], json!({"app": "demo", "uid": "alice"}));
+    assert_eq!(read[0]["seq"], last_seq);
+    assert_eq!(read[0]["msg_id"], second.msg_id.to_string());
+
+    let edited = of("message.edited", "alice");
+    assert_eq!(edited.len(), 1, "{events:?}");
+    assert_eq!(edited[0]["msg_id"], first.msg_id.to_string());
+    assert_eq!(edited[0]["by"]["uid"], "alice");
+    assert_eq!(edited[0]["to"]["uid"], "bob");
+    assert_eq!(edited[0]["type"], "text");
+    assert_eq!(edited[0]["body_bytes"], 6);
+    assert_eq!(edited[0]["notice_msg_id"], edit.msg_id.to_string());
+    assert!(edited[0].get("body").is_none(), "no body on the bus");
+
+    let recalled = of("message.recalled", "alice");
+    assert_eq!(recalled.len(), 1, "{events:?}");
+    assert_eq!(recalled[0]["msg_id"], first.msg_id.to_string());
+    assert_eq!(recalled[0]["body_bytes"], 0);
+    // The business's recall is keyed by the app's system user.
+    let by_business = of("message.recalled", "");
+    assert_eq!(
+        by_business.len(),
+        1,
+        "a resend publishes nothing new: {events:?}"
+    );
+    assert_eq!(by_business[0]["msg_id"], second.msg_id.to_string());
+    assert_eq!(by_business[0]["by"], json!({"app": "demo", "uid": ""}));
+    assert_eq!(by_business[0]["from"]["uid"], "alice");
+    alice.close().await;
+    bob.close().await;
 }
