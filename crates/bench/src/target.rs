@@ -84,6 +84,8 @@ tcp = "127.0.0.1:0"
 [gate]
 rate_per_sec = 1000000
 rate_burst = 1000000
+transient_rate_per_sec = 1000000
+transient_rate_burst = 1000000
 outbound_queue = {queue}
 max_unacked = 100000
 

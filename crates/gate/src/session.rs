@@ -353,7 +353,8 @@ type Answer = Pin<Box<dyn Future<Output = (u32, Packet)> + Send>>;
 /// Order is explicit, not left to how futures happen to be polled: the
 /// c2c of the connection keep the sender's order through core's
 /// [`C2cOrder`] (the rule is the domain's, see `Logic::c2c_in_order`), and
-/// c2s are chained among themselves here. `FuturesOrdered` runs them all
+/// c2s and transient messages are each chained among themselves here (a
+/// courier's live positions must not overtake one another). `FuturesOrdered` runs them all
 /// concurrently and yields answers in the order they were pushed, which is
 /// request order.
 #[derive(Default)]
@@ -366,6 +367,8 @@ struct Pipeline {
     c2c: C2cOrder,
     /// Resolves once the previous c2s is durable on the bus (or failed).
     c2s_done: Option<oneshot::Receiver<()>>,
+    /// Resolves once the previous transient message was pushed (or failed).
+    transient_done: Option<oneshot::Receiver<()>>,
 }
 
 /// Waits for the previous link of a chain; a dropped sender (the previous
@@ -512,12 +515,16 @@ impl Pipeline {
 
     /// A transient message: pushed to the devices online now, answered
     /// with how many it reached. It takes no place in the c2c order (it is
-    /// not stored, so there is no sequence to keep in order).
+    /// not stored, so it waits for no fsync), but the connection's
+    /// transient messages are pushed in the order they were sent.
     fn transient(&mut self, gate: Arc<Gate>, from: UserKey, conn_id: u64, seq: u32, req: pb::C2c) {
         if names_group_and_receiver(&req) {
             return self.ready(seq, group_and_receiver());
         }
+        let (done_tx, done_rx) = oneshot::channel::<()>();
+        let prev = self.transient_done.replace(done_rx);
         self.push(Box::pin(async move {
+            after(prev).await;
             let request = TransientRequest {
                 client_msg_id: req.client_msg_id.clone(),
                 to: req
@@ -528,7 +535,9 @@ impl Pipeline {
                 kind: req.r#type,
                 body: req.body,
             };
-            let reply = match gate.logic.transient(&from, Some(conn_id), request).await {
+            let r = gate.logic.transient(&from, Some(conn_id), request).await;
+            drop(done_tx);
+            let reply = match r {
                 Ok(r) => Packet::C2cAck(pb::C2cAck {
                     client_msg_id: req.client_msg_id,
                     msg_id: r.msg_id,

@@ -787,25 +787,34 @@ async fn conversations_receipts_and_transient_messages_across_nodes() {
         assert!(tokio::time::Instant::now() < deadline, "bob2 still online");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let sent = alice
-        .send_transient(demo("bob"), "typing", "")
-        .await
-        .unwrap();
-    assert_eq!(sent.devices_reached, 1);
+    // A courier's positions, many in flight at once from one connection:
+    // each reaches bob's one online device, in the order sent.
+    const POSITIONS: usize = 30;
+    let sends =
+        (0..POSITIONS).map(|i| alice.send_transient(demo("bob"), "position", i.to_string()));
+    for sent in futures::future::join_all(sends).await {
+        assert_eq!(sent.unwrap().devices_reached, 1);
+    }
+    let mut positions = Vec::new();
     let deadline = tokio::time::Instant::now() + T;
-    loop {
+    while positions.len() < POSITIONS {
         match tokio::time::timeout_at(deadline, bob_events.recv()).await {
             Ok(Some(switchboard_sdk::Event::Online { message })) => {
-                assert_eq!(message.r#type, "typing");
-                break;
+                assert_eq!(message.r#type, "position");
+                positions.push(String::from_utf8_lossy(&message.body).into_owned());
             }
             Ok(Some(switchboard_sdk::Event::Message { seq, message })) => {
                 panic!("a stored entry {seq}: {message:?}")
             }
             Ok(Some(_)) => {}
-            Ok(None) | Err(_) => panic!("no transient message"),
+            Ok(None) | Err(_) => panic!("{} of {POSITIONS} transient messages", positions.len()),
         }
     }
+    let sent_order: Vec<String> = (0..POSITIONS).map(|i| i.to_string()).collect();
+    assert_eq!(
+        positions, sent_order,
+        "transient messages keep the sender's order"
+    );
     let (status, text) = http(
         n1.http,
         "GET",

@@ -3,6 +3,13 @@
 //! (send → push received), latency, and the check that every acknowledged
 //! message reached its receiver exactly once, in order. With `--mqtt`, the
 //! same pairs over Mosquitto at QoS 1 and QoS 0.
+//!
+//! `--receipts`: each receiver also marks its conversation read up to the
+//! newest message as messages arrive (one mark in flight per receiver, the
+//! next one covering everything that came meanwhile, as a chat screen
+//! does), and the read receipt is stored and pushed to the sender.
+//! `--transient`: transient messages instead (pushed to the devices online
+//! now, nothing stored), the typing indicator's and live position's path.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +54,13 @@ pub struct Args {
     /// MQTT QoS levels to run with --mqtt.
     #[arg(long, value_delimiter = ',', default_value = "1,0")]
     pub qos: Vec<u8>,
+    /// Receivers mark their conversation read as messages arrive (read
+    /// receipts stored and pushed to the sender).
+    #[arg(long, conflicts_with = "transient")]
+    pub receipts: bool,
+    /// Send transient messages (online only, not stored) instead of c2c.
+    #[arg(long)]
+    pub transient: bool,
 }
 
 impl Args {
@@ -61,6 +75,12 @@ impl Args {
         r.param("window", self.window);
         r.param("body_bytes", self.size);
         r.param("mode", if self.rate == 0 { "flat out" } else { "paced" });
+        if self.receipts {
+            r.param("receipts", "mark read as messages arrive");
+        }
+        if self.transient {
+            r.param("messages", "transient");
+        }
     }
 }
 
@@ -146,16 +166,50 @@ async fn switchboard(a: &Args, target: &Target) -> Result<RunResult, BenchError>
     let start_ns = stats::now_ns();
     let received_total = Arc::new(AtomicU64::new(0));
     let (stop_tx, stop_rx) = watch::channel(false);
+    let mut recv_clients = Vec::with_capacity(a.pairs);
+    let marked_total = Arc::new(AtomicU64::new(0));
     let mut recv_tasks = Vec::with_capacity(a.pairs);
+    let mut mark_tasks = Vec::new();
     for (i, (client, mut events)) in receivers.into_iter().enumerate() {
         let total = received_total.clone();
         let mut stop = stop_rx.clone();
+        // With --receipts: the newest sequence received, marked read by a
+        // task of its own (one mark in flight; the next covers the rest).
+        let (newest_tx, mut newest_rx) = watch::channel(0u64);
+        if a.receipts {
+            let client = client.clone();
+            let marked = marked_total.clone();
+            let sender = User {
+                app: target.app.clone(),
+                uid: format!("{run}-s{i}"),
+            };
+            mark_tasks.push(tokio::spawn(async move {
+                while newest_rx.changed().await.is_ok() {
+                    let seq = *newest_rx.borrow_and_update();
+                    match client.mark_read(sender.clone(), seq).await {
+                        Ok(_) => {
+                            marked.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "mark read failed"),
+                    }
+                }
+            }));
+        }
         recv_tasks.push(tokio::spawn(async move {
             let mut rec = Received::default();
             loop {
                 tokio::select! {
                     ev = events.recv() => match ev {
-                        Some(Event::Message { message, .. }) => {
+                        Some(Event::Message { message, seq }) => {
+                            if let Some((pair, _, _)) = parse_body(&message.body)
+                                && pair as usize == i
+                            {
+                                rec.record(&message.body);
+                                total.fetch_add(1, Ordering::Relaxed);
+                                newest_tx.send_replace(seq);
+                            }
+                        }
+                        Some(Event::Online { message }) => {
                             if let Some((pair, _, _)) = parse_body(&message.body)
                                 && pair as usize == i
                             {
@@ -169,9 +223,11 @@ async fn switchboard(a: &Args, target: &Target) -> Result<RunResult, BenchError>
                     _ = stop.changed() => break,
                 }
             }
-            client.close().await;
+            // Ends the marking task once its last mark is answered.
+            drop(newest_tx);
             rec
         }));
+        recv_clients.push(client);
     }
 
     let attempted = Arc::new(AtomicU64::new(0));
@@ -215,18 +271,27 @@ async fn switchboard(a: &Args, target: &Target) -> Result<RunResult, BenchError>
                     }
                     attempted.fetch_add(1, Ordering::Relaxed);
                     let sent = stats::now_ns();
-                    match client
-                        .send_with_id(
-                            format!("{i}-{n}"),
-                            to.clone(),
-                            "bench",
-                            body(i as u32, n, size),
-                        )
-                        .await
-                    {
-                        Ok(receipt) => {
+                    let result = if a.transient {
+                        // No sequence: a transient message is ordered by its number.
+                        client
+                            .send_transient(to.clone(), "bench", body(i as u32, n, size))
+                            .await
+                            .map(|_| n)
+                    } else {
+                        client
+                            .send_with_id(
+                                format!("{i}-{n}"),
+                                to.clone(),
+                                "bench",
+                                body(i as u32, n, size),
+                            )
+                            .await
+                            .map(|receipt| receipt.seq)
+                    };
+                    match result {
+                        Ok(seq) => {
                             stats::record_us(&mut ack_hist, (stats::now_ns() - sent) / 1000);
-                            acks.push((n, receipt.seq));
+                            acks.push((n, seq));
                         }
                         Err(e) => {
                             failed.fetch_add(1, Ordering::Relaxed);
@@ -269,12 +334,22 @@ async fn switchboard(a: &Args, target: &Target) -> Result<RunResult, BenchError>
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let _ = stop_tx.send(true);
+    for t in mark_tasks {
+        let _ = t.await;
+    }
+    for c in &recv_clients {
+        c.close().await;
+    }
     let mut r = RunResult::new("c2c", "switchboard", target.transport());
     meter.finish(&mut r, received_total.load(Ordering::Relaxed), "msg");
     let mut hist = stats::histogram();
     let mut timeline = Timeline::new(start_ns);
     let mut loss = LossCheck {
-        rule: "every c2c-acked message received exactly once, in timeline order".into(),
+        rule: if a.transient {
+            "every acknowledged transient message received exactly once (receivers online throughout); order not promised".into()
+        } else {
+            "every c2c-acked message received exactly once, in timeline order".into()
+        },
         expected: acked,
         ..LossCheck::default()
     };
@@ -303,7 +378,7 @@ async fn switchboard(a: &Args, target: &Target) -> Result<RunResult, BenchError>
     for c in &senders {
         c.close().await;
     }
-    loss.ok = loss.lost == 0 && loss.duplicates == 0 && loss.out_of_order == 0;
+    loss.ok = loss.lost == 0 && loss.duplicates == 0 && (a.transient || loss.out_of_order == 0);
 
     a.describe(&mut r);
     if target.nodes() > 1 {
@@ -318,6 +393,9 @@ async fn switchboard(a: &Args, target: &Target) -> Result<RunResult, BenchError>
     r.metric("acked", acked as f64);
     r.metric("failed", failed.load(Ordering::Relaxed) as f64);
     r.metric("delivered", delivered as f64);
+    if a.receipts {
+        r.metric("marked_read", marked_total.load(Ordering::Relaxed) as f64);
+    }
     r.metric("msgs_per_sec", (delivered as f64 / span_s).round());
     r.metric(
         "offered_per_sec",
@@ -330,6 +408,10 @@ async fn switchboard(a: &Args, target: &Target) -> Result<RunResult, BenchError>
     r.set_latency(&hist);
     r.timeline = timeline.rates();
     r.loss = loss;
-    r.notes.push("latency: send → push received on the receiver's SDK client; durable (fsync'd group commit) before the ack and the push".into());
+    r.notes.push(if a.transient {
+        "latency: send → push received on the receiver's SDK client; transient: nothing stored".into()
+    } else {
+        "latency: send → push received on the receiver's SDK client; durable (fsync'd group commit) before the ack and the push".into()
+    });
     Ok(r)
 }
