@@ -4,7 +4,7 @@
 //! credentials).
 //!
 //! The delivery path reports what each stored entry reached
-//! ([`Logic::notify_offline`]): a user's entry that reached no device, or a
+//! (`Logic::notify_offline`): a user's entry that reached no device, or a
 //! group entry (whose offline members are looked up in presence, for groups
 //! up to the app's `group_max_members`). One task per node
 //! ([`Logic::run_notifications`]) collects them per receiver: the first
@@ -188,7 +188,7 @@ impl Logic {
         }
     }
 
-    /// The notification task: collects what [`Logic::notify_offline`]
+    /// The notification task: collects what `Logic::notify_offline`
     /// reports, per receiver, and publishes one `notification` per window.
     /// Runs until the node stops; a second call returns at once (the
     /// reports have one reader).
