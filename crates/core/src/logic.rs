@@ -290,6 +290,18 @@ impl Logic {
             .unwrap_or_else(|_| vec![Reach::default(); d.entries.len()])
     }
 
+    /// [`Logic::deliver_counted`] for entries just stored: an entry that
+    /// reached none of its user's devices becomes an offline notification
+    /// (`Logic::notify_offline`), unless the store answered a duplicate
+    /// (the first attempt counted).
+    pub(crate) async fn deliver_stored(&self, d: &Delivery, duplicate: bool) -> Vec<Reach> {
+        let reach = self.deliver_counted(d).await;
+        if !duplicate {
+            self.notify_offline(d, &reach);
+        }
+        reach
+    }
+
     /// [`Logic::deliver`] for a caller that answers for the push itself:
     /// an error means nothing was pushed (where the devices are could not be
     /// learnt). Failures are logged and counted here either way.
@@ -691,12 +703,9 @@ impl Logic {
                 .collect(),
             skip_conn: origin_conn.map(|c| (self.config.node.clone(), c)),
         };
-        let reach = self.deliver_counted(&delivery).await;
+        let reach = self.deliver_stored(&delivery, appended.duplicate).await;
         if reach.iter().any(|r| r.devices > 0) {
             self.stats.record_delivery(stored_at);
-        }
-        if !appended.duplicate {
-            self.notify_offline(&delivery, &reach);
         }
     }
 

@@ -221,10 +221,7 @@ impl Logic {
             entries: vec![(Target::User(user.clone()), entry)],
             skip_conn: None,
         };
-        let reach = self.deliver_counted(&delivery).await;
-        if !appended.duplicate {
-            self.notify_offline(&delivery, &reach);
-        }
+        let reach = self.deliver_stored(&delivery, appended.duplicate).await;
         let devices_reached = reach.first().map_or(0, |r| r.devices);
         if devices_reached > 0 {
             self.stats.record_delivery(stored_at);

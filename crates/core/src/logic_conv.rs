@@ -319,10 +319,10 @@ impl Logic {
         self.deliver(delivery).await;
         let data = ReadData {
             reader: reader.into(),
-            peer: receipt.peer.as_ref().map(|p| UserRef {
-                app: p.app.clone(),
-                uid: p.uid.clone(),
-            }),
+            peer: receipt
+                .peer
+                .as_ref()
+                .map(|p| UserRef::from(&UserKey::from_pb(p))),
             group: (!receipt.group.is_empty()).then(|| receipt.group.clone()),
             seq: receipt.seq,
             msg_id: receipt.msg_id.to_string(),

@@ -136,13 +136,10 @@ impl Logic {
             entries: vec![(Target::Group(group.clone()), entry)],
             skip_conn: origin_conn.map(|c| (self.config().node.clone(), c)),
         };
-        let (reach, ()) = tokio::join!(
-            self.deliver_counted(&delivery),
+        tokio::join!(
+            self.deliver_stored(&delivery, appended.duplicate),
             self.publish_group_stored(&group, &appended, seq),
         );
-        if !appended.duplicate {
-            self.notify_offline(&delivery, &reach);
-        }
         Ok(GroupPosted {
             message: appended.message,
             seq,

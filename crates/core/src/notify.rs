@@ -99,7 +99,6 @@ impl Notifier {
 
 /// One receiver's open window.
 struct Window {
-    due: Instant,
     messages: u64,
     conversations: HashSet<Conversation>,
     first_time_ms: i64,
@@ -124,7 +123,7 @@ fn conversation(receiver: &UserKey, message: &Message) -> Conversation {
 }
 
 /// The start of a UTF-8 body, at most [`PREVIEW_CHARS`] characters.
-pub fn preview(body: &[u8]) -> Option<String> {
+fn preview(body: &[u8]) -> Option<String> {
     let text = std::str::from_utf8(body).ok()?;
     Some(text.chars().take(PREVIEW_CHARS).collect())
 }
@@ -235,7 +234,6 @@ impl Logic {
                             open.insert(
                                 receiver,
                                 Window {
-                                    due: at,
                                     messages: 1,
                                     conversations: HashSet::from([conv]),
                                     first_time_ms: message.server_time_ms,
@@ -271,29 +269,24 @@ impl Logic {
                     let _ = done.send(());
                 }
                 None => {
+                    // One heap entry per open window (a stop's flush empties
+                    // both), so a due entry always names an open window.
                     let now = Instant::now();
-                    while let Some(Reverse((at, _))) = due.peek() {
-                        if *at > now {
-                            break;
-                        }
-                        let Some(Reverse((at, receiver))) = due.pop() else {
+                    while due.peek().is_some_and(|Reverse((at, _))| *at <= now) {
+                        let Some(Reverse((_, receiver))) = due.pop() else {
                             break;
                         };
-                        // A window flushed early (a stop's flush) leaves its
-                        // heap entry behind: only the window's own counts.
-                        if open.get(&receiver).is_some_and(|w| w.due == at) {
-                            let Some(w) = open.remove(&receiver) else {
-                                continue;
-                            };
-                            let Ok(permit) = flushes.clone().acquire_owned().await else {
-                                return;
-                            };
-                            let this = self.clone();
-                            tokio::spawn(async move {
-                                this.notify(receiver, w).await;
-                                drop(permit);
-                            });
-                        }
+                        let Some(w) = open.remove(&receiver) else {
+                            continue;
+                        };
+                        let Ok(permit) = flushes.clone().acquire_owned().await else {
+                            return;
+                        };
+                        let this = self.clone();
+                        tokio::spawn(async move {
+                            this.notify(receiver, w).await;
+                            drop(permit);
+                        });
                     }
                 }
             }
@@ -346,6 +339,10 @@ impl Logic {
     /// Publishes a window's notification, unless the receiver came online
     /// since (their devices have the messages).
     async fn notify(&self, receiver: UserKey, w: Window) {
+        let m = &w.last;
+        let Some(config) = self.notifications_for(&receiver, &m.kind) else {
+            return;
+        };
         match self.presence().devices(&receiver).await {
             Ok(d) if !d.is_empty() => {
                 metrics::counter!(crate::stats::NOTIFICATIONS, "outcome" => "online").increment(1);
@@ -361,10 +358,6 @@ impl Logic {
                 tracing::warn!(error = %e, %receiver, "could not count unread messages for a notification's badge");
                 None
             }
-        };
-        let m = &w.last;
-        let Some(config) = self.notifications_for(&receiver, &m.kind) else {
-            return;
         };
         let (peer, group) = match conversation(&receiver, m) {
             Conversation::Peer(p) => (Some(UserRef::from(&p)), None),

@@ -21,7 +21,8 @@ const T: Duration = Duration::from_secs(20);
 const WINDOW_MS: u64 = 1500;
 
 /// A node whose `demo` app notifies with previews and whose `shop` app
-/// notifies without; both send `notification` events to `hook`.
+/// notifies without; both send `notification` events to `hook`, and
+/// notify for groups of at most 3 members.
 async fn start(hook: &str) -> TestServer {
     let hook = hook.to_string();
     TestServer::start_with(move |c| {
@@ -29,7 +30,7 @@ async fn start(hook: &str) -> TestServer {
             c.apps[i].notifications = Some(NotificationConfig {
                 window_ms: Some(WINDOW_MS),
                 preview,
-                group_max_members: None,
+                group_max_members: Some(3),
             });
             c.apps[i].webhooks = vec![WebhookConfig {
                 url: hook.clone(),
@@ -195,8 +196,22 @@ async fn a_group_post_notifies_its_offline_members_and_previews_follow_the_app()
     let added = http.post(&format!("{g}/members"), add).await;
     assert_eq!(added.0, 200, "{}", added.1);
 
+    // A group over the app's group_max_members (3) notifies nobody: dave,
+    // offline and only in it, hears nothing.
+    let crowd = "/v1/apps/demo/groups/crowd";
+    assert_eq!(http.put(crowd, json!({"name": "Crowd"})).await.0, 201);
+    let four =
+        json!({"members": [{"uid": "alice"}, {"uid": "bob"}, {"uid": "carol"}, {"uid": "dave"}]});
+    let added = http.post(&format!("{crowd}/members"), four).await;
+    assert_eq!(added.0, 200, "{}", added.1);
+
     let (alice, _alice_ev) = connect(&s.tcp_url(), "alice", "a1").await;
     let (_carol, mut carol_ev) = connect(&s.tcp_url(), "carol", "c1").await;
+    alice
+        .send_group("crowd", "text", "everyone, hello")
+        .await
+        .expect("ack");
+    switchboard_testkit::sdk::group_messages(&mut carol_ev, "crowd", 1, T).await;
     alice
         .send_group("order-7", "text", "the courier is here")
         .await
@@ -207,7 +222,9 @@ async fn a_group_post_notifies_its_offline_members_and_previews_follow_the_app()
     assert_eq!(n["group"], "order-7", "{n}");
     assert!(n.get("peer").is_none(), "{n}");
     assert_eq!(n["from"]["uid"], "alice");
-    assert_eq!(n["badge"], 1, "{n}");
+    // The crowd's post counts as unread, but made no notification.
+    assert_eq!(n["messages"], 1, "{n}");
+    assert_eq!(n["badge"], 2, "{n}");
     assert_eq!(n["preview"], "the courier is here");
 
     // A shop user (no previews in that app), offline, written to across apps.
@@ -244,6 +261,10 @@ async fn a_group_post_notifies_its_offline_members_and_previews_follow_the_app()
             "{uid} was online or the sender"
         );
     }
+    assert!(
+        notifications(&got, "demo", "dave").is_empty(),
+        "crowd is over group_max_members"
+    );
     alice.close().await;
 }
 

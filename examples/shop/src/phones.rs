@@ -76,7 +76,7 @@ impl Phones {
         };
         let body = match (&n.preview, n.kind.as_str()) {
             (Some(p), _) if n.messages == 1 => p.clone(),
-            (_, "order.status") => "Your order has news".into(),
+            (_, crate::service::kinds::ORDER_STATUS) => "Your order has news".into(),
             _ => "Open the app to read it".into(),
         };
         let mut aps = json!({"alert": {"title": title, "body": body}, "sound": "default"});
